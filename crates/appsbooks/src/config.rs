@@ -1,0 +1,144 @@
+//! Service Config and Client Config.
+
+use crate::auth::OrgContext;
+use crate::error::{ApiError, ApiResult};
+use crate::users::require_json;
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::Json;
+use cloudvpp_abwire::errors::{self, AppleError};
+use cloudvpp_abwire::notification::types;
+use cloudvpp_abwire::{ClientConfigRequest, ClientConfigResponse, ResponseErrorCode, ServiceConfigResponse};
+use cloudvpp_store::{logic, ClientConfig};
+use std::collections::BTreeMap;
+
+/// `GET /mdm/v2/service/config`: no authentication, as at Apple.
+pub async fn service_config(State(state): State<AppState>) -> Json<ServiceConfigResponse> {
+    let base = format!("{}/mdm/v2", state.config.public_url);
+    let mut urls = BTreeMap::new();
+    for (key, path) in [
+        ("clientConfig", "/client/config"),
+        ("getUsers", "/users"),
+        ("createUsers", "/users/create"),
+        ("updateUsers", "/users/update"),
+        ("retireUsers", "/users/retire"),
+        ("eventStatus", "/status"),
+    ] {
+        urls.insert(key.to_string(), format!("{base}{path}"));
+    }
+    urls.insert(
+        "invitationEmail".into(),
+        format!("{}/invite?inviteCode={}&mt=8", state.config.public_url, cloudvpp_abwire::INVITE_CODE_PLACEHOLDER),
+    );
+    Json(ServiceConfigResponse {
+        error_codes: errors::ALL
+            .iter()
+            .map(|e| ResponseErrorCode { error_message: e.message.to_string(), error_number: e.number })
+            .collect(),
+        limits: state.limits.all().await,
+        notification_types: ["ASSET_MANAGEMENT", "USER_MANAGEMENT", "USER_ASSOCIATED", "ASSET_COUNT"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        urls,
+    })
+}
+
+fn client_config_response(ctx: &OrgContext, cfg: &ClientConfig) -> ClientConfigResponse {
+    let mut meta = ctx.meta();
+    meta.mdm_info = cfg.mdm_info.clone();
+    ClientConfigResponse {
+        country_iso2a_code: "US".into(),
+        default_platform: "volumestore".into(),
+        location_name: ctx.org.name.clone(),
+        notification_auth_token: cfg.notification_auth_token.clone(),
+        notification_url: cfg.notification_url.clone(),
+        subscribed_notification_types: cfg.notification_types.clone(),
+        website_url: "https://business.apple.com".into(),
+        meta,
+    }
+}
+
+/// `GET /mdm/v2/client/config`.
+pub async fn get_client_config(ctx: OrgContext) -> Json<ClientConfigResponse> {
+    Json(client_config_response(&ctx, &ctx.org.config))
+}
+
+/// `POST /mdm/v2/client/config`: validates, sends a `TEST_NOTIFICATION` to a new
+/// notification URL (refusing the whole configuration with 9728 if it is not answered
+/// with a 2xx), then stores. Fields left out keep their value; an empty
+/// `notificationUrl` together with an empty `notificationAuthToken` turns notifications off.
+pub async fn post_client_config(
+    State(state): State<AppState>,
+    ctx: OrgContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<ClientConfigResponse>> {
+    require_json(&headers)?;
+    let req: ClientConfigRequest = serde_json::from_slice(&body).map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?;
+    let limits = state.limits.all().await;
+    let limit = |k: &str| limits.get(k).copied().unwrap_or(i64::MAX) as usize;
+    let mut cfg = ctx.org.config.clone();
+
+    if let Some(info) = &req.mdm_info {
+        let (Some(id), Some(name), Some(metadata)) = (&info.id, &info.name, &info.metadata) else {
+            return Err(errors::MDM_INFO_INCOMPLETE.into());
+        };
+        if id.chars().count() > limit("maxMdmIdLength") {
+            return Err(errors::MDM_ID_TOO_LONG.into());
+        }
+        if name.chars().count() > limit("maxMdmNameLength") {
+            return Err(errors::MDM_NAME_TOO_LONG.into());
+        }
+        if metadata.chars().count() > limit("maxMdmMetadataLength") {
+            return Err(errors::MDM_METADATA_TOO_LONG.into());
+        }
+        cfg.mdm_info = Some(info.clone());
+    }
+
+    match (&req.notification_url, &req.notification_auth_token) {
+        (None, None) => {}
+        (Some(u), Some(t)) if u.is_empty() && t.is_empty() => {
+            cfg.notification_url = None;
+            cfg.notification_auth_token = None;
+        }
+        (Some(url), Some(token)) if !url.is_empty() && !token.is_empty() => {
+            let max = limit("maxNotificationLength");
+            if url.chars().count() > max || token.chars().count() > max {
+                return Err(errors::NOTIFICATION_TOO_LONG.into());
+            }
+            check_notification_url(url, state.config.allow_http_notifications)?;
+            let test = logic::envelope(&ctx.org.uid, types::TEST_NOTIFICATION, serde_json::json!({}));
+            if let Err(why) = crate::outbox::deliver(&state.http, url, token, &test).await {
+                tracing::info!(org = ctx.org.id, %why, "test notification failed; configuration refused");
+                return Err(errors::NOTIFICATION_URL_UNREACHABLE.into());
+            }
+            cfg.notification_url = Some(url.clone());
+            cfg.notification_auth_token = Some(token.clone());
+        }
+        _ => return Err(errors::NOTIFICATION_URL_AND_TOKEN_REQUIRED.into()),
+    }
+
+    if let Some(kinds) = &req.notification_types {
+        if kinds.iter().any(|k| !cloudvpp_abwire::SUBSCRIBABLE_NOTIFICATION_TYPES.contains(&k.as_str())) {
+            return Err(errors::INVALID_ARGUMENT.into());
+        }
+        let mut kinds = kinds.clone();
+        kinds.dedup();
+        cfg.notification_types = kinds;
+    }
+
+    state.store.set_client_config(ctx.org.id, &cfg).await?;
+    Ok(Json(client_config_response(&ctx, &cfg)))
+}
+
+fn check_notification_url(url: &str, allow_http: bool) -> Result<(), AppleError> {
+    let parsed = reqwest::Url::parse(url).map_err(|_| errors::NOTIFICATION_URL_NOT_HTTPS)?;
+    let scheme_ok = parsed.scheme() == "https" || (allow_http && parsed.scheme() == "http");
+    if !scheme_ok || parsed.host_str().is_none() {
+        return Err(errors::NOTIFICATION_URL_NOT_HTTPS);
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! The Apps and Books service: a persistent implementation of Apple's App and Book
+//! Management API v2 for users (`/mdm/v2/...`), its notifications and its invitation page.
+//!
+//! [`router`] builds the axum app over an [`AppState`]; [`spawn_workers`] starts the
+//! durable event worker ([`worker`]) and notification sender ([`outbox`]). Handlers are
+//! thin: they authenticate ([`auth::OrgContext`]), validate synchronously with Apple's
+//! error numbers ([`error::ApiError`]) and hand writes to the store as PENDING events.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod invite;
+pub mod limits;
+pub mod outbox;
+pub mod users;
+pub mod worker;
+
+use axum::routing::{get, post};
+use axum::Router;
+use cloudvpp_store::AppsBooksStore;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Service settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Base URL advertised in service config and invitation links (no trailing slash).
+    pub public_url: String,
+    /// Users per Get Users page.
+    pub page_size: i64,
+    /// Time spent per user of an event before it is applied, so clients see `PENDING`.
+    pub processing_delay: Duration,
+    /// Accept `http://` notification URLs (local development only).
+    pub allow_http_notifications: bool,
+    /// Waits between notification attempts; attempts = delays + 1.
+    pub notification_retry_delays: Vec<Duration>,
+    /// Per-attempt timeout of a notification POST.
+    pub notification_timeout: Duration,
+    /// Fault injection: share (0-100) of notifications dropped on purpose, never sent.
+    pub drop_notifications_percent: u8,
+    /// Name of this instance, used as lease owner.
+    pub instance_id: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            public_url: "http://127.0.0.1:8080".into(),
+            page_size: 1000,
+            processing_delay: Duration::ZERO,
+            allow_http_notifications: false,
+            notification_retry_delays: vec![Duration::from_secs(30), Duration::from_secs(120)],
+            notification_timeout: Duration::from_secs(10),
+            drop_notifications_percent: 0,
+            instance_id: format!("appsbooks-{}", uuid::Uuid::new_v4().simple()),
+        }
+    }
+}
+
+/// Shared state of the service.
+#[derive(Clone)]
+pub struct AppState {
+    /// Storage.
+    pub store: Arc<dyn AppsBooksStore>,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// Limits (Apple defaults overridden by the store), cached.
+    pub limits: Arc<limits::Limits>,
+    /// Per-organisation request rate limiter.
+    pub rate: Arc<limits::RateLimiter>,
+    /// Wakes the event worker when an event is stored.
+    pub events_waiting: Arc<Notify>,
+    /// Wakes the notification sender when notifications are queued.
+    pub outbox_waiting: Arc<Notify>,
+    /// HTTP client for notifications.
+    pub http: reqwest::Client,
+}
+
+impl AppState {
+    /// Builds the state.
+    pub fn new(store: Arc<dyn AppsBooksStore>, config: Config) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(config.notification_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("http client");
+        AppState {
+            limits: Arc::new(limits::Limits::new(store.clone())),
+            rate: Arc::new(limits::RateLimiter::default()),
+            store,
+            config: Arc::new(config),
+            events_waiting: Arc::new(Notify::new()),
+            outbox_waiting: Arc::new(Notify::new()),
+            http,
+        }
+    }
+}
+
+/// The whole HTTP surface: `/mdm/v2/...` and `/invite`.
+pub fn router(state: AppState) -> Router {
+    use config::{get_client_config, post_client_config, service_config};
+    use users::{create_users, event_status, get_users, retire_users, update_users};
+    let wrong = users::method_not_allowed;
+    Router::new()
+        .route("/mdm/v2/service/config", get(service_config).fallback(wrong))
+        .route("/mdm/v2/client/config", get(get_client_config).post(post_client_config).fallback(wrong))
+        .route("/mdm/v2/users", get(get_users).fallback(wrong))
+        .route("/mdm/v2/users/create", post(create_users).fallback(wrong))
+        .route("/mdm/v2/users/update", post(update_users).fallback(wrong))
+        .route("/mdm/v2/users/retire", post(retire_users).fallback(wrong))
+        .route("/mdm/v2/status", get(event_status).fallback(wrong))
+        .route("/invite", get(invite::show).post(invite::accept_form))
+        .route("/invite/accept", post(invite::accept_json))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(state)
+}
+
+/// Starts the event worker and the notification sender; they stop when `shutdown` fires.
+pub fn spawn_workers(state: AppState, shutdown: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(worker::run(state.clone(), shutdown.clone())),
+        tokio::spawn(outbox::run(state, shutdown)),
+    ]
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

@@ -1,0 +1,86 @@
+//! Service limits (Apple's example values, overridable in the store at run time) and the
+//! per-organisation rate limiter behind 9646.
+
+use cloudvpp_store::AppsBooksStore;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Apple's Service Config example limits.
+pub const APPLE_DEFAULTS: &[(&str, i64)] = &[
+    ("maxAssets", 25),
+    ("maxUsers", 100),
+    ("maxNotificationLength", 512),
+    ("maxRevokeClientUserIds", 100),
+    ("maxClientUserIds", 1000),
+    ("maxSerialNumbers", 1000),
+    ("maxRevokeSerialNumbers", 100),
+    ("maxRequestPerSecond", 15),
+    ("maxSubscriptions", 25),
+    ("maxSubscriptionClientUserIds", 1000),
+    ("maxMdmNameLength", 100),
+    ("maxMdmMetadataLength", 255),
+    ("maxMdmIdLength", 100),
+];
+
+/// How long a read of the overrides is reused: limits change "without notice", and a
+/// change made with `cloudvpp appsbooks limits set` shows within this time.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Current limits.
+pub struct Limits {
+    store: Arc<dyn AppsBooksStore>,
+    cache: Mutex<Option<(Instant, BTreeMap<String, i64>)>>,
+}
+
+impl Limits {
+    /// Limits backed by `store`.
+    pub fn new(store: Arc<dyn AppsBooksStore>) -> Self {
+        Limits { store, cache: Mutex::new(None) }
+    }
+
+    /// Every limit, defaults merged with overrides.
+    pub async fn all(&self) -> BTreeMap<String, i64> {
+        if let Some((at, map)) = self.cache.lock().expect("lock").as_ref() {
+            if at.elapsed() < REFRESH {
+                return map.clone();
+            }
+        }
+        let mut map: BTreeMap<String, i64> = APPLE_DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        match self.store.get_limits().await {
+            Ok(over) => map.extend(over),
+            Err(e) => tracing::warn!(error = %e, "reading limits; using defaults"),
+        }
+        *self.cache.lock().expect("lock") = Some((Instant::now(), map.clone()));
+        map
+    }
+
+    /// One limit.
+    pub async fn get(&self, name: &str) -> i64 {
+        self.all().await.get(name).copied().unwrap_or(i64::MAX)
+    }
+}
+
+/// Fixed one-second windows per organisation. Per instance: behind a load balancer each
+/// instance enforces the limit on its own share (documented in docs/ARCHITECTURE.md).
+#[derive(Default)]
+pub struct RateLimiter {
+    windows: Mutex<HashMap<i64, (u64, i64)>>,
+}
+
+impl RateLimiter {
+    /// Counts one request; `false` when the organisation is over `per_second`.
+    pub fn allow(&self, org_id: i64, per_second: i64) -> bool {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut w = self.windows.lock().expect("lock");
+        let entry = w.entry(org_id).or_insert((second, 0));
+        if entry.0 != second {
+            *entry = (second, 0);
+        }
+        entry.1 += 1;
+        entry.1 <= per_second
+    }
+}

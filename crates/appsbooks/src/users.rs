@@ -1,0 +1,218 @@
+//! Get Users, Create/Update/Retire Users and Event Status.
+
+use crate::auth::OrgContext;
+use crate::error::{ApiError, ApiResult};
+use crate::ids::{decode_version, encode_version};
+use crate::AppState;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use cloudvpp_abwire::errors::{self, AppleError};
+use cloudvpp_abwire::{EventResponse, GetUsersResponse, RequestUser, StatusResponse};
+use cloudvpp_store::logic::failure_response;
+use cloudvpp_store::{EventType, UserFilter, UserWindow};
+use std::collections::{HashMap, HashSet};
+
+/// Any method an endpoint does not support: 9726 with HTTP 405.
+pub async fn method_not_allowed() -> ApiError {
+    errors::UNSUPPORTED_METHOD.into()
+}
+
+fn parse_bool(v: Option<&String>) -> ApiResult<bool> {
+    match v.map(|s| s.as_str()) {
+        None | Some("") => Ok(false),
+        Some(s) if s.eq_ignore_ascii_case("true") || s == "1" => Ok(true),
+        Some(s) if s.eq_ignore_ascii_case("false") || s == "0" => Ok(false),
+        Some(_) => Err(errors::INVALID_ARGUMENT.into()),
+    }
+}
+
+/// `GET /mdm/v2/users`.
+///
+/// Pages are fixed windows: without `sinceVersionId`, page `k` holds the records created
+/// `k*size+1 ..= (k+1)*size`-th; with it, the changes numbered in the same way after that
+/// version. Filters apply inside the window, so a filtered page can hold fewer than `size`
+/// users (even none) while `nextPageIndex` still points on. Each page is one indexed range
+/// read whatever its index: no OFFSET scan.
+pub async fn get_users(
+    State(state): State<AppState>,
+    ctx: OrgContext,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<GetUsersResponse>> {
+    let filter = UserFilter {
+        active_only: parse_bool(q.get("activeOnly"))?,
+        retired_only: parse_bool(q.get("retiredOnly"))?,
+    };
+    let page: i64 = match q.get("pageIndex").map(|s| s.trim()) {
+        None | Some("") => 0,
+        Some(s) => s.parse::<i64>().map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?,
+    };
+    let org = &ctx.org;
+    let since = match q.get("sinceVersionId").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(v) => match decode_version(&org.secret, v) {
+            Some(chg) if chg <= org.chg => Some(chg),
+            _ => return Err(errors::INVALID_VERSION_ID.into()),
+        },
+    };
+    let size = state.config.page_size.max(1);
+    let pages_for = |span: i64| ((span + size - 1) / size).max(1);
+    let (users, total_pages) = if let Some(cuid) = q.get("clientUserId").filter(|s| !s.is_empty()) {
+        // One person's records: a single page.
+        if page != 0 {
+            return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
+        }
+        let mut users = state.store.list_users_by_client_id(org.id, cuid, &filter).await?;
+        if let Some(since) = since {
+            users.retain(|u| u.chg > since);
+        }
+        (users, 1)
+    } else {
+        let (total_pages, window) = match since {
+            Some(since) => {
+                let lo = since + 1 + page * size;
+                (pages_for(org.chg - since), UserWindow::Chg { lo, hi: lo + size })
+            }
+            None => {
+                let lo = 1 + page * size;
+                (pages_for(org.user_count), UserWindow::Ord { lo, hi: lo + size })
+            }
+        };
+        if page < 0 || page >= total_pages {
+            return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
+        }
+        (state.store.list_users_window(org.id, window, &filter).await?, total_pages)
+    };
+    Ok(Json(GetUsersResponse {
+        current_page_index: page as u32,
+        next_page_index: (page + 1 < total_pages).then_some(page as u32 + 1),
+        size: users.len() as u32,
+        total_pages: total_pages as u32,
+        users: users.iter().map(|u| u.to_response()).collect(),
+        version_id: encode_version(&org.secret, org.chg),
+        meta: ctx.meta(),
+    }))
+}
+
+/// `POST /mdm/v2/users/create`.
+pub async fn create_users(state: State<AppState>, ctx: OrgContext, headers: HeaderMap, body: Bytes) -> ApiResult<Json<EventResponse>> {
+    manage(state, ctx, headers, body, EventType::Create).await
+}
+
+/// `POST /mdm/v2/users/update`.
+pub async fn update_users(state: State<AppState>, ctx: OrgContext, headers: HeaderMap, body: Bytes) -> ApiResult<Json<EventResponse>> {
+    manage(state, ctx, headers, body, EventType::Update).await
+}
+
+/// `POST /mdm/v2/users/retire`.
+pub async fn retire_users(state: State<AppState>, ctx: OrgContext, headers: HeaderMap, body: Bytes) -> ApiResult<Json<EventResponse>> {
+    manage(state, ctx, headers, body, EventType::Retire).await
+}
+
+/// Whether the request declares a JSON body (9727 otherwise).
+pub fn require_json(headers: &HeaderMap) -> ApiResult<()> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(errors::UNSUPPORTED_CONTENT_TYPE.into())
+    }
+}
+
+/// A plausible email address: what Apple's 9717 guards against is garbage, not RFC 5322.
+pub fn valid_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else { return false };
+    !local.is_empty()
+        && s.len() <= 254
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        && !domain.contains('@')
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+}
+
+/// Synchronous checks of a ManageUsersRequest, in Apple's order of severity. Nothing is
+/// stored when one fails.
+pub fn validate_manage_request(body: &[u8], max_users: i64) -> Result<Vec<RequestUser>, AppleError> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| errors::INVALID_ARGUMENT)?;
+    let obj = value.as_object().ok_or(errors::INVALID_ARGUMENT)?;
+    let users = match obj.get("users") {
+        None | Some(serde_json::Value::Null) => return Err(errors::USERS_REQUIRED),
+        Some(serde_json::Value::Array(a)) if a.is_empty() => return Err(errors::USERS_REQUIRED),
+        Some(v) => v.clone(),
+    };
+    let users: Vec<RequestUser> = serde_json::from_value(users).map_err(|_| errors::INVALID_ARGUMENT)?;
+    if users.iter().any(|u| u.client_user_id.trim().is_empty()) {
+        return Err(errors::INVALID_ARGUMENT);
+    }
+    if users.len() as i64 > max_users {
+        return Err(errors::TOO_MANY_USERS);
+    }
+    let mut seen = HashSet::with_capacity(users.len());
+    if !users.iter().all(|u| seen.insert(u.client_user_id.as_str())) {
+        return Err(errors::DUPLICATE_USERS);
+    }
+    if users.iter().filter_map(|u| u.email.as_deref()).any(|e| !valid_email(e)) {
+        return Err(errors::INVALID_EMAIL);
+    }
+    if users.iter().filter_map(|u| u.managed_apple_id.as_deref()).any(|m| m.trim().is_empty()) {
+        return Err(errors::INVALID_ARGUMENT);
+    }
+    Ok(users)
+}
+
+async fn manage(
+    State(state): State<AppState>,
+    ctx: OrgContext,
+    headers: HeaderMap,
+    body: Bytes,
+    event_type: EventType,
+) -> ApiResult<Json<EventResponse>> {
+    require_json(&headers)?;
+    let max_users = state.limits.get("maxUsers").await;
+    let users = validate_manage_request(&body, max_users)?;
+    let event_id = uuid::Uuid::new_v4().to_string();
+    state.store.insert_event(ctx.org.id, &event_id, event_type, &users, crate::now_ms()).await?;
+    state.events_waiting.notify_one();
+    tracing::debug!(org = ctx.org.id, event_id, kind = event_type.as_str(), users = users.len(), "event accepted");
+    Ok(Json(EventResponse { event_id, meta: ctx.meta() }))
+}
+
+/// `GET /mdm/v2/status?eventId=`.
+pub async fn event_status(
+    State(state): State<AppState>,
+    ctx: OrgContext,
+    Query(q): Query<HashMap<String, String>>,
+) -> ApiResult<Json<StatusResponse>> {
+    let event_id = q.get("eventId").map(|s| s.trim()).filter(|s| !s.is_empty()).ok_or(errors::EVENT_NOT_FOUND)?;
+    let ev = state.store.get_event(ctx.org.id, event_id).await?.ok_or(errors::EVENT_NOT_FOUND)?;
+    Ok(Json(StatusResponse {
+        event_status: ev.status,
+        event_type: ev.event_type.as_str().to_string(),
+        num_completed: ev.num_completed as u32,
+        num_requested: ev.num_requested as u32,
+        failures: ev.failures.into_iter().map(|(n, ids)| failure_response(n, ids)).collect(),
+        meta: ctx.meta(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn synchronous_checks_follow_apple() {
+        let n = |b: &str| validate_manage_request(b.as_bytes(), 2).unwrap_err().number;
+        assert_eq!(n("{"), 9602);
+        assert_eq!(n("{}"), 9720);
+        assert_eq!(n(r#"{"users":[]}"#), 9720);
+        assert_eq!(n(r#"{"users":[{"email":"a@b.c"}]}"#), 9602);
+        assert_eq!(n(r#"{"users":[{"clientUserId":"a"},{"clientUserId":"b"},{"clientUserId":"c"}]}"#), 9714);
+        assert_eq!(n(r#"{"users":[{"clientUserId":"a"},{"clientUserId":"a"}]}"#), 9715);
+        assert_eq!(n(r#"{"users":[{"clientUserId":"a","email":"nope"}]}"#), 9717);
+        assert!(validate_manage_request(br#"{"users":[{"clientUserId":"a","email":"a@b.co"}]}"#, 2).is_ok());
+    }
+}

@@ -1,0 +1,345 @@
+//! Storage traits and domain rows of cloudvpp.
+//!
+//! Backends (`cloudvpp-store-sqlite`, later PostgreSQL) implement [`AppsBooksStore`]; the
+//! services hold it as `Arc<dyn AppsBooksStore>` and never see SQL. Decisions that do not
+//! need SQL (how an event step folds into notifications, how failures group) live in
+//! [`logic`] so that every backend makes them the same way inside its own transaction.
+//!
+//! Contract shared by all methods: "nothing found" is `Ok(None)` or an empty list, never
+//! an error; every write that returns `Ok` is committed durably.
+
+pub mod logic;
+
+use async_trait::async_trait;
+use cloudvpp_abwire::{MdmInfo, RequestUser, ResponseUser, UserStatus};
+use serde::{Deserialize, Serialize};
+
+/// Storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness rule was violated.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The caller no longer holds the lease it acted under.
+    #[error("lease lost")]
+    LeaseLost,
+    /// Anything else the backend reports.
+    #[error("storage: {0}")]
+    Other(String),
+}
+
+/// Result alias.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An organisation (Apple's "location" / organisational unit).
+#[derive(Debug, Clone)]
+pub struct Org {
+    /// Database id.
+    pub id: i64,
+    /// Apple's `uId`: a numeric string.
+    pub uid: String,
+    /// Organisation / location name.
+    pub name: String,
+    /// Per-org secret: keys `idHash` and `versionId` checks.
+    pub secret: String,
+    /// Number of user records ever created (the highest `ord`).
+    pub user_count: i64,
+    /// The latest change sequence number (the current data-set version).
+    pub chg: i64,
+    /// Client config.
+    pub config: ClientConfig,
+}
+
+/// What an MDM set with `POST client/config`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClientConfig {
+    /// `mdmInfo`, once set.
+    pub mdm_info: Option<MdmInfo>,
+    /// Notification URL.
+    pub notification_url: Option<String>,
+    /// Notification bearer secret.
+    pub notification_auth_token: Option<String>,
+    /// Subscribed types.
+    pub notification_types: Vec<String>,
+}
+
+impl ClientConfig {
+    /// Whether notifications of `kind` are to be sent.
+    pub fn subscribed(&self, kind: &str) -> bool {
+        self.notification_url.is_some() && self.notification_types.iter().any(|t| t == kind)
+    }
+}
+
+/// An sToken as stored.
+#[derive(Debug, Clone)]
+pub struct TokenRecord {
+    /// Organisation it belongs to.
+    pub org_id: i64,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// Set when a renewal replaced it.
+    pub revoked: bool,
+}
+
+/// A user record. One `clientUserId` can have many records (retired ones plus at most
+/// one active one).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    /// Dense per-org creation ordinal, from 1: pages of unfiltered lists are windows of it.
+    pub ord: i64,
+    /// Change sequence number of the last change: pages of `sinceVersionId` lists are windows of it.
+    pub chg: i64,
+    /// The MDM's identifier.
+    pub client_user_id: String,
+    /// Email.
+    pub email: Option<String>,
+    /// Invite code (kept after retirement, but no longer shown).
+    pub invite_code: Option<String>,
+    /// Hash of the associated Apple Account.
+    pub id_hash: Option<String>,
+    /// State.
+    pub status: UserStatus,
+}
+
+impl UserRecord {
+    /// The user as Apple shows it: a retired user shows no invite code.
+    pub fn to_response(&self) -> ResponseUser {
+        ResponseUser {
+            client_user_id: self.client_user_id.clone(),
+            email: self.email.clone(),
+            id_hash: self.id_hash.clone(),
+            invite_code: match self.status {
+                UserStatus::Retired | UserStatus::Deleted => None,
+                _ => self.invite_code.clone(),
+            },
+            status: self.status,
+        }
+    }
+}
+
+/// Which slice of an organisation's users a page covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserWindow {
+    /// Records with `lo <= ord < hi` (full listings).
+    Ord {
+        /// Inclusive.
+        lo: i64,
+        /// Exclusive.
+        hi: i64,
+    },
+    /// Records with `lo <= chg < hi` (`sinceVersionId` listings).
+    Chg {
+        /// Inclusive.
+        lo: i64,
+        /// Exclusive.
+        hi: i64,
+    },
+}
+
+/// Filters of Get Users.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    /// Only non-retired.
+    pub active_only: bool,
+    /// Only retired.
+    pub retired_only: bool,
+}
+
+/// `CREATE`, `UPDATE`, `RETIRE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    /// users/create
+    Create,
+    /// users/update
+    Update,
+    /// users/retire
+    Retire,
+}
+
+impl EventType {
+    /// Apple's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Create => "CREATE",
+            EventType::Update => "UPDATE",
+            EventType::Retire => "RETIRE",
+        }
+    }
+    /// Parses Apple's spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "CREATE" => EventType::Create,
+            "UPDATE" => EventType::Update,
+            "RETIRE" => EventType::Retire,
+            _ => return None,
+        })
+    }
+}
+
+/// An event as `GET status` reports it.
+#[derive(Debug, Clone)]
+pub struct EventRecord {
+    /// Apple's `eventId`.
+    pub event_id: String,
+    /// Type.
+    pub event_type: EventType,
+    /// `PENDING`, `COMPLETE` or `FAILED`.
+    pub status: String,
+    /// Users requested.
+    pub num_requested: i64,
+    /// Users done successfully.
+    pub num_completed: i64,
+    /// Error number → clientUserIds it hit, in the order met.
+    pub failures: Vec<(u32, Vec<String>)>,
+}
+
+/// An event a worker has leased.
+#[derive(Debug, Clone)]
+pub struct EventClaim {
+    /// Database id.
+    pub id: i64,
+    /// Organisation.
+    pub org_id: i64,
+    /// Apple's `eventId`.
+    pub event_id: String,
+    /// Type.
+    pub event_type: EventType,
+    /// The request's users.
+    pub users: Vec<RequestUser>,
+    /// How many of `users` are already applied.
+    pub cursor: usize,
+    /// The lease owner this claim was made under.
+    pub owner: String,
+}
+
+/// One user operation of an event step, with the random parts decided by the service.
+#[derive(Debug, Clone)]
+pub struct UserOp {
+    /// The request user.
+    pub user: RequestUser,
+    /// For a create: the invite code to give a Registered user.
+    pub new_invite_code: String,
+    /// `idHash` of `managedAppleId`, when given.
+    pub id_hash: Option<String>,
+}
+
+/// The outcome of one user operation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserOutcome {
+    /// Applied; the record as it now is.
+    Done(UserRecord),
+    /// Refused with an Apple asynchronous error number.
+    Failed {
+        /// clientUserId.
+        client_user_id: String,
+        /// Apple error number (9716, 9609, 9641).
+        error: u32,
+    },
+}
+
+/// A notification to put in the outbox.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    /// Organisation.
+    pub org_id: i64,
+    /// Type name.
+    pub notification_type: String,
+    /// The whole envelope, JSON.
+    pub body: String,
+}
+
+/// A notification a sender has leased, with where to send it.
+#[derive(Debug, Clone)]
+pub struct OutboxItem {
+    /// Database id.
+    pub id: i64,
+    /// The envelope, JSON.
+    pub body: String,
+    /// Attempts made before this one.
+    pub attempts: i64,
+    /// Current notification URL of the organisation (None: notifications were turned off).
+    pub url: Option<String>,
+    /// Current bearer secret.
+    pub auth_token: Option<String>,
+}
+
+/// Result of accepting an invitation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AcceptOutcome {
+    /// The user is now Associated.
+    Associated(UserRecord),
+    /// No such code.
+    Unknown,
+    /// The code was already used (the user is Associated).
+    AlreadyAccepted,
+    /// The user was retired.
+    Retired,
+    /// The Apple Account is associated with another active user of the organisation.
+    AccountInUse,
+}
+
+/// Storage of the Apps and Books service.
+#[async_trait]
+pub trait AppsBooksStore: Send + Sync + 'static {
+    /// Creates an organisation with its first sToken.
+    async fn create_org(&self, uid: &str, name: &str, secret: &str, stoken: &str, expires_at: i64)
+        -> Result<Org>;
+    /// Every organisation.
+    async fn list_orgs(&self) -> Result<Vec<Org>>;
+    /// One organisation by database id.
+    async fn get_org(&self, org_id: i64) -> Result<Option<Org>>;
+    /// One organisation by `uId` or name.
+    async fn find_org(&self, uid_or_name: &str) -> Result<Option<Org>>;
+    /// Revokes every live token of the organisation and stores `stoken` as the new one.
+    async fn renew_token(&self, org_id: i64, stoken: &str, expires_at: i64) -> Result<()>;
+    /// Looks a whole sToken string up.
+    async fn find_token(&self, stoken: &str) -> Result<Option<TokenRecord>>;
+    /// Latest token expiry of an org (for display).
+    async fn current_token_expiry(&self, org_id: i64) -> Result<Option<i64>>;
+    /// Replaces the client config.
+    async fn set_client_config(&self, org_id: i64, config: &ClientConfig) -> Result<()>;
+
+    /// Users of one window, in window order.
+    async fn list_users_window(&self, org_id: i64, window: UserWindow, filter: &UserFilter)
+        -> Result<Vec<UserRecord>>;
+    /// Every record of one clientUserId, oldest first.
+    async fn list_users_by_client_id(&self, org_id: i64, client_user_id: &str, filter: &UserFilter)
+        -> Result<Vec<UserRecord>>;
+
+    /// Stores a new PENDING event. All `now` values in this trait are Unix milliseconds.
+    async fn insert_event(&self, org_id: i64, event_id: &str, event_type: EventType, users: &[RequestUser], now: i64)
+        -> Result<()>;
+    /// One event of one organisation.
+    async fn get_event(&self, org_id: i64, event_id: &str) -> Result<Option<EventRecord>>;
+    /// Leases the oldest PENDING event whose organisation has no older PENDING event, and
+    /// whose lease is free or expired.
+    async fn claim_event(&self, owner: &str, now: i64, lease_ms: i64) -> Result<Option<EventClaim>>;
+    /// Applies `ops` (the next users from the claim's cursor) in one transaction: users,
+    /// progress, failures, notifications (built by [`logic`]) and, when `ops` reaches the
+    /// end, the final status. Fails with [`StoreError::LeaseLost`] if the lease moved on.
+    async fn process_event_step(&self, claim: &EventClaim, ops: &[UserOp], now: i64, lease_ms: i64)
+        -> Result<Vec<UserOutcome>>;
+
+    /// The Registered user holding `invite_code`, with its organisation.
+    async fn find_invitation(&self, invite_code: &str) -> Result<Option<(i64, UserRecord)>>;
+    /// Associates the user holding `invite_code` with the Apple Account hashed as
+    /// `id_hash`, and queues `USER_ASSOCIATED` when subscribed.
+    async fn accept_invitation(&self, invite_code: &str, id_hash: &str) -> Result<AcceptOutcome>;
+
+    /// Queues a notification.
+    async fn enqueue_notification(&self, n: &NewNotification) -> Result<()>;
+    /// Leases up to `limit` notifications that are due.
+    async fn claim_notifications(&self, owner: &str, now: i64, lease_ms: i64, limit: i64)
+        -> Result<Vec<OutboxItem>>;
+    /// Marks one delivered.
+    async fn notification_delivered(&self, id: i64, now: i64) -> Result<()>;
+    /// Records a failed attempt; `retry_at` None gives up.
+    async fn notification_failed(&self, id: i64, retry_at: Option<i64>, error: &str) -> Result<()>;
+    /// Counts notifications by state (`pending`, `delivered`, `dead`), for tests and ops.
+    async fn notification_counts(&self, org_id: i64) -> Result<Vec<(String, i64)>>;
+
+    /// Service limits overriding Apple's defaults.
+    async fn get_limits(&self) -> Result<Vec<(String, i64)>>;
+    /// Sets one limit.
+    async fn set_limit(&self, name: &str, value: i64) -> Result<()>;
+}
