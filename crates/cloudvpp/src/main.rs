@@ -162,6 +162,9 @@ fn expiry(expires: Option<&str>) -> Result<i64> {
 
 #[tokio::main]
 async fn main() {
+    // One crypto provider for the whole process (ring), chosen explicitly so rustls
+    // never has to guess between providers pulled in by dependencies.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLOUDVPP_LOG").unwrap_or_else(|_| "info".into()),

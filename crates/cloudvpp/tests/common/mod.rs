@@ -1,0 +1,247 @@
+//! Test harness: the real `cloudvpp` binary on 127.0.0.1 with a real SQLite file, and a
+//! real HTTP server standing in for an MDM's notification endpoint.
+#![allow(dead_code)]
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cloudvpp");
+
+/// A temp dir holding one database.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { dir: tempfile::tempdir().unwrap() }
+    }
+    pub fn db(&self) -> String {
+        format!("sqlite://{}/ab.db", self.dir.path().display())
+    }
+    /// Runs a CLI command and returns stdout; panics on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN).args(args).env("CLOUDVPP_DATABASE", self.db()).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+    /// Creates an organisation and returns its sToken.
+    pub fn org(&self, name: &str) -> String {
+        self.cli(&["appsbooks", "org", "create", "--name", name]).trim().to_string()
+    }
+    /// Starts `cloudvpp appsbooks serve` with extra flags.
+    pub fn serve(&self, extra: &[&str]) -> Server {
+        let mut child = Command::new(BIN)
+            .args(["appsbooks", "serve", "--listen", "127.0.0.1:0", "--allow-http-notifications"])
+            .args(["--database", &self.db()])
+            .args(extra)
+            .env("CLOUDVPP_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let base = line.trim().rsplit(' ').next().unwrap().to_string();
+        assert!(base.starts_with("http"), "unexpected first line {line:?}");
+        Server { child, base, http: reqwest::Client::new() }
+    }
+}
+
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// SIGKILL, as a crash.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Sends, waiting out 9646 as a well-behaved client does (Retry-After).
+    async fn send(&self, req: reqwest::RequestBuilder) -> (u16, Value) {
+        loop {
+            let r = req.try_clone().unwrap().send().await.unwrap();
+            let status = r.status().as_u16();
+            if status == 429 {
+                let secs: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                tokio::time::sleep(Duration::from_millis(secs * 1000 / 4)).await;
+                continue;
+            }
+            return (status, r.json().await.unwrap_or(Value::Null));
+        }
+    }
+
+    pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
+        self.send(self.http.get(self.url(path)).bearer_auth(token)).await
+    }
+
+    pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        self.send(self.http.post(self.url(path)).bearer_auth(token).json(&body)).await
+    }
+
+    /// Posts users to users/create|update|retire and returns the eventId.
+    pub async fn manage(&self, token: &str, action: &str, users: Value) -> String {
+        let (status, body) = self.post(token, &format!("/mdm/v2/users/{action}"), serde_json::json!({ "users": users })).await;
+        assert_eq!(status, 200, "{body}");
+        body["eventId"].as_str().unwrap().to_string()
+    }
+
+    /// Polls status until the event is no longer PENDING.
+    pub async fn wait_event(&self, token: &str, event_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (status, body) = self.get(token, &format!("/mdm/v2/status?eventId={event_id}")).await;
+            assert_eq!(status, 200, "{body}");
+            if body["eventStatus"] != "PENDING" {
+                return body;
+            }
+            assert!(Instant::now() < deadline, "event {event_id} still pending");
+            tokio::time::sleep(Duration::from_millis(70)).await;
+        }
+    }
+
+    /// All users, following nextPageIndex.
+    pub async fn all_users(&self, token: &str, query: &str) -> (Vec<Value>, String) {
+        let mut users = Vec::new();
+        let mut page = 0;
+        let mut version = None;
+        loop {
+            let sep = if query.is_empty() { "" } else { "&" };
+            let (status, body) = self.get(token, &format!("/mdm/v2/users?pageIndex={page}{sep}{query}")).await;
+            assert_eq!(status, 200, "{body}");
+            version.get_or_insert_with(|| body["versionId"].as_str().unwrap().to_string());
+            users.extend(body["users"].as_array().unwrap().iter().cloned());
+            match body["nextPageIndex"].as_u64() {
+                Some(n) => page = n,
+                None => return (users, version.unwrap()),
+            }
+        }
+    }
+}
+
+/// One notification as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub authorization: Option<String>,
+    pub body: Value,
+}
+
+/// A notification endpoint: records every POST; answers 500 while `fail_next` > 0 or
+/// `fail_always` is set.
+#[derive(Clone, Default)]
+pub struct Receiver {
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub attempts: Arc<Mutex<u32>>,
+    pub fail_next: Arc<Mutex<u32>>,
+    pub fail_always: Arc<Mutex<bool>>,
+}
+
+pub struct RunningReceiver {
+    pub url: String,
+    pub addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    pub async fn start(&self) -> RunningReceiver {
+        self.start_on("127.0.0.1:0").await
+    }
+
+    pub async fn start_on(&self, addr: &str) -> RunningReceiver {
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/notify",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let me = me.clone();
+                async move {
+                    *me.attempts.lock().unwrap() += 1;
+                    let fail = {
+                        let mut n = me.fail_next.lock().unwrap();
+                        if *n > 0 {
+                            *n -= 1;
+                            true
+                        } else {
+                            *me.fail_always.lock().unwrap()
+                        }
+                    };
+                    if fail {
+                        return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    me.received.lock().unwrap().push(Received {
+                        authorization: headers.get("authorization").map(|v| v.to_str().unwrap().to_string()),
+                        body: serde_json::from_slice(&body).unwrap(),
+                    });
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        // A just-aborted receiver may still hold the port for a moment.
+        let mut tries = 0;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("binding {addr}: {e}"),
+            }
+        };
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        RunningReceiver { url: format!("http://{addr}/notify"), addr, task }
+    }
+
+    pub fn of_type(&self, kind: &str) -> Vec<Received> {
+        self.received.lock().unwrap().iter().filter(|r| r.body["notificationType"] == kind).cloned().collect()
+    }
+
+    /// Waits until `n` notifications of `kind` arrived.
+    pub async fn wait_for(&self, kind: &str, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.of_type(kind);
+            if got.len() >= n {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "only {} {kind} notifications arrived, wanted {n}", got.len());
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+pub fn users(range: std::ops::Range<usize>, prefix: &str) -> Value {
+    Value::Array(
+        range
+            .map(|i| serde_json::json!({"clientUserId": format!("{prefix}-{i}"), "email": format!("{prefix}-{i}@example.com")}))
+            .collect(),
+    )
+}
