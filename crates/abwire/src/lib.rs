@@ -318,7 +318,10 @@ mod tests {
             "tokenExpirationDate":"2030-11-08T22:33:22+0000","uId":"2049025000431439"}"#;
         let parsed: StatusResponse = serde_json::from_str(text).unwrap();
         let back = serde_json::to_value(&parsed).unwrap();
-        assert_eq!(back, serde_json::from_str::<serde_json::Value>(text).unwrap());
+        assert_eq!(
+            back,
+            serde_json::from_str::<serde_json::Value>(text).unwrap()
+        );
     }
 
     #[test]

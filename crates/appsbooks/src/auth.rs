@@ -31,29 +31,53 @@ impl OrgContext {
 impl FromRequestParts<AppState> for OrgContext {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let header = parts
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .ok_or(errors::INVALID_AUTHORIZATION_HEADER)?;
-        let (scheme, token) = header.trim().split_once(' ').ok_or(errors::INVALID_AUTHORIZATION_HEADER)?;
+        let (scheme, token) = header
+            .trim()
+            .split_once(' ')
+            .ok_or(errors::INVALID_AUTHORIZATION_HEADER)?;
         let token = token.trim();
-        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() || token.contains(char::is_whitespace) {
+        if !scheme.eq_ignore_ascii_case("bearer")
+            || token.is_empty()
+            || token.contains(char::is_whitespace)
+        {
             return Err(errors::INVALID_AUTHORIZATION_HEADER.into());
         }
-        let record = state.store.find_token(token).await?.ok_or(errors::LOGIN_REQUIRED)?;
+        let record = state
+            .store
+            .find_token(token)
+            .await?
+            .ok_or(errors::LOGIN_REQUIRED)?;
         if record.revoked {
             return Err(errors::TOKEN_REVOKED.into());
         }
         if record.expires_at <= crate::now_ms() / 1000 {
             return Err(errors::TOKEN_EXPIRED.into());
         }
-        let org = state.store.get_org(record.org_id).await?.ok_or(errors::LOGIN_REQUIRED)?;
+        let org = state
+            .store
+            .get_org(record.org_id)
+            .await?
+            .ok_or(errors::LOGIN_REQUIRED)?;
         let per_second = state.limits.get("maxRequestPerSecond").await;
         if !state.rate.allow(org.id, per_second) {
-            return Err(ApiError { error: errors::TOO_MANY_REQUESTS, info: None, retry_after: Some(1) });
+            return Err(ApiError {
+                error: errors::TOO_MANY_REQUESTS,
+                info: None,
+                retry_after: Some(1),
+            });
         }
-        Ok(OrgContext { org, token_expires_at: record.expires_at })
+        Ok(OrgContext {
+            org,
+            token_expires_at: record.expires_at,
+        })
     }
 }

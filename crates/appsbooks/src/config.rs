@@ -10,7 +10,9 @@ use axum::http::HeaderMap;
 use axum::Json;
 use cloudvpp_abwire::errors::{self, AppleError};
 use cloudvpp_abwire::notification::types;
-use cloudvpp_abwire::{ClientConfigRequest, ClientConfigResponse, ResponseErrorCode, ServiceConfigResponse};
+use cloudvpp_abwire::{
+    ClientConfigRequest, ClientConfigResponse, ResponseErrorCode, ServiceConfigResponse,
+};
 use cloudvpp_store::{logic, ClientConfig};
 use std::collections::BTreeMap;
 
@@ -30,18 +32,30 @@ pub async fn service_config(State(state): State<AppState>) -> Json<ServiceConfig
     }
     urls.insert(
         "invitationEmail".into(),
-        format!("{}/invite?inviteCode={}&mt=8", state.config.public_url, cloudvpp_abwire::INVITE_CODE_PLACEHOLDER),
+        format!(
+            "{}/invite?inviteCode={}&mt=8",
+            state.config.public_url,
+            cloudvpp_abwire::INVITE_CODE_PLACEHOLDER
+        ),
     );
     Json(ServiceConfigResponse {
         error_codes: errors::ALL
             .iter()
-            .map(|e| ResponseErrorCode { error_message: e.message.to_string(), error_number: e.number })
+            .map(|e| ResponseErrorCode {
+                error_message: e.message.to_string(),
+                error_number: e.number,
+            })
             .collect(),
         limits: state.limits.all().await,
-        notification_types: ["ASSET_MANAGEMENT", "USER_MANAGEMENT", "USER_ASSOCIATED", "ASSET_COUNT"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+        notification_types: [
+            "ASSET_MANAGEMENT",
+            "USER_MANAGEMENT",
+            "USER_ASSOCIATED",
+            "ASSET_COUNT",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
         urls,
     })
 }
@@ -77,7 +91,8 @@ pub async fn post_client_config(
     body: Bytes,
 ) -> ApiResult<Json<ClientConfigResponse>> {
     require_json(&headers)?;
-    let req: ClientConfigRequest = serde_json::from_slice(&body).map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?;
+    let req: ClientConfigRequest =
+        serde_json::from_slice(&body).map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?;
     let limits = state.limits.all().await;
     let limit = |k: &str| limits.get(k).copied().unwrap_or(i64::MAX) as usize;
     let mut cfg = ctx.org.config.clone();
@@ -110,7 +125,11 @@ pub async fn post_client_config(
                 return Err(errors::NOTIFICATION_TOO_LONG.into());
             }
             check_notification_url(url, state.config.allow_http_notifications)?;
-            let test = logic::envelope(&ctx.org.uid, types::TEST_NOTIFICATION, serde_json::json!({}));
+            let test = logic::envelope(
+                &ctx.org.uid,
+                types::TEST_NOTIFICATION,
+                serde_json::json!({}),
+            );
             if let Err(why) = crate::outbox::deliver(&state.http, url, token, &test).await {
                 tracing::info!(org = ctx.org.id, %why, "test notification failed; configuration refused");
                 return Err(errors::NOTIFICATION_URL_UNREACHABLE.into());
@@ -122,7 +141,10 @@ pub async fn post_client_config(
     }
 
     if let Some(kinds) = &req.notification_types {
-        if kinds.iter().any(|k| !cloudvpp_abwire::SUBSCRIBABLE_NOTIFICATION_TYPES.contains(&k.as_str())) {
+        if kinds
+            .iter()
+            .any(|k| !cloudvpp_abwire::SUBSCRIBABLE_NOTIFICATION_TYPES.contains(&k.as_str()))
+        {
             return Err(errors::INVALID_ARGUMENT.into());
         }
         let mut kinds = kinds.clone();

@@ -69,9 +69,18 @@ pub fn id_hash(org_secret: &str, apple_account: &str) -> String {
 /// version from another organisation, or a made-up one, is refused (9721).
 pub fn encode_version(org_secret: &str, chg: i64) -> String {
     let check = mac(org_secret, &[b"version:", &chg.to_be_bytes()]);
-    let hex = format!("{:016x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}", chg as u64,
-        check[0], check[1], check[2], check[3], check[4], check[5], check[6], check[7]);
-    format!("{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+    let hex = format!(
+        "{:016x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
+        chg as u64, check[0], check[1], check[2], check[3], check[4], check[5], check[6], check[7]
+    );
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
 }
 
 /// Reads a `versionId` back; `None` if it was not issued for this organisation.
@@ -102,7 +111,10 @@ mod tests {
         assert_eq!(v.len(), 36);
         assert_eq!(decode_version("s1", &v), Some(42));
         assert_eq!(decode_version("s2", &v), None);
-        assert_eq!(decode_version("s1", "021f10a0-7035-11eb-9f67-bd1df52e1e13"), None);
+        assert_eq!(
+            decode_version("s1", "021f10a0-7035-11eb-9f67-bd1df52e1e13"),
+            None
+        );
     }
 
     #[test]

@@ -30,7 +30,11 @@ pub struct AcceptRequest {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 fn html_page(status: StatusCode, title: &str, body: &str) -> Response {
@@ -47,27 +51,47 @@ input{{font-size:1em;padding:.4em;width:100%;box-sizing:border-box}}button{{font
 /// Why an invitation cannot be accepted, with the status and words for people and scripts.
 fn refusal(outcome: &AcceptOutcome) -> (StatusCode, &'static str, &'static str) {
     match outcome {
-        AcceptOutcome::AlreadyAccepted => (StatusCode::CONFLICT, "already_accepted", "This invitation has already been accepted."),
-        AcceptOutcome::Retired => (StatusCode::GONE, "retired", "This invitation is no longer valid: your organisation has withdrawn it."),
+        AcceptOutcome::AlreadyAccepted => (
+            StatusCode::CONFLICT,
+            "already_accepted",
+            "This invitation has already been accepted.",
+        ),
+        AcceptOutcome::Retired => (
+            StatusCode::GONE,
+            "retired",
+            "This invitation is no longer valid: your organisation has withdrawn it.",
+        ),
         AcceptOutcome::AccountInUse => (
             StatusCode::CONFLICT,
             "account_in_use",
             "This Apple Account is already associated with another user of this organisation.",
         ),
-        _ => (StatusCode::NOT_FOUND, "unknown", "This invitation code is not valid. Check the link you received."),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "unknown",
+            "This invitation code is not valid. Check the link you received.",
+        ),
     }
 }
 
 /// The page for one code.
 async fn page_handler(state: &AppState, code: Option<&str>) -> Response {
     let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
-        return html_page(StatusCode::BAD_REQUEST, "Invitation", "<p>The link has no invitation code.</p>");
+        return html_page(
+            StatusCode::BAD_REQUEST,
+            "Invitation",
+            "<p>The link has no invitation code.</p>",
+        );
     };
     let found = match state.store.find_invitation(code).await {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(error = %e, "invitation lookup");
-            return html_page(StatusCode::INTERNAL_SERVER_ERROR, "Invitation", "<p>Something went wrong. Try again later.</p>");
+            return html_page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Invitation",
+                "<p>Something went wrong. Try again later.</p>",
+            );
         }
     };
     let outcome = match found {
@@ -102,24 +126,48 @@ pub async fn show(State(state): State<AppState>, Query(q): Query<PageQuery>) -> 
     page_handler(&state, q.invite_code.as_deref()).await
 }
 
-async fn accept(state: &AppState, req: &AcceptRequest) -> Result<AcceptOutcome, (StatusCode, &'static str, String)> {
+async fn accept(
+    state: &AppState,
+    req: &AcceptRequest,
+) -> Result<AcceptOutcome, (StatusCode, &'static str, String)> {
     let code = req.invite_code.as_deref().map(str::trim).unwrap_or("");
     let apple_id = req.apple_id.as_deref().map(str::trim).unwrap_or("");
     if code.is_empty() {
-        return Err((StatusCode::BAD_REQUEST, "missing_invite_code", "The invitation code is missing.".into()));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "missing_invite_code",
+            "The invitation code is missing.".into(),
+        ));
     }
     if !valid_email(apple_id) {
-        return Err((StatusCode::BAD_REQUEST, "invalid_apple_id", "Enter the Apple Account you use, such as name@example.com.".into()));
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "invalid_apple_id",
+            "Enter the Apple Account you use, such as name@example.com.".into(),
+        ));
     }
     let internal = |e: cloudvpp_store::StoreError| {
         tracing::error!(error = %e, "accepting invitation");
-        (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Something went wrong. Try again later.".to_string())
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Something went wrong. Try again later.".to_string(),
+        )
     };
     let Some((org_id, _)) = state.store.find_invitation(code).await.map_err(internal)? else {
         return Ok(AcceptOutcome::Unknown);
     };
-    let org = state.store.get_org(org_id).await.map_err(internal)?.ok_or_else(|| internal(cloudvpp_store::StoreError::Other("org".into())))?;
-    let outcome = state.store.accept_invitation(code, &id_hash(&org.secret, apple_id)).await.map_err(internal)?;
+    let org = state
+        .store
+        .get_org(org_id)
+        .await
+        .map_err(internal)?
+        .ok_or_else(|| internal(cloudvpp_store::StoreError::Other("org".into())))?;
+    let outcome = state
+        .store
+        .accept_invitation(code, &id_hash(&org.secret, apple_id))
+        .await
+        .map_err(internal)?;
     if matches!(outcome, AcceptOutcome::Associated(_)) {
         state.outbox_waiting.notify_one();
     }
@@ -127,7 +175,10 @@ async fn accept(state: &AppState, req: &AcceptRequest) -> Result<AcceptOutcome, 
 }
 
 /// `POST /invite` (the page's form).
-pub async fn accept_form(State(state): State<AppState>, Form(req): Form<AcceptRequest>) -> Response {
+pub async fn accept_form(
+    State(state): State<AppState>,
+    Form(req): Form<AcceptRequest>,
+) -> Response {
     match accept(&state, &req).await {
         Ok(AcceptOutcome::Associated(_)) => html_page(
             StatusCode::OK,
@@ -151,11 +202,21 @@ pub async fn accept_json(State(state): State<AppState>, body: axum::body::Bytes)
         }
     };
     match accept(&state, &req).await {
-        Ok(AcceptOutcome::Associated(user)) => (StatusCode::OK, Json(user.to_response())).into_response(),
+        Ok(AcceptOutcome::Associated(user)) => {
+            (StatusCode::OK, Json(user.to_response())).into_response()
+        }
         Ok(other) => {
             let (status, code, text) = refusal(&other);
-            (status, Json(serde_json::json!({"error": code, "message": text}))).into_response()
+            (
+                status,
+                Json(serde_json::json!({"error": code, "message": text})),
+            )
+                .into_response()
         }
-        Err((status, code, text)) => (status, Json(serde_json::json!({"error": code, "message": text}))).into_response(),
+        Err((status, code, text)) => (
+            status,
+            Json(serde_json::json!({"error": code, "message": text})),
+        )
+            .into_response(),
     }
 }

@@ -104,8 +104,16 @@ pub fn router(state: AppState) -> Router {
     use users::{create_users, event_status, get_users, retire_users, update_users};
     let wrong = users::method_not_allowed;
     Router::new()
-        .route("/mdm/v2/service/config", get(service_config).fallback(wrong))
-        .route("/mdm/v2/client/config", get(get_client_config).post(post_client_config).fallback(wrong))
+        .route(
+            "/mdm/v2/service/config",
+            get(service_config).fallback(wrong),
+        )
+        .route(
+            "/mdm/v2/client/config",
+            get(get_client_config)
+                .post(post_client_config)
+                .fallback(wrong),
+        )
         .route("/mdm/v2/users", get(get_users).fallback(wrong))
         .route("/mdm/v2/users/create", post(create_users).fallback(wrong))
         .route("/mdm/v2/users/update", post(update_users).fallback(wrong))
@@ -118,7 +126,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Starts the event worker and the notification sender; they stop when `shutdown` fires.
-pub fn spawn_workers(state: AppState, shutdown: tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+pub fn spawn_workers(
+    state: AppState,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(worker::run(state.clone(), shutdown.clone())),
         tokio::spawn(outbox::run(state, shutdown)),
@@ -127,5 +138,8 @@ pub fn spawn_workers(state: AppState, shutdown: tokio::sync::watch::Receiver<boo
 
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }

@@ -36,7 +36,10 @@ pub struct Limits {
 impl Limits {
     /// Limits backed by `store`.
     pub fn new(store: Arc<dyn AppsBooksStore>) -> Self {
-        Limits { store, cache: Mutex::new(None) }
+        Limits {
+            store,
+            cache: Mutex::new(None),
+        }
     }
 
     /// Every limit, defaults merged with overrides.
@@ -46,7 +49,10 @@ impl Limits {
                 return map.clone();
             }
         }
-        let mut map: BTreeMap<String, i64> = APPLE_DEFAULTS.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        let mut map: BTreeMap<String, i64> = APPLE_DEFAULTS
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
         match self.store.get_limits().await {
             Ok(over) => map.extend(over),
             Err(e) => tracing::warn!(error = %e, "reading limits; using defaults"),

@@ -10,7 +10,12 @@ use rand::Rng;
 use std::time::Duration;
 
 /// POSTs one envelope with the bearer secret; `Err` unless the answer is 2xx.
-pub async fn deliver(http: &reqwest::Client, url: &str, token: &str, body: &str) -> Result<(), String> {
+pub async fn deliver(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &str,
+) -> Result<(), String> {
     let resp = http
         .post(url)
         .bearer_auth(token)
@@ -37,7 +42,11 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
             return;
         }
         let now = crate::now_ms();
-        let items = match state.store.claim_notifications(&owner, now, LEASE_MS, BATCH).await {
+        let items = match state
+            .store
+            .claim_notifications(&owner, now, LEASE_MS, BATCH)
+            .await
+        {
             Ok(items) => items,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming notifications");
@@ -60,7 +69,9 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
     }
 }
 
-async fn run_all<F: std::future::Future<Output = ()> + Send + 'static>(futs: impl Iterator<Item = F>) {
+async fn run_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futs: impl Iterator<Item = F>,
+) {
     let mut set = tokio::task::JoinSet::new();
     for f in futs {
         set.spawn(f);
@@ -71,14 +82,18 @@ async fn run_all<F: std::future::Future<Output = ()> + Send + 'static>(futs: imp
 async fn send_one(state: &AppState, item: cloudvpp_store::OutboxItem) {
     let store = &state.store;
     let (Some(url), Some(token)) = (item.url.as_deref(), item.auth_token.as_deref()) else {
-        let _ = store.notification_failed(item.id, None, "notifications turned off").await;
+        let _ = store
+            .notification_failed(item.id, None, "notifications turned off")
+            .await;
         return;
     };
     let drop_share = state.config.drop_notifications_percent;
     if drop_share > 0 && rand::thread_rng().gen_range(0..100u8) < drop_share {
         // Fault injection: the notification is lost, as best-effort delivery allows.
         tracing::debug!(id = item.id, "notification dropped on purpose");
-        let _ = store.notification_failed(item.id, None, "dropped on purpose (fault setting)").await;
+        let _ = store
+            .notification_failed(item.id, None, "dropped on purpose (fault setting)")
+            .await;
         return;
     }
     let result = deliver(&state.http, url, token, &item.body).await;
@@ -86,7 +101,9 @@ async fn send_one(state: &AppState, item: cloudvpp_store::OutboxItem) {
         Ok(()) => store.notification_delivered(item.id, crate::now_ms()).await,
         Err(why) => {
             let delays = &state.config.notification_retry_delays;
-            let retry_at = delays.get(item.attempts as usize).map(|d| crate::now_ms() + d.as_millis() as i64);
+            let retry_at = delays
+                .get(item.attempts as usize)
+                .map(|d| crate::now_ms() + d.as_millis() as i64);
             tracing::info!(id = item.id, attempt = item.attempts + 1, %why, gives_up = retry_at.is_none(), "notification not delivered");
             store.notification_failed(item.id, retry_at, &why).await
         }

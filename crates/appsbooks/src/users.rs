@@ -46,10 +46,16 @@ pub async fn get_users(
     };
     let page: i64 = match q.get("pageIndex").map(|s| s.trim()) {
         None | Some("") => 0,
-        Some(s) => s.parse::<i64>().map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?,
+        Some(s) => s
+            .parse::<i64>()
+            .map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?,
     };
     let org = &ctx.org;
-    let since = match q.get("sinceVersionId").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+    let since = match q
+        .get("sinceVersionId")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+    {
         None => None,
         Some(v) => match decode_version(&org.secret, v) {
             Some(chg) if chg <= org.chg => Some(chg),
@@ -63,7 +69,10 @@ pub async fn get_users(
         if page != 0 {
             return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
         }
-        let mut users = state.store.list_users_by_client_id(org.id, cuid, &filter).await?;
+        let mut users = state
+            .store
+            .list_users_by_client_id(org.id, cuid, &filter)
+            .await?;
         if let Some(since) = since {
             users.retain(|u| u.chg > since);
         }
@@ -72,17 +81,29 @@ pub async fn get_users(
         let (total_pages, window) = match since {
             Some(since) => {
                 let lo = since + 1 + page * size;
-                (pages_for(org.chg - since), UserWindow::Chg { lo, hi: lo + size })
+                (
+                    pages_for(org.chg - since),
+                    UserWindow::Chg { lo, hi: lo + size },
+                )
             }
             None => {
                 let lo = 1 + page * size;
-                (pages_for(org.user_count), UserWindow::Ord { lo, hi: lo + size })
+                (
+                    pages_for(org.user_count),
+                    UserWindow::Ord { lo, hi: lo + size },
+                )
             }
         };
         if page < 0 || page >= total_pages {
             return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
         }
-        (state.store.list_users_window(org.id, window, &filter).await?, total_pages)
+        (
+            state
+                .store
+                .list_users_window(org.id, window, &filter)
+                .await?,
+            total_pages,
+        )
     };
     Ok(Json(GetUsersResponse {
         current_page_index: page as u32,
@@ -96,23 +117,41 @@ pub async fn get_users(
 }
 
 /// `POST /mdm/v2/users/create`.
-pub async fn create_users(state: State<AppState>, ctx: OrgContext, headers: HeaderMap, body: Bytes) -> ApiResult<Json<EventResponse>> {
+pub async fn create_users(
+    state: State<AppState>,
+    ctx: OrgContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<EventResponse>> {
     manage(state, ctx, headers, body, EventType::Create).await
 }
 
 /// `POST /mdm/v2/users/update`.
-pub async fn update_users(state: State<AppState>, ctx: OrgContext, headers: HeaderMap, body: Bytes) -> ApiResult<Json<EventResponse>> {
+pub async fn update_users(
+    state: State<AppState>,
+    ctx: OrgContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<EventResponse>> {
     manage(state, ctx, headers, body, EventType::Update).await
 }
 
 /// `POST /mdm/v2/users/retire`.
-pub async fn retire_users(state: State<AppState>, ctx: OrgContext, headers: HeaderMap, body: Bytes) -> ApiResult<Json<EventResponse>> {
+pub async fn retire_users(
+    state: State<AppState>,
+    ctx: OrgContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Json<EventResponse>> {
     manage(state, ctx, headers, body, EventType::Retire).await
 }
 
 /// Whether the request declares a JSON body (9727 otherwise).
 pub fn require_json(headers: &HeaderMap) -> ApiResult<()> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let mime = ct.split(';').next().unwrap_or("").trim();
     if mime.eq_ignore_ascii_case("application/json") {
         Ok(())
@@ -123,7 +162,9 @@ pub fn require_json(headers: &HeaderMap) -> ApiResult<()> {
 
 /// A plausible email address: what Apple's 9717 guards against is garbage, not RFC 5322.
 pub fn valid_email(s: &str) -> bool {
-    let Some((local, domain)) = s.split_once('@') else { return false };
+    let Some((local, domain)) = s.split_once('@') else {
+        return false;
+    };
     !local.is_empty()
         && s.len() <= 254
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -136,15 +177,20 @@ pub fn valid_email(s: &str) -> bool {
 
 /// Synchronous checks of a ManageUsersRequest, in Apple's order of severity. Nothing is
 /// stored when one fails.
-pub fn validate_manage_request(body: &[u8], max_users: i64) -> Result<Vec<RequestUser>, AppleError> {
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| errors::INVALID_ARGUMENT)?;
+pub fn validate_manage_request(
+    body: &[u8],
+    max_users: i64,
+) -> Result<Vec<RequestUser>, AppleError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| errors::INVALID_ARGUMENT)?;
     let obj = value.as_object().ok_or(errors::INVALID_ARGUMENT)?;
     let users = match obj.get("users") {
         None | Some(serde_json::Value::Null) => return Err(errors::USERS_REQUIRED),
         Some(serde_json::Value::Array(a)) if a.is_empty() => return Err(errors::USERS_REQUIRED),
         Some(v) => v.clone(),
     };
-    let users: Vec<RequestUser> = serde_json::from_value(users).map_err(|_| errors::INVALID_ARGUMENT)?;
+    let users: Vec<RequestUser> =
+        serde_json::from_value(users).map_err(|_| errors::INVALID_ARGUMENT)?;
     if users.iter().any(|u| u.client_user_id.trim().is_empty()) {
         return Err(errors::INVALID_ARGUMENT);
     }
@@ -155,10 +201,18 @@ pub fn validate_manage_request(body: &[u8], max_users: i64) -> Result<Vec<Reques
     if !users.iter().all(|u| seen.insert(u.client_user_id.as_str())) {
         return Err(errors::DUPLICATE_USERS);
     }
-    if users.iter().filter_map(|u| u.email.as_deref()).any(|e| !valid_email(e)) {
+    if users
+        .iter()
+        .filter_map(|u| u.email.as_deref())
+        .any(|e| !valid_email(e))
+    {
         return Err(errors::INVALID_EMAIL);
     }
-    if users.iter().filter_map(|u| u.managed_apple_id.as_deref()).any(|m| m.trim().is_empty()) {
+    if users
+        .iter()
+        .filter_map(|u| u.managed_apple_id.as_deref())
+        .any(|m| m.trim().is_empty())
+    {
         return Err(errors::INVALID_ARGUMENT);
     }
     Ok(users)
@@ -175,10 +229,22 @@ async fn manage(
     let max_users = state.limits.get("maxUsers").await;
     let users = validate_manage_request(&body, max_users)?;
     let event_id = uuid::Uuid::new_v4().to_string();
-    state.store.insert_event(ctx.org.id, &event_id, event_type, &users, crate::now_ms()).await?;
+    state
+        .store
+        .insert_event(ctx.org.id, &event_id, event_type, &users, crate::now_ms())
+        .await?;
     state.events_waiting.notify_one();
-    tracing::debug!(org = ctx.org.id, event_id, kind = event_type.as_str(), users = users.len(), "event accepted");
-    Ok(Json(EventResponse { event_id, meta: ctx.meta() }))
+    tracing::debug!(
+        org = ctx.org.id,
+        event_id,
+        kind = event_type.as_str(),
+        users = users.len(),
+        "event accepted"
+    );
+    Ok(Json(EventResponse {
+        event_id,
+        meta: ctx.meta(),
+    }))
 }
 
 /// `GET /mdm/v2/status?eventId=`.
@@ -187,14 +253,26 @@ pub async fn event_status(
     ctx: OrgContext,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<StatusResponse>> {
-    let event_id = q.get("eventId").map(|s| s.trim()).filter(|s| !s.is_empty()).ok_or(errors::EVENT_NOT_FOUND)?;
-    let ev = state.store.get_event(ctx.org.id, event_id).await?.ok_or(errors::EVENT_NOT_FOUND)?;
+    let event_id = q
+        .get("eventId")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .ok_or(errors::EVENT_NOT_FOUND)?;
+    let ev = state
+        .store
+        .get_event(ctx.org.id, event_id)
+        .await?
+        .ok_or(errors::EVENT_NOT_FOUND)?;
     Ok(Json(StatusResponse {
         event_status: ev.status,
         event_type: ev.event_type.as_str().to_string(),
         num_completed: ev.num_completed as u32,
         num_requested: ev.num_requested as u32,
-        failures: ev.failures.into_iter().map(|(n, ids)| failure_response(n, ids)).collect(),
+        failures: ev
+            .failures
+            .into_iter()
+            .map(|(n, ids)| failure_response(n, ids))
+            .collect(),
         meta: ctx.meta(),
     }))
 }
@@ -210,9 +288,22 @@ mod tests {
         assert_eq!(n("{}"), 9720);
         assert_eq!(n(r#"{"users":[]}"#), 9720);
         assert_eq!(n(r#"{"users":[{"email":"a@b.c"}]}"#), 9602);
-        assert_eq!(n(r#"{"users":[{"clientUserId":"a"},{"clientUserId":"b"},{"clientUserId":"c"}]}"#), 9714);
-        assert_eq!(n(r#"{"users":[{"clientUserId":"a"},{"clientUserId":"a"}]}"#), 9715);
-        assert_eq!(n(r#"{"users":[{"clientUserId":"a","email":"nope"}]}"#), 9717);
-        assert!(validate_manage_request(br#"{"users":[{"clientUserId":"a","email":"a@b.co"}]}"#, 2).is_ok());
+        assert_eq!(
+            n(r#"{"users":[{"clientUserId":"a"},{"clientUserId":"b"},{"clientUserId":"c"}]}"#),
+            9714
+        );
+        assert_eq!(
+            n(r#"{"users":[{"clientUserId":"a"},{"clientUserId":"a"}]}"#),
+            9715
+        );
+        assert_eq!(
+            n(r#"{"users":[{"clientUserId":"a","email":"nope"}]}"#),
+            9717
+        );
+        assert!(validate_manage_request(
+            br#"{"users":[{"clientUserId":"a","email":"a@b.co"}]}"#,
+            2
+        )
+        .is_ok());
     }
 }

@@ -21,7 +21,11 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
         if *shutdown.borrow() {
             return;
         }
-        match state.store.claim_event(&owner, crate::now_ms(), LEASE_MS).await {
+        match state
+            .store
+            .claim_event(&owner, crate::now_ms(), LEASE_MS)
+            .await
+        {
             Ok(Some(claim)) => {
                 if let Err(e) = process(&state, claim, &mut shutdown).await {
                     tracing::warn!(error = %e, "event step failed; will be retried");
@@ -52,7 +56,12 @@ async fn process(
     let step = if delay.is_zero() { STEP } else { 1 };
     let secret = match state.store.get_org(claim.org_id).await? {
         Some(org) => org.secret,
-        None => return Err(StoreError::Other(format!("event {} has no organisation", claim.event_id))),
+        None => {
+            return Err(StoreError::Other(format!(
+                "event {} has no organisation",
+                claim.event_id
+            )))
+        }
     };
     while claim.cursor < claim.users.len() {
         if *shutdown.borrow() {
@@ -73,10 +82,17 @@ async fn process(
                 id_hash: u.managed_apple_id.as_deref().map(|m| id_hash(&secret, m)),
             })
             .collect();
-        match state.store.process_event_step(&claim, &ops, crate::now_ms(), LEASE_MS).await {
+        match state
+            .store
+            .process_event_step(&claim, &ops, crate::now_ms(), LEASE_MS)
+            .await
+        {
             Ok(_) => claim.cursor = end,
             Err(StoreError::LeaseLost) => {
-                tracing::info!(event_id = claim.event_id, "lease lost; another worker has the event");
+                tracing::info!(
+                    event_id = claim.event_id,
+                    "lease lost; another worker has the event"
+                );
                 return Ok(());
             }
             Err(e) => return Err(e),

@@ -9,7 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "cloudvpp", version, about = "Apple Apps and Books service and MDM, in one binary")]
+#[command(
+    name = "cloudvpp",
+    version,
+    about = "Apple Apps and Books service and MDM, in one binary"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +31,11 @@ enum Command {
 #[derive(Args, Clone)]
 struct DbArg {
     /// Database URL: sqlite://PATH (created if missing).
-    #[arg(long, env = "CLOUDVPP_DATABASE", default_value = "sqlite://cloudvpp.db")]
+    #[arg(
+        long,
+        env = "CLOUDVPP_DATABASE",
+        default_value = "sqlite://cloudvpp.db"
+    )]
     database: String,
 }
 
@@ -133,7 +141,10 @@ enum LimitsCommand {
 
 fn parse_limit(s: &str) -> Result<(String, i64), String> {
     let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
-    let v: i64 = v.trim().parse().map_err(|_| format!("{v} is not a whole number"))?;
+    let v: i64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("{v} is not a whole number"))?;
     if v < 0 {
         return Err("limits are not negative".into());
     }
@@ -142,7 +153,9 @@ fn parse_limit(s: &str) -> Result<(String, i64), String> {
 
 async fn open_store(url: &str) -> Result<Arc<dyn AppsBooksStore>> {
     if url.starts_with("sqlite:") {
-        let store = cloudvpp_store_sqlite::SqliteStore::connect(url).await.with_context(|| "opening the SQLite database")?;
+        let store = cloudvpp_store_sqlite::SqliteStore::connect(url)
+            .await
+            .with_context(|| "opening the SQLite database")?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
         bail!("PostgreSQL is not supported yet; use sqlite://PATH")
@@ -167,7 +180,8 @@ async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLOUDVPP_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("CLOUDVPP_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -193,20 +207,29 @@ async fn org(command: OrgCommand) -> Result<()> {
             let store = open_store(&db.database).await?;
             let exp = expiry(expires.as_deref())?;
             let stoken = ids::new_stoken(&name, exp);
-            store.create_org(&ids::new_uid(), &name, &ids::new_secret(), &stoken, exp).await?;
+            store
+                .create_org(&ids::new_uid(), &name, &ids::new_secret(), &stoken, exp)
+                .await?;
             println!("{stoken}");
         }
         OrgCommand::List { db } => {
             let store = open_store(&db.database).await?;
             println!("{:<18} {:<26} {:>10} NAME", "UID", "TOKEN EXPIRES", "USERS");
             for o in store.list_orgs().await? {
-                let exp = store.current_token_expiry(o.id).await?.map(ids::apple_date).unwrap_or_default();
+                let exp = store
+                    .current_token_expiry(o.id)
+                    .await?
+                    .map(ids::apple_date)
+                    .unwrap_or_default();
                 println!("{:<18} {:<26} {:>10} {}", o.uid, exp, o.user_count, o.name);
             }
         }
         OrgCommand::Renew { db, org, expires } => {
             let store = open_store(&db.database).await?;
-            let o = store.find_org(&org).await?.with_context(|| format!("no organisation {org:?}"))?;
+            let o = store
+                .find_org(&org)
+                .await?
+                .with_context(|| format!("no organisation {org:?}"))?;
             let exp = expiry(expires.as_deref())?;
             let stoken = ids::new_stoken(&o.name, exp);
             store.renew_token(o.id, &stoken, exp).await?;
@@ -240,17 +263,29 @@ async fn serve(args: ServeArgs) -> Result<()> {
     for (k, v) in &args.limits {
         store.set_limit(k, *v).await?;
     }
-    let listener = std::net::TcpListener::bind(args.listen).with_context(|| format!("binding {}", args.listen))?;
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let scheme = if args.tls_cert.is_some() { "https" } else { "http" };
-    let public_url = args.public_url.clone().unwrap_or_else(|| format!("{scheme}://{local}"));
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let public_url = args
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
     let config = Config {
         public_url: public_url.trim_end_matches('/').to_string(),
         page_size: args.page_size,
         processing_delay: Duration::from_millis(args.processing_delay_ms),
         allow_http_notifications: args.allow_http_notifications,
-        notification_retry_delays: args.notification_retry_ms.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+        notification_retry_delays: args
+            .notification_retry_ms
+            .iter()
+            .map(|ms| Duration::from_millis(*ms))
+            .collect(),
         drop_notifications_percent: args.drop_notifications_percent,
         ..Config::default()
     };
@@ -272,10 +307,16 @@ async fn serve(args: ServeArgs) -> Result<()> {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .context("loading --tls-cert/--tls-key")?;
-            axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(app.into_make_service()).await?;
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?;
         }
         _ => {
-            axum_server::from_tcp(listener).handle(handle).serve(app.into_make_service()).await?;
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await?;
         }
     }
     let _ = stop_tx.send(true);
@@ -291,7 +332,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -9,7 +9,10 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 fn ids(users: &[Value]) -> Vec<String> {
-    users.iter().map(|u| u["clientUserId"].as_str().unwrap().to_string()).collect()
+    users
+        .iter()
+        .map(|u| u["clientUserId"].as_str().unwrap().to_string())
+        .collect()
 }
 
 /// The managing-users seed document, end to end.
@@ -20,30 +23,61 @@ async fn seed_document_examples_reproduce() {
     let srv = env.serve(&[]);
 
     // Service config needs no auth and advertises our URLs and Apple's limits.
-    let cfg: Value = srv.http.get(srv.url("/mdm/v2/service/config")).send().await.unwrap().json().await.unwrap();
-    assert_eq!(cfg["urls"]["invitationEmail"], format!("{}/invite?inviteCode=%25inviteCode%25&mt=8", srv.base));
-    assert_eq!(cfg["urls"]["getUsers"], format!("{}/mdm/v2/users", srv.base));
+    let cfg: Value = srv
+        .http
+        .get(srv.url("/mdm/v2/service/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        cfg["urls"]["invitationEmail"],
+        format!("{}/invite?inviteCode=%25inviteCode%25&mt=8", srv.base)
+    );
+    assert_eq!(
+        cfg["urls"]["getUsers"],
+        format!("{}/mdm/v2/users", srv.base)
+    );
     assert_eq!(cfg["limits"]["maxUsers"], 100);
     assert_eq!(cfg["limits"]["maxRequestPerSecond"], 15);
     assert_eq!(cfg["limits"]["maxMdmIdLength"], 100);
-    assert!(cfg["errorCodes"].as_array().unwrap().iter().any(|e| e["errorNumber"] == 9722));
-    assert!(cfg["notificationTypes"].as_array().unwrap().contains(&json!("USER_ASSOCIATED")));
+    assert!(cfg["errorCodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["errorNumber"] == 9722));
+    assert!(cfg["notificationTypes"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("USER_ASSOCIATED")));
 
     // Create client-1 and client-2 as in the seed.
     let (status, created) = srv
-        .post(&token, "/mdm/v2/users/create", json!({"users": [
+        .post(
+            &token,
+            "/mdm/v2/users/create",
+            json!({"users": [
             {"clientUserId": "client-1", "email": "client-1@apple.com"},
-            {"clientUserId": "client-2", "email": "client-2@apple.com"}]}))
+            {"clientUserId": "client-2", "email": "client-2@apple.com"}]}),
+        )
         .await;
     assert_eq!(status, 200);
     let event_id = created["eventId"].as_str().unwrap();
     assert_eq!(event_id.len(), 36);
     assert_eq!(created["uId"].as_str().unwrap().len(), 16);
-    assert!(created["tokenExpirationDate"].as_str().unwrap().ends_with("+0000"));
+    assert!(created["tokenExpirationDate"]
+        .as_str()
+        .unwrap()
+        .ends_with("+0000"));
     let done = srv.wait_event(&token, event_id).await;
     assert_eq!(done["eventStatus"], "COMPLETE");
     assert_eq!(done["eventType"], "CREATE");
-    assert_eq!((done["numCompleted"].as_u64(), done["numRequested"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (done["numCompleted"].as_u64(), done["numRequested"].as_u64()),
+        (Some(2), Some(2))
+    );
 
     let (status, page) = srv.get(&token, "/mdm/v2/users").await;
     assert_eq!(status, 200);
@@ -59,26 +93,51 @@ async fn seed_document_examples_reproduce() {
     }
 
     // Update (as the seed's update example) and retire.
-    let ev = srv.manage(&token, "update", json!([{"clientUserId": "client-1", "email": "client-1-new@apple.com"}])).await;
+    let ev = srv
+        .manage(
+            &token,
+            "update",
+            json!([{"clientUserId": "client-1", "email": "client-1-new@apple.com"}]),
+        )
+        .await;
     assert_eq!(srv.wait_event(&token, &ev).await["eventStatus"], "COMPLETE");
-    let ev = srv.manage(&token, "retire", json!([{"clientUserId": "client-2"}])).await;
+    let ev = srv
+        .manage(&token, "retire", json!([{"clientUserId": "client-2"}]))
+        .await;
     let st = srv.wait_event(&token, &ev).await;
-    assert_eq!((st["eventStatus"].as_str(), st["eventType"].as_str()), (Some("COMPLETE"), Some("RETIRE")));
+    assert_eq!(
+        (st["eventStatus"].as_str(), st["eventType"].as_str()),
+        (Some("COMPLETE"), Some("RETIRE"))
+    );
 
     let (_, one) = srv.get(&token, "/mdm/v2/users?clientUserId=client-1").await;
     assert_eq!(one["users"].as_array().unwrap().len(), 1);
     assert_eq!(one["users"][0]["email"], "client-1-new@apple.com");
     let (_, retired) = srv.get(&token, "/mdm/v2/users?retiredOnly=true").await;
     assert_eq!(ids(retired["users"].as_array().unwrap()), vec!["client-2"]);
-    assert!(retired["users"][0].get("inviteCode").is_none(), "a retired user shows no invite code, as in the seed");
+    assert!(
+        retired["users"][0].get("inviteCode").is_none(),
+        "a retired user shows no invite code, as in the seed"
+    );
     let (_, active) = srv.get(&token, "/mdm/v2/users?activeOnly=true").await;
     assert_eq!(ids(active["users"].as_array().unwrap()), vec!["client-1"]);
 
     // Creating a retired clientUserId again adds a second record.
-    let ev = srv.manage(&token, "create", json!([{"clientUserId": "client-2", "email": "client-2@apple.com"}])).await;
+    let ev = srv
+        .manage(
+            &token,
+            "create",
+            json!([{"clientUserId": "client-2", "email": "client-2@apple.com"}]),
+        )
+        .await;
     assert_eq!(srv.wait_event(&token, &ev).await["eventStatus"], "COMPLETE");
     let (_, both) = srv.get(&token, "/mdm/v2/users?clientUserId=client-2").await;
-    let statuses: Vec<&str> = both["users"].as_array().unwrap().iter().map(|u| u["status"].as_str().unwrap()).collect();
+    let statuses: Vec<&str> = both["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["status"].as_str().unwrap())
+        .collect();
     assert_eq!(statuses, vec!["Retired", "Registered"]);
 }
 
@@ -86,14 +145,28 @@ async fn seed_document_examples_reproduce() {
 async fn authentication_errors_are_apples() {
     let env = Env::new();
     let token = env.org("A");
-    let expired = env.cli(&["appsbooks", "org", "create", "--name", "Old", "--expires", "2020-01-01T00:00:00Z"]);
+    let expired = env.cli(&[
+        "appsbooks",
+        "org",
+        "create",
+        "--name",
+        "Old",
+        "--expires",
+        "2020-01-01T00:00:00Z",
+    ]);
     let srv = env.serve(&[]);
     let url = srv.url("/mdm/v2/users");
 
     let r = srv.http.get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["errorNumber"], 9722);
-    let r = srv.http.get(&url).header("Authorization", format!("Basic {token}")).send().await.unwrap();
+    let r = srv
+        .http
+        .get(&url)
+        .header("Authorization", format!("Basic {token}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["errorNumber"], 9722);
     // The decoded inner token is not the credential: only the whole sToken is.
     let (status, body) = srv.get("bm90LWEtdG9rZW4=", "/mdm/v2/users").await;
@@ -101,12 +174,20 @@ async fn authentication_errors_are_apples() {
     let (status, body) = srv.get(expired.trim(), "/mdm/v2/users").await;
     assert_eq!((status, body["errorNumber"].as_u64()), (401, Some(9621)));
 
-    let renewed = env.cli(&["appsbooks", "org", "renew", "--org", "A"]).trim().to_string();
+    let renewed = env
+        .cli(&["appsbooks", "org", "renew", "--org", "A"])
+        .trim()
+        .to_string();
     let (status, body) = srv.get(&token, "/mdm/v2/users").await;
     assert_eq!((status, body["errorNumber"].as_u64()), (401, Some(9625)));
     assert_eq!(body["errorMessage"], "The server has revoked the sToken.");
     let (status, _) = srv.get(&renewed, "/mdm/v2/users").await;
     assert_eq!(status, 200);
+    let listing = env.cli(&["appsbooks", "org", "list"]);
+    assert!(
+        listing.lines().any(|l| l.ends_with(" A")) && listing.lines().any(|l| l.ends_with(" Old")),
+        "{listing}"
+    );
 
     // Organisations are isolated.
     let other = env.org("B");
@@ -114,9 +195,14 @@ async fn authentication_errors_are_apples() {
     srv.wait_event(&renewed, &ev).await;
     let (_, b_users) = srv.get(&other, "/mdm/v2/users").await;
     assert_eq!(b_users["size"], 0);
-    let (status, body) = srv.get(&other, &format!("/mdm/v2/status?eventId={ev}")).await;
+    let (status, body) = srv
+        .get(&other, &format!("/mdm/v2/status?eventId={ev}"))
+        .await;
     assert_eq!((status, body["errorNumber"].as_u64()), (400, Some(9708)));
-    assert_ne!(b_users["uId"], srv.get(&renewed, "/mdm/v2/users").await.1["uId"]);
+    assert_ne!(
+        b_users["uId"],
+        srv.get(&renewed, "/mdm/v2/users").await.1["uId"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -127,9 +213,18 @@ async fn synchronous_errors_process_nothing() {
     let (_, before) = srv.get(&token, "/mdm/v2/users").await;
 
     let cases = [
-        (json!({"users": [{"clientUserId": "a"}, {"clientUserId": "b"}, {"clientUserId": "c"}]}), 9714),
-        (json!({"users": [{"clientUserId": "a"}, {"clientUserId": "a"}]}), 9715),
-        (json!({"users": [{"clientUserId": "a", "email": "not-an-email"}]}), 9717),
+        (
+            json!({"users": [{"clientUserId": "a"}, {"clientUserId": "b"}, {"clientUserId": "c"}]}),
+            9714,
+        ),
+        (
+            json!({"users": [{"clientUserId": "a"}, {"clientUserId": "a"}]}),
+            9715,
+        ),
+        (
+            json!({"users": [{"clientUserId": "a", "email": "not-an-email"}]}),
+            9717,
+        ),
         (json!({}), 9720),
         (json!({"users": []}), 9720),
         (json!({"users": "x"}), 9602),
@@ -137,18 +232,58 @@ async fn synchronous_errors_process_nothing() {
     ];
     for (body, number) in cases {
         for action in ["create", "update", "retire"] {
-            let (status, err) = srv.post(&token, &format!("/mdm/v2/users/{action}"), body.clone()).await;
-            assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(number)), "{action} {body}");
+            let (status, err) = srv
+                .post(&token, &format!("/mdm/v2/users/{action}"), body.clone())
+                .await;
+            assert_eq!(
+                (status, err["errorNumber"].as_u64()),
+                (400, Some(number)),
+                "{action} {body}"
+            );
             assert!(err["errorMessage"].as_str().unwrap().len() > 10);
         }
     }
-    let r = srv.http.post(srv.url("/mdm/v2/users/create")).bearer_auth(&token).body("{not json").header("content-type", "application/json").send().await.unwrap();
-    assert_eq!((r.status().as_u16(), r.json::<Value>().await.unwrap()["errorNumber"].as_u64()), (400, Some(9602)));
-    let r = srv.http.post(srv.url("/mdm/v2/users/create")).bearer_auth(&token).body(r#"{"users":[{"clientUserId":"a"}]}"#).header("content-type", "text/plain").send().await.unwrap();
-    assert_eq!((r.status().as_u16(), r.json::<Value>().await.unwrap()["errorNumber"].as_u64()), (415, Some(9727)));
+    let r = srv
+        .http
+        .post(srv.url("/mdm/v2/users/create"))
+        .bearer_auth(&token)
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap()["errorNumber"].as_u64()
+        ),
+        (400, Some(9602))
+    );
+    let r = srv
+        .http
+        .post(srv.url("/mdm/v2/users/create"))
+        .bearer_auth(&token)
+        .body(r#"{"users":[{"clientUserId":"a"}]}"#)
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap()["errorNumber"].as_u64()
+        ),
+        (415, Some(9727))
+    );
     let (status, err) = srv.get(&token, "/mdm/v2/users/create").await;
     assert_eq!((status, err["errorNumber"].as_u64()), (405, Some(9726)));
-    let r = srv.http.put(srv.url("/mdm/v2/status")).bearer_auth(&token).send().await.unwrap();
+    let r = srv
+        .http
+        .put(srv.url("/mdm/v2/status"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     let (status, err) = srv.get(&token, "/mdm/v2/status?eventId=nope").await;
     assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9708)));
@@ -156,7 +291,12 @@ async fn synchronous_errors_process_nothing() {
     assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9650)));
     let (status, err) = srv.get(&token, "/mdm/v2/users?pageIndex=-1").await;
     assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9650)));
-    let (status, err) = srv.get(&token, "/mdm/v2/users?sinceVersionId=021f10a0-7035-11eb-9f67-bd1df52e1e13").await;
+    let (status, err) = srv
+        .get(
+            &token,
+            "/mdm/v2/users?sinceVersionId=021f10a0-7035-11eb-9f67-bd1df52e1e13",
+        )
+        .await;
     assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9721)));
     let (status, err) = srv.get(&token, "/mdm/v2/users?activeOnly=maybe").await;
     assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9602)));
@@ -173,9 +313,15 @@ async fn asynchronous_failures_name_the_users() {
     let env = Env::new();
     let token = env.org("O");
     let srv = env.serve(&[]);
-    let ev = srv.manage(&token, "create", json!([
+    let ev = srv
+        .manage(
+            &token,
+            "create",
+            json!([
         {"clientUserId": "u1", "email": "u1@example.com"},
-        {"clientUserId": "m1", "managedAppleId": "m1@corp.example"}])).await;
+        {"clientUserId": "m1", "managedAppleId": "m1@corp.example"}]),
+        )
+        .await;
     assert_eq!(srv.wait_event(&token, &ev).await["eventStatus"], "COMPLETE");
     let (_, m1) = srv.get(&token, "/mdm/v2/users?clientUserId=m1").await;
     assert_eq!(m1["users"][0]["status"], "Associated");
@@ -184,31 +330,58 @@ async fn asynchronous_failures_name_the_users() {
     assert!(m1["users"][0].get("inviteCode").is_none());
 
     // 9716 for the active u1, 9641 for the managed Apple Account in use; u2 succeeds.
-    let ev = srv.manage(&token, "create", json!([
+    let ev = srv
+        .manage(
+            &token,
+            "create",
+            json!([
         {"clientUserId": "u1"}, {"clientUserId": "u2"},
-        {"clientUserId": "m2", "managedAppleId": "M1@corp.example"}])).await;
+        {"clientUserId": "m2", "managedAppleId": "M1@corp.example"}]),
+        )
+        .await;
     let st = srv.wait_event(&token, &ev).await;
     assert_eq!(st["eventStatus"], "FAILED");
-    assert_eq!((st["numCompleted"].as_u64(), st["numRequested"].as_u64()), (Some(1), Some(3)));
+    assert_eq!(
+        (st["numCompleted"].as_u64(), st["numRequested"].as_u64()),
+        (Some(1), Some(3))
+    );
     let failures = st["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 2);
     assert_eq!(failures[0]["errorNumber"], 9716);
     assert_eq!(failures[0]["errorInfo"]["clientUserIds"], json!(["u1"]));
-    assert_eq!(failures[0]["errorMessage"], "A registered user already exists with the specified clientUserId.");
+    assert_eq!(
+        failures[0]["errorMessage"],
+        "A registered user already exists with the specified clientUserId."
+    );
     assert_eq!(failures[1]["errorNumber"], 9641);
     assert_eq!(failures[1]["errorInfo"]["clientUserIds"], json!(["m2"]));
 
     // Update/retire of unknown users: 9609.
     for action in ["update", "retire"] {
-        let ev = srv.manage(&token, action, json!([{"clientUserId": "ghost"}, {"clientUserId": "u2"}])).await;
+        let ev = srv
+            .manage(
+                &token,
+                action,
+                json!([{"clientUserId": "ghost"}, {"clientUserId": "u2"}]),
+            )
+            .await;
         let st = srv.wait_event(&token, &ev).await;
         assert_eq!(st["eventStatus"], "FAILED", "{action}");
         assert_eq!(st["failures"][0]["errorNumber"], 9609);
-        assert_eq!(st["failures"][0]["errorInfo"]["clientUserIds"], json!(["ghost"]));
+        assert_eq!(
+            st["failures"][0]["errorInfo"]["clientUserIds"],
+            json!(["ghost"])
+        );
         assert_eq!(st["numCompleted"], 1);
     }
     // Update with a managed Apple Account associates a Registered user.
-    let ev = srv.manage(&token, "update", json!([{"clientUserId": "u1", "managedAppleId": "u1@corp.example"}])).await;
+    let ev = srv
+        .manage(
+            &token,
+            "update",
+            json!([{"clientUserId": "u1", "managedAppleId": "u1@corp.example"}]),
+        )
+        .await;
     assert_eq!(srv.wait_event(&token, &ev).await["eventStatus"], "COMPLETE");
     let (_, u1) = srv.get(&token, "/mdm/v2/users?clientUserId=u1").await;
     assert_eq!(u1["users"][0]["status"], "Associated");
@@ -223,41 +396,80 @@ async fn pages_and_versions_are_exact() {
     srv.wait_event(&token, &ev).await;
 
     let (_, first) = srv.get(&token, "/mdm/v2/users").await;
-    assert_eq!((first["totalPages"].as_u64(), first["nextPageIndex"].as_u64(), first["size"].as_u64()), (Some(4), Some(1), Some(3)));
+    assert_eq!(
+        (
+            first["totalPages"].as_u64(),
+            first["nextPageIndex"].as_u64(),
+            first["size"].as_u64()
+        ),
+        (Some(4), Some(1), Some(3))
+    );
     let (_, last) = srv.get(&token, "/mdm/v2/users?pageIndex=3").await;
     assert_eq!(last["size"], 1);
     assert!(last.get("nextPageIndex").is_none());
     let (all, version) = srv.all_users(&token, "").await;
-    assert_eq!(ids(&all), (0..10).map(|i| format!("p-{i}")).collect::<Vec<_>>());
+    assert_eq!(
+        ids(&all),
+        (0..10).map(|i| format!("p-{i}")).collect::<Vec<_>>()
+    );
 
     // No change since: an empty, valid answer with the same version.
-    let (status, none) = srv.get(&token, &format!("/mdm/v2/users?sinceVersionId={version}")).await;
+    let (status, none) = srv
+        .get(&token, &format!("/mdm/v2/users?sinceVersionId={version}"))
+        .await;
     assert_eq!(status, 200);
-    assert_eq!((none["size"].as_u64(), none["totalPages"].as_u64()), (Some(0), Some(1)));
+    assert_eq!(
+        (none["size"].as_u64(), none["totalPages"].as_u64()),
+        (Some(0), Some(1))
+    );
     assert_eq!(none["versionId"], version.as_str());
 
     // Exactly the changes since, retirements included.
-    let ev = srv.manage(&token, "retire", json!([{"clientUserId": "p-1"}, {"clientUserId": "p-8"}])).await;
+    let ev = srv
+        .manage(
+            &token,
+            "retire",
+            json!([{"clientUserId": "p-1"}, {"clientUserId": "p-8"}]),
+        )
+        .await;
     srv.wait_event(&token, &ev).await;
-    let ev = srv.manage(&token, "update", json!([{"clientUserId": "p-4", "email": "new@example.com"}])).await;
+    let ev = srv
+        .manage(
+            &token,
+            "update",
+            json!([{"clientUserId": "p-4", "email": "new@example.com"}]),
+        )
+        .await;
     srv.wait_event(&token, &ev).await;
     let ev = srv.manage(&token, "create", users(10..12, "p")).await;
     srv.wait_event(&token, &ev).await;
-    let (changed, v2) = srv.all_users(&token, &format!("sinceVersionId={version}")).await;
+    let (changed, v2) = srv
+        .all_users(&token, &format!("sinceVersionId={version}"))
+        .await;
     let got: HashSet<String> = ids(&changed).into_iter().collect();
-    let want: HashSet<String> = ["p-1", "p-8", "p-4", "p-10", "p-11"].iter().map(|s| s.to_string()).collect();
+    let want: HashSet<String> = ["p-1", "p-8", "p-4", "p-10", "p-11"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     assert_eq!(got, want);
     assert_eq!(changed.len(), 5, "no record twice");
-    let retired: Vec<&Value> = changed.iter().filter(|u| u["status"] == "Retired").collect();
+    let retired: Vec<&Value> = changed
+        .iter()
+        .filter(|u| u["status"] == "Retired")
+        .collect();
     assert_eq!(retired.len(), 2);
     // Filters combine with versions.
-    let (active_changes, _) = srv.all_users(&token, &format!("sinceVersionId={version}&activeOnly=true")).await;
+    let (active_changes, _) = srv
+        .all_users(&token, &format!("sinceVersionId={version}&activeOnly=true"))
+        .await;
     assert_eq!(active_changes.len(), 3);
     let (again, _) = srv.all_users(&token, &format!("sinceVersionId={v2}")).await;
     assert!(again.is_empty());
     // A version of another organisation is refused.
     let other = env.org("P");
-    let (status, err) = srv.get(&other, &format!("/mdm/v2/users?sinceVersionId={version}")).await;
+    let (status, err) = srv
+        .get(&other, &format!("/mdm/v2/users?sinceVersionId={version}"))
+        .await;
     assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9721)));
 }
 
@@ -268,7 +480,13 @@ async fn rate_limit_answers_9646_with_retry_after() {
     let srv = env.serve(&["--limit", "maxRequestPerSecond=3"]);
     let mut limited = 0;
     for _ in 0..12 {
-        let r = srv.http.get(srv.url("/mdm/v2/users")).bearer_auth(&token).send().await.unwrap();
+        let r = srv
+            .http
+            .get(srv.url("/mdm/v2/users"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
         if r.status() == 429 {
             assert_eq!(r.headers()["retry-after"], "1");
             assert_eq!(r.json::<Value>().await.unwrap()["errorNumber"], 9646);
@@ -284,7 +502,15 @@ async fn rate_limit_answers_9646_with_retry_after() {
     for _ in 0..20 {
         assert_eq!(srv.get(&token, "/mdm/v2/users").await.0, 200);
     }
-    let cfg: Value = srv.http.get(srv.url("/mdm/v2/service/config")).send().await.unwrap().json().await.unwrap();
+    let cfg: Value = srv
+        .http
+        .get(srv.url("/mdm/v2/service/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(cfg["limits"]["maxRequestPerSecond"], 1000);
 }
 
@@ -298,18 +524,34 @@ async fn client_config_validates_and_tests_the_url() {
     // Without the local-development flag, only HTTPS is accepted.
     {
         let mut strict = std::process::Command::new(common::BIN)
-            .args(["appsbooks", "serve", "--listen", "127.0.0.1:0", "--database", &env.db()])
+            .args([
+                "appsbooks",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                &env.db(),
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(strict.stdout.take().unwrap()), &mut line).unwrap();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(strict.stdout.take().unwrap()),
+            &mut line,
+        )
+        .unwrap();
         let base = line.trim().rsplit(' ').next().unwrap().to_string();
         let r: Value = reqwest::Client::new()
             .post(format!("{base}/mdm/v2/client/config"))
             .bearer_auth(&token)
             .json(&json!({"notificationUrl": running.url, "notificationAuthToken": "s3cret"}))
-            .send().await.unwrap().json().await.unwrap();
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(r["errorNumber"], 9712);
         strict.kill().unwrap();
         strict.wait().unwrap();
@@ -321,22 +563,50 @@ async fn client_config_validates_and_tests_the_url() {
     let cases = [
         (json!({"notificationUrl": running.url}), 9710),
         (json!({"notificationAuthToken": "t"}), 9710),
-        (json!({"notificationUrl": running.url, "notificationAuthToken": long}), 9711),
-        (json!({"notificationUrl": "not a url", "notificationAuthToken": "t"}), 9712),
+        (
+            json!({"notificationUrl": running.url, "notificationAuthToken": long}),
+            9711,
+        ),
+        (
+            json!({"notificationUrl": "not a url", "notificationAuthToken": "t"}),
+            9712,
+        ),
         (json!({"mdmInfo": {"id": "x", "name": "y"}}), 9723),
-        (json!({"mdmInfo": {"id": "x".repeat(101), "name": "y", "metadata": "z"}}), 9724),
-        (json!({"mdmInfo": {"id": "x", "name": "y".repeat(101), "metadata": "z"}}), 9725),
-        (json!({"mdmInfo": {"id": "x", "name": "y", "metadata": "z".repeat(256)}}), 9713),
+        (
+            json!({"mdmInfo": {"id": "x".repeat(101), "name": "y", "metadata": "z"}}),
+            9724,
+        ),
+        (
+            json!({"mdmInfo": {"id": "x", "name": "y".repeat(101), "metadata": "z"}}),
+            9725,
+        ),
+        (
+            json!({"mdmInfo": {"id": "x", "name": "y", "metadata": "z".repeat(256)}}),
+            9713,
+        ),
         (json!({"notificationTypes": ["NOPE"]}), 9602),
-        (json!({"notificationUrl": "http://127.0.0.1:9/unreachable", "notificationAuthToken": "t"}), 9728),
+        (
+            json!({"notificationUrl": "http://127.0.0.1:9/unreachable", "notificationAuthToken": "t"}),
+            9728,
+        ),
     ];
     for (body, number) in cases {
         let (status, err) = srv.post(&token, cc, body.clone()).await;
-        assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(number)), "{body}");
+        assert_eq!(
+            (status, err["errorNumber"].as_u64()),
+            (400, Some(number)),
+            "{body}"
+        );
     }
     // A URL that answers 500 to the test notification is refused too, and nothing is stored.
     *rx.fail_next.lock().unwrap() = 1;
-    let (_, err) = srv.post(&token, cc, json!({"notificationUrl": running.url, "notificationAuthToken": "t"})).await;
+    let (_, err) = srv
+        .post(
+            &token,
+            cc,
+            json!({"notificationUrl": running.url, "notificationAuthToken": "t"}),
+        )
+        .await;
     assert_eq!(err["errorNumber"], 9728);
     let (_, current) = srv.get(&token, cc).await;
     assert!(current.get("notificationUrl").is_none());
@@ -344,13 +614,20 @@ async fn client_config_validates_and_tests_the_url() {
     assert_eq!(current["locationName"], "Location One");
 
     let (status, set) = srv
-        .post(&token, cc, json!({
+        .post(
+            &token,
+            cc,
+            json!({
             "mdmInfo": {"id": "522d5c43-mdm", "name": "Apple Configurator 2", "metadata": "2.13.3"},
             "notificationAuthToken": "SUp3rS3Cr3t", "notificationUrl": running.url,
-            "notificationTypes": ["USER_MANAGEMENT", "USER_ASSOCIATED"]}))
+            "notificationTypes": ["USER_MANAGEMENT", "USER_ASSOCIATED"]}),
+        )
         .await;
     assert_eq!(status, 200, "{set}");
-    assert_eq!(set["subscribedNotificationTypes"], json!(["USER_MANAGEMENT", "USER_ASSOCIATED"]));
+    assert_eq!(
+        set["subscribedNotificationTypes"],
+        json!(["USER_MANAGEMENT", "USER_ASSOCIATED"])
+    );
     assert_eq!(set["notificationAuthToken"], "SUp3rS3Cr3t");
     let test = rx.wait_for("TEST_NOTIFICATION", 1).await;
     assert_eq!(test[0].authorization.as_deref(), Some("Bearer SUp3rS3Cr3t"));
@@ -367,9 +644,13 @@ async fn client_config_validates_and_tests_the_url() {
 async fn configured(env: &Env, srv: &common::Server, token: &str, rx: &Receiver, url: &str) {
     let _ = env;
     let (status, body) = srv
-        .post(token, "/mdm/v2/client/config", json!({
+        .post(
+            token,
+            "/mdm/v2/client/config",
+            json!({
             "notificationAuthToken": "tok", "notificationUrl": url,
-            "notificationTypes": ["USER_MANAGEMENT", "USER_ASSOCIATED"]}))
+            "notificationTypes": ["USER_MANAGEMENT", "USER_ASSOCIATED"]}),
+        )
         .await;
     assert_eq!(status, 200, "{body}");
     rx.wait_for("TEST_NOTIFICATION", 1).await;
@@ -391,26 +672,53 @@ async fn user_management_notifications_split_by_hundred() {
     for n in &got {
         assert_eq!(n.authorization.as_deref(), Some("Bearer tok"));
         let p = &n.body["notification"];
-        assert_eq!((p["eventId"].as_str(), p["type"].as_str(), p["result"].as_str()), (Some(ev.as_str()), Some("CREATE"), Some("SUCCESS")));
+        assert_eq!(
+            (
+                p["eventId"].as_str(),
+                p["type"].as_str(),
+                p["result"].as_str()
+            ),
+            (Some(ev.as_str()), Some("CREATE"), Some("SUCCESS"))
+        );
         let us = p["users"].as_array().unwrap();
         assert!(us.len() <= 100);
-        assert!(us.iter().all(|u| u["status"] == "Registered" && u["inviteCode"].is_string()));
+        assert!(us
+            .iter()
+            .all(|u| u["status"] == "Registered" && u["inviteCode"].is_string()));
         seen.extend(ids(us));
     }
     assert_eq!(seen.len(), 150);
     assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 150);
 
     // A failing event sends FAILURE with the error naming the users.
-    let ev = srv.manage(&token, "retire", json!([{"clientUserId": "ghost"}])).await;
+    let ev = srv
+        .manage(&token, "retire", json!([{"clientUserId": "ghost"}]))
+        .await;
     srv.wait_event(&token, &ev).await;
     let got = rx.wait_for("USER_MANAGEMENT", 3).await;
-    let failure = got.iter().find(|n| n.body["notification"]["eventId"] == ev.as_str()).unwrap();
+    let failure = got
+        .iter()
+        .find(|n| n.body["notification"]["eventId"] == ev.as_str())
+        .unwrap();
     assert_eq!(failure.body["notification"]["result"], "FAILURE");
     assert_eq!(failure.body["notification"]["type"], "RETIRE");
     assert_eq!(failure.body["notification"]["error"]["errorNumber"], 9609);
-    assert_eq!(failure.body["notification"]["error"]["errorInfo"]["clientUserIds"], json!(["ghost"]));
-    let ids_seen: HashSet<String> = rx.received.lock().unwrap().iter().map(|r| r.body["notificationId"].as_str().unwrap().to_string()).collect();
-    assert_eq!(ids_seen.len(), rx.received.lock().unwrap().len(), "notificationIds are unique");
+    assert_eq!(
+        failure.body["notification"]["error"]["errorInfo"]["clientUserIds"],
+        json!(["ghost"])
+    );
+    let ids_seen: HashSet<String> = rx
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.body["notificationId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids_seen.len(),
+        rx.received.lock().unwrap().len(),
+        "notificationIds are unique"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -471,37 +779,85 @@ async fn invitation_page_associates_the_person() {
     srv.wait_event(&other_token, &ev2).await;
     let (_, page) = srv.get(&token, "/mdm/v2/users").await;
     let code = |i: usize| page["users"][i]["inviteCode"].as_str().unwrap().to_string();
-    let cfg: Value = srv.http.get(srv.url("/mdm/v2/service/config")).send().await.unwrap().json().await.unwrap();
-    let link = cfg["urls"]["invitationEmail"].as_str().unwrap().replace("%25inviteCode%25", &code(0));
+    let cfg: Value = srv
+        .http
+        .get(srv.url("/mdm/v2/service/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = cfg["urls"]["invitationEmail"]
+        .as_str()
+        .unwrap()
+        .replace("%25inviteCode%25", &code(0));
 
     // The page from the template link shows a form.
     let r = srv.http.get(&link).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let html = r.text().await.unwrap();
-    assert!(html.contains("Acme Schools") && html.contains("name=\"appleId\"") && html.contains(&code(0)));
+    assert!(
+        html.contains("Acme Schools")
+            && html.contains("name=\"appleId\"")
+            && html.contains(&code(0))
+    );
 
     // Accepting through the form.
-    let r = srv.http.post(srv.url("/invite")).form(&[("inviteCode", code(0).as_str()), ("appleId", "Pat@icloud.com")]).send().await.unwrap();
+    let r = srv
+        .http
+        .post(srv.url("/invite"))
+        .form(&[
+            ("inviteCode", code(0).as_str()),
+            ("appleId", "Pat@icloud.com"),
+        ])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let (_, u) = srv.get(&token, "/mdm/v2/users?clientUserId=i-0").await;
     assert_eq!(u["users"][0]["status"], "Associated");
     let hash = u["users"][0]["idHash"].as_str().unwrap().to_string();
     assert_eq!(hash.len(), 28);
-    assert_eq!(u["users"][0]["inviteCode"], code(0).as_str(), "an associated user keeps its invite code");
+    assert_eq!(
+        u["users"][0]["inviteCode"],
+        code(0).as_str(),
+        "an associated user keeps its invite code"
+    );
     let assoc = rx.wait_for("USER_ASSOCIATED", 1).await;
     let au = &assoc[0].body["notification"]["associatedUsers"][0];
-    assert_eq!((au["clientUserId"].as_str(), au["status"].as_str(), au["idHash"].as_str()), (Some("i-0"), Some("Associated"), Some(hash.as_str())));
+    assert_eq!(
+        (
+            au["clientUserId"].as_str(),
+            au["status"].as_str(),
+            au["idHash"].as_str()
+        ),
+        (Some("i-0"), Some("Associated"), Some(hash.as_str()))
+    );
 
     // The same code again: a clear refusal.
-    let r = srv.http.get(srv.url(&format!("/invite?inviteCode={}", code(0)))).send().await.unwrap();
+    let r = srv
+        .http
+        .get(srv.url(&format!("/invite?inviteCode={}", code(0))))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 409);
     assert!(r.text().await.unwrap().contains("already been accepted"));
     // Unknown code.
-    let r = srv.http.get(srv.url("/invite?inviteCode=0000")).send().await.unwrap();
+    let r = srv
+        .http
+        .get(srv.url("/invite?inviteCode=0000"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     // The same Apple Account cannot be two active users of one organisation.
     let accept = |code: String, account: &str| {
-        srv.http.post(srv.url("/invite/accept")).json(&json!({"inviteCode": code, "appleId": account})).send()
+        srv.http
+            .post(srv.url("/invite/accept"))
+            .json(&json!({"inviteCode": code, "appleId": account}))
+            .send()
     };
     let r = accept(code(1), "pat@icloud.com").await.unwrap();
     assert_eq!(r.status(), 409);
@@ -514,17 +870,38 @@ async fn invitation_page_associates_the_person() {
     // Bad input.
     let r = accept(code(2), "not an account").await.unwrap();
     assert_eq!(r.status(), 400);
-    let r = srv.http.post(srv.url("/invite/accept")).body("garbage").send().await.unwrap();
+    let r = srv
+        .http
+        .post(srv.url("/invite/accept"))
+        .body("garbage")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
     // The same account in another organisation gets another idHash.
     let (_, o) = srv.get(&other_token, "/mdm/v2/users").await;
-    let r = accept(o["users"][0]["inviteCode"].as_str().unwrap().to_string(), "pat@icloud.com").await.unwrap();
-    let other_hash = r.json::<Value>().await.unwrap()["idHash"].as_str().unwrap().to_string();
+    let r = accept(
+        o["users"][0]["inviteCode"].as_str().unwrap().to_string(),
+        "pat@icloud.com",
+    )
+    .await
+    .unwrap();
+    let other_hash = r.json::<Value>().await.unwrap()["idHash"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_ne!(other_hash, hash);
     // A retired user's invitation is withdrawn.
-    let ev = srv.manage(&token, "retire", json!([{"clientUserId": "i-2"}])).await;
+    let ev = srv
+        .manage(&token, "retire", json!([{"clientUserId": "i-2"}]))
+        .await;
     srv.wait_event(&token, &ev).await;
-    let r = srv.http.get(srv.url(&format!("/invite?inviteCode={}", code(2)))).send().await.unwrap();
+    let r = srv
+        .http
+        .get(srv.url(&format!("/invite?inviteCode={}", code(2))))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 410);
 }
 
@@ -537,7 +914,9 @@ async fn accepted_events_survive_kill_9() {
     // Let it get part of the way.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, st) = srv.get(&token, &format!("/mdm/v2/status?eventId={ev}")).await;
+        let (_, st) = srv
+            .get(&token, &format!("/mdm/v2/status?eventId={ev}"))
+            .await;
         let n = st["numCompleted"].as_u64().unwrap();
         if n >= 5 {
             assert_eq!(st["eventStatus"], "PENDING");
@@ -582,7 +961,13 @@ async fn undelivered_notifications_are_sent_after_restart() {
     let _srv = env.serve(&["--notification-retry-ms", "1500,1500"]);
     let got = rx.wait_for("USER_MANAGEMENT", 1).await;
     assert_eq!(got[0].body["notification"]["eventId"], ev.as_str());
-    assert_eq!(got[0].body["notification"]["users"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        got[0].body["notification"]["users"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -594,7 +979,12 @@ async fn serves_https_with_rustls() {
     let key_path = env.dir.path().join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
-    let srv = env.serve(&["--tls-cert", cert_path.to_str().unwrap(), "--tls-key", key_path.to_str().unwrap()]);
+    let srv = env.serve(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ]);
     assert!(srv.base.starts_with("https://127.0.0.1:"));
     let port = srv.base.rsplit(':').next().unwrap();
     let client = reqwest::Client::builder()
@@ -602,7 +992,12 @@ async fn serves_https_with_rustls() {
         .resolve("localhost", format!("127.0.0.1:{port}").parse().unwrap())
         .build()
         .unwrap();
-    let r = client.get(format!("https://localhost:{port}/mdm/v2/users")).bearer_auth(&token).send().await.unwrap();
+    let r = client
+        .get(format!("https://localhost:{port}/mdm/v2/users"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["totalPages"], 1);
 }

@@ -10,10 +10,13 @@ use async_trait::async_trait;
 use cloudvpp_abwire::{MdmInfo, RequestUser, UserStatus};
 use cloudvpp_store::logic::{self, EventProgress};
 use cloudvpp_store::{
-    AcceptOutcome, AppsBooksStore, ClientConfig, EventClaim, EventRecord, EventType, NewNotification, Org,
-    OutboxItem, Result, StoreError, TokenRecord, UserFilter, UserOp, UserOutcome, UserRecord, UserWindow,
+    AcceptOutcome, AppsBooksStore, ClientConfig, EventClaim, EventRecord, EventType,
+    NewNotification, Org, OutboxItem, Result, StoreError, TokenRecord, UserFilter, UserOp,
+    UserOutcome, UserRecord, UserWindow,
 };
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
@@ -51,7 +54,10 @@ impl SqliteStore {
             .connect_with(opts.clone())
             .await
             .map_err(err)?;
-        sqlx::migrate!("./migrations").run(&writer).await.map_err(|e| StoreError::Other(e.to_string()))?;
+        sqlx::migrate!("./migrations")
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Other(e.to_string()))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(60))
@@ -106,7 +112,13 @@ fn filter_sql(f: &UserFilter) -> &'static str {
     }
 }
 
-async fn insert_notification(conn: &mut SqliteConnection, org_id: i64, kind: &str, body: &str, now: i64) -> Result<()> {
+async fn insert_notification(
+    conn: &mut SqliteConnection,
+    org_id: i64,
+    kind: &str,
+    body: &str,
+    now: i64,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO outbox (org_id, notification_type, body, next_attempt_at, created_at) VALUES (?, ?, ?, ?, ?)",
     )
@@ -121,7 +133,11 @@ async fn insert_notification(conn: &mut SqliteConnection, org_id: i64, kind: &st
     Ok(())
 }
 
-async fn active_user(conn: &mut SqliteConnection, org_id: i64, cuid: &str) -> Result<Option<(i64, UserRecord)>> {
+async fn active_user(
+    conn: &mut SqliteConnection,
+    org_id: i64,
+    cuid: &str,
+) -> Result<Option<(i64, UserRecord)>> {
     let row = sqlx::query(&format!(
         "SELECT {USER_COLS}, id FROM users WHERE org_id = ? AND client_user_id = ? AND status <> 'Retired'"
     ))
@@ -133,7 +149,12 @@ async fn active_user(conn: &mut SqliteConnection, org_id: i64, cuid: &str) -> Re
     Ok(row.map(|r| (r.get(7), user_from_row(&r))))
 }
 
-async fn hash_in_use(conn: &mut SqliteConnection, org_id: i64, id_hash: &str, except_id: i64) -> Result<bool> {
+async fn hash_in_use(
+    conn: &mut SqliteConnection,
+    org_id: i64,
+    id_hash: &str,
+    except_id: i64,
+) -> Result<bool> {
     let row = sqlx::query("SELECT id FROM users WHERE org_id = ? AND id_hash = ? AND status = 'Associated' AND id <> ?")
         .bind(org_id)
         .bind(id_hash)
@@ -145,33 +166,49 @@ async fn hash_in_use(conn: &mut SqliteConnection, org_id: i64, id_hash: &str, ex
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 #[async_trait]
 impl AppsBooksStore for SqliteStore {
-    async fn create_org(&self, uid: &str, name: &str, secret: &str, stoken: &str, expires_at: i64) -> Result<Org> {
+    async fn create_org(
+        &self,
+        uid: &str,
+        name: &str,
+        secret: &str,
+        stoken: &str,
+        expires_at: i64,
+    ) -> Result<Org> {
         let now = now_ms();
         let mut tx = self.writer.begin().await.map_err(err)?;
-        let id: i64 = sqlx::query("INSERT INTO orgs (uid, name, secret, created_at) VALUES (?, ?, ?, ?) RETURNING id")
-            .bind(uid)
-            .bind(name)
-            .bind(secret)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?
-            .get(0);
-        sqlx::query("INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at) VALUES (?, ?, ?, ?)")
-            .bind(id)
-            .bind(stoken)
-            .bind(expires_at)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
+        let id: i64 = sqlx::query(
+            "INSERT INTO orgs (uid, name, secret, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+        )
+        .bind(uid)
+        .bind(name)
+        .bind(secret)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?
+        .get(0);
+        sqlx::query(
+            "INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(stoken)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
         tx.commit().await.map_err(err)?;
-        self.get_org(id).await?.ok_or_else(|| StoreError::Other("org vanished".into()))
+        self.get_org(id)
+            .await?
+            .ok_or_else(|| StoreError::Other("org vanished".into()))
     }
 
     async fn list_orgs(&self) -> Result<Vec<Org>> {
@@ -192,12 +229,14 @@ impl AppsBooksStore for SqliteStore {
     }
 
     async fn find_org(&self, uid_or_name: &str) -> Result<Option<Org>> {
-        let row = sqlx::query(&format!("SELECT {ORG_COLS} FROM orgs WHERE uid = ? OR name = ? ORDER BY id LIMIT 1"))
-            .bind(uid_or_name)
-            .bind(uid_or_name)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(err)?;
+        let row = sqlx::query(&format!(
+            "SELECT {ORG_COLS} FROM orgs WHERE uid = ? OR name = ? ORDER BY id LIMIT 1"
+        ))
+        .bind(uid_or_name)
+        .bind(uid_or_name)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(err)?;
         Ok(row.as_ref().map(org_from_row))
     }
 
@@ -210,23 +249,26 @@ impl AppsBooksStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        sqlx::query("INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at) VALUES (?, ?, ?, ?)")
-            .bind(org_id)
-            .bind(stoken)
-            .bind(expires_at)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
+        sqlx::query(
+            "INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(org_id)
+        .bind(stoken)
+        .bind(expires_at)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
         tx.commit().await.map_err(err)
     }
 
     async fn find_token(&self, stoken: &str) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT org_id, expires_at_secs, revoked_at FROM tokens WHERE stoken = ?")
-            .bind(stoken)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(err)?;
+        let row =
+            sqlx::query("SELECT org_id, expires_at_secs, revoked_at FROM tokens WHERE stoken = ?")
+                .bind(stoken)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(err)?;
         Ok(row.map(|r| TokenRecord {
             org_id: r.get(0),
             expires_at: r.get(1),
@@ -246,7 +288,10 @@ impl AppsBooksStore for SqliteStore {
     }
 
     async fn set_client_config(&self, org_id: i64, config: &ClientConfig) -> Result<()> {
-        let mdm = config.mdm_info.as_ref().map(|m| serde_json::to_string(m).expect("serialisable"));
+        let mdm = config
+            .mdm_info
+            .as_ref()
+            .map(|m| serde_json::to_string(m).expect("serialisable"));
         sqlx::query(
             "UPDATE orgs SET mdm_info = ?, notification_url = ?, notification_auth_token = ?, notification_types = ? WHERE id = ?",
         )
@@ -261,7 +306,12 @@ impl AppsBooksStore for SqliteStore {
         Ok(())
     }
 
-    async fn list_users_window(&self, org_id: i64, window: UserWindow, filter: &UserFilter) -> Result<Vec<UserRecord>> {
+    async fn list_users_window(
+        &self,
+        org_id: i64,
+        window: UserWindow,
+        filter: &UserFilter,
+    ) -> Result<Vec<UserRecord>> {
         let (col, lo, hi) = match window {
             UserWindow::Ord { lo, hi } => ("ord", lo, hi),
             UserWindow::Chg { lo, hi } => ("chg", lo, hi),
@@ -270,20 +320,43 @@ impl AppsBooksStore for SqliteStore {
             "SELECT {USER_COLS} FROM users WHERE org_id = ? AND {col} >= ? AND {col} < ?{} ORDER BY {col}",
             filter_sql(filter)
         );
-        let rows = sqlx::query(&sql).bind(org_id).bind(lo).bind(hi).fetch_all(&self.reader).await.map_err(err)?;
+        let rows = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(lo)
+            .bind(hi)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(err)?;
         Ok(rows.iter().map(user_from_row).collect())
     }
 
-    async fn list_users_by_client_id(&self, org_id: i64, cuid: &str, filter: &UserFilter) -> Result<Vec<UserRecord>> {
+    async fn list_users_by_client_id(
+        &self,
+        org_id: i64,
+        cuid: &str,
+        filter: &UserFilter,
+    ) -> Result<Vec<UserRecord>> {
         let sql = format!(
             "SELECT {USER_COLS} FROM users WHERE org_id = ? AND client_user_id = ?{} ORDER BY ord",
             filter_sql(filter)
         );
-        let rows = sqlx::query(&sql).bind(org_id).bind(cuid).fetch_all(&self.reader).await.map_err(err)?;
+        let rows = sqlx::query(&sql)
+            .bind(org_id)
+            .bind(cuid)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(err)?;
         Ok(rows.iter().map(user_from_row).collect())
     }
 
-    async fn insert_event(&self, org_id: i64, event_id: &str, event_type: EventType, users: &[RequestUser], now: i64) -> Result<()> {
+    async fn insert_event(
+        &self,
+        org_id: i64,
+        event_id: &str,
+        event_type: EventType,
+        users: &[RequestUser],
+        now: i64,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO events (org_id, event_id, event_type, status, users, num_requested, created_at) VALUES (?, ?, ?, 'PENDING', ?, ?, ?)",
         )
@@ -309,7 +382,8 @@ impl AppsBooksStore for SqliteStore {
         .await
         .map_err(err)?;
         Ok(row.map(|r| {
-            let progress: EventProgress = serde_json::from_str(r.get::<&str, _>(4)).unwrap_or_default();
+            let progress: EventProgress =
+                serde_json::from_str(r.get::<&str, _>(4)).unwrap_or_default();
             EventRecord {
                 event_id: event_id.to_string(),
                 event_type: EventType::parse(r.get::<&str, _>(0)).unwrap_or(EventType::Create),
@@ -321,7 +395,12 @@ impl AppsBooksStore for SqliteStore {
         }))
     }
 
-    async fn claim_event(&self, owner: &str, now: i64, lease_ms: i64) -> Result<Option<EventClaim>> {
+    async fn claim_event(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Option<EventClaim>> {
         let row = sqlx::query(
             "UPDATE events SET lease_owner = ?, lease_until = ? WHERE id = (
                 SELECT e.id FROM events e WHERE e.status = 'PENDING'
@@ -337,7 +416,8 @@ impl AppsBooksStore for SqliteStore {
         .await
         .map_err(err)?;
         Ok(row.map(|r| {
-            let progress: EventProgress = serde_json::from_str(r.get::<&str, _>(5)).unwrap_or_default();
+            let progress: EventProgress =
+                serde_json::from_str(r.get::<&str, _>(5)).unwrap_or_default();
             EventClaim {
                 id: r.get(0),
                 org_id: r.get(1),
@@ -350,19 +430,28 @@ impl AppsBooksStore for SqliteStore {
         }))
     }
 
-    async fn process_event_step(&self, claim: &EventClaim, ops: &[UserOp], now: i64, lease_ms: i64) -> Result<Vec<UserOutcome>> {
+    async fn process_event_step(
+        &self,
+        claim: &EventClaim,
+        ops: &[UserOp],
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<UserOutcome>> {
         let mut tx = self.writer.begin().await.map_err(err)?;
-        let ev = sqlx::query("SELECT lease_owner, status, progress, num_requested FROM events WHERE id = ?")
-            .bind(claim.id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?;
+        let ev = sqlx::query(
+            "SELECT lease_owner, status, progress, num_requested FROM events WHERE id = ?",
+        )
+        .bind(claim.id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
         let lease_owner: Option<String> = ev.get(0);
         let status: String = ev.get(1);
         if lease_owner.as_deref() != Some(claim.owner.as_str()) || status != "PENDING" {
             return Err(StoreError::LeaseLost);
         }
-        let mut progress: EventProgress = serde_json::from_str(ev.get::<&str, _>(2)).unwrap_or_default();
+        let mut progress: EventProgress =
+            serde_json::from_str(ev.get::<&str, _>(2)).unwrap_or_default();
         if progress.cursor != claim.cursor {
             return Err(StoreError::LeaseLost);
         }
@@ -377,7 +466,10 @@ impl AppsBooksStore for SqliteStore {
         let mut outcomes = Vec::with_capacity(ops.len());
         for op in ops {
             let cuid = op.user.client_user_id.as_str();
-            let failed = |error| UserOutcome::Failed { client_user_id: cuid.to_string(), error };
+            let failed = |error| UserOutcome::Failed {
+                client_user_id: cuid.to_string(),
+                error,
+            };
             let outcome = match claim.event_type {
                 EventType::Create => {
                     if active_user(&mut tx, org.id, cuid).await?.is_some() {
@@ -397,7 +489,8 @@ impl AppsBooksStore for SqliteStore {
                                 id_hash: Some(h.to_string()),
                                 status: UserStatus::Associated,
                             };
-                            insert_user(&mut tx, org.id, &rec, op.user.managed_apple_id.as_deref()).await?;
+                            insert_user(&mut tx, org.id, &rec, op.user.managed_apple_id.as_deref())
+                                .await?;
                             UserOutcome::Done(rec)
                         }
                     } else {
@@ -476,8 +569,18 @@ impl AppsBooksStore for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        let notify = org.config.subscribed(cloudvpp_abwire::notification::types::USER_MANAGEMENT);
-        let step = logic::fold_step(&mut progress, &outcomes, total as usize, notify, &org.uid, &claim.event_id, claim.event_type);
+        let notify = org
+            .config
+            .subscribed(cloudvpp_abwire::notification::types::USER_MANAGEMENT);
+        let step = logic::fold_step(
+            &mut progress,
+            &outcomes,
+            total as usize,
+            notify,
+            &org.uid,
+            &claim.event_id,
+            claim.event_type,
+        );
         let status = step.final_status.unwrap_or("PENDING");
         sqlx::query(
             "UPDATE events SET progress = ?, num_completed = ?, status = ?, lease_until = ?, finished_at = ? WHERE id = ?",
@@ -493,7 +596,14 @@ impl AppsBooksStore for SqliteStore {
         .map_err(err)?;
         if notify {
             for body in &step.notifications {
-                insert_notification(&mut tx, org.id, cloudvpp_abwire::notification::types::USER_MANAGEMENT, body, now).await?;
+                insert_notification(
+                    &mut tx,
+                    org.id,
+                    cloudvpp_abwire::notification::types::USER_MANAGEMENT,
+                    body,
+                    now,
+                )
+                .await?;
             }
         }
         tx.commit().await.map_err(err)?;
@@ -501,22 +611,26 @@ impl AppsBooksStore for SqliteStore {
     }
 
     async fn find_invitation(&self, invite_code: &str) -> Result<Option<(i64, UserRecord)>> {
-        let row = sqlx::query(&format!("SELECT {USER_COLS}, org_id FROM users WHERE invite_code = ?"))
-            .bind(invite_code)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(err)?;
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLS}, org_id FROM users WHERE invite_code = ?"
+        ))
+        .bind(invite_code)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(err)?;
         Ok(row.map(|r| (r.get(7), user_from_row(&r))))
     }
 
     async fn accept_invitation(&self, invite_code: &str, id_hash: &str) -> Result<AcceptOutcome> {
         let now = now_ms();
         let mut tx = self.writer.begin().await.map_err(err)?;
-        let Some(row) = sqlx::query(&format!("SELECT {USER_COLS}, org_id, id FROM users WHERE invite_code = ?"))
-            .bind(invite_code)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(err)?
+        let Some(row) = sqlx::query(&format!(
+            "SELECT {USER_COLS}, org_id, id FROM users WHERE invite_code = ?"
+        ))
+        .bind(invite_code)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?
         else {
             return Ok(AcceptOutcome::Unknown);
         };
@@ -530,11 +644,13 @@ impl AppsBooksStore for SqliteStore {
         if hash_in_use(&mut tx, org_id, id_hash, row_id).await? {
             return Ok(AcceptOutcome::AccountInUse);
         }
-        let org = sqlx::query(&format!("UPDATE orgs SET chg = chg + 1 WHERE id = ? RETURNING {ORG_COLS}"))
-            .bind(org_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?;
+        let org = sqlx::query(&format!(
+            "UPDATE orgs SET chg = chg + 1 WHERE id = ? RETURNING {ORG_COLS}"
+        ))
+        .bind(org_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
         let org = org_from_row(&org);
         rec.chg = org.chg;
         rec.status = UserStatus::Associated;
@@ -548,7 +664,14 @@ impl AppsBooksStore for SqliteStore {
             .map_err(err)?;
         let kind = cloudvpp_abwire::notification::types::USER_ASSOCIATED;
         if org.config.subscribed(kind) {
-            insert_notification(&mut tx, org_id, kind, &logic::user_associated(&org.uid, rec.to_response()), now).await?;
+            insert_notification(
+                &mut tx,
+                org_id,
+                kind,
+                &logic::user_associated(&org.uid, rec.to_response()),
+                now,
+            )
+            .await?;
         }
         tx.commit().await.map_err(err)?;
         Ok(AcceptOutcome::Associated(rec))
@@ -559,7 +682,13 @@ impl AppsBooksStore for SqliteStore {
         insert_notification(&mut conn, n.org_id, &n.notification_type, &n.body, now_ms()).await
     }
 
-    async fn claim_notifications(&self, owner: &str, now: i64, lease_ms: i64, limit: i64) -> Result<Vec<OutboxItem>> {
+    async fn claim_notifications(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>> {
         let rows = sqlx::query(
             "UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id IN (
                 SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?
@@ -577,11 +706,13 @@ impl AppsBooksStore for SqliteStore {
         let mut items = Vec::with_capacity(rows.len());
         for r in rows {
             let org_id: i64 = r.get(1);
-            let cfg = sqlx::query("SELECT notification_url, notification_auth_token FROM orgs WHERE id = ?")
-                .bind(org_id)
-                .fetch_one(&self.reader)
-                .await
-                .map_err(err)?;
+            let cfg = sqlx::query(
+                "SELECT notification_url, notification_auth_token FROM orgs WHERE id = ?",
+            )
+            .bind(org_id)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(err)?;
             items.push(OutboxItem {
                 id: r.get(0),
                 body: r.get(2),
@@ -608,21 +739,32 @@ impl AppsBooksStore for SqliteStore {
             Some(_) => "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
             None => "UPDATE outbox SET attempts = attempts + 1, state = 'dead', next_attempt_at = COALESCE(?, next_attempt_at), last_error = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
         };
-        sqlx::query(sql).bind(retry_at).bind(error).bind(id).execute(&self.writer).await.map_err(err)?;
+        sqlx::query(sql)
+            .bind(retry_at)
+            .bind(error)
+            .bind(id)
+            .execute(&self.writer)
+            .await
+            .map_err(err)?;
         Ok(())
     }
 
     async fn notification_counts(&self, org_id: i64) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT state, COUNT(*) FROM outbox WHERE org_id = ? GROUP BY state ORDER BY state")
-            .bind(org_id)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(err)?;
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) FROM outbox WHERE org_id = ? GROUP BY state ORDER BY state",
+        )
+        .bind(org_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     async fn get_limits(&self) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query("SELECT name, value FROM limits ORDER BY name").fetch_all(&self.reader).await.map_err(err)?;
+        let rows = sqlx::query("SELECT name, value FROM limits ORDER BY name")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(err)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
@@ -637,7 +779,12 @@ impl AppsBooksStore for SqliteStore {
     }
 }
 
-async fn insert_user(conn: &mut SqliteConnection, org_id: i64, rec: &UserRecord, maid: Option<&str>) -> Result<()> {
+async fn insert_user(
+    conn: &mut SqliteConnection,
+    org_id: i64,
+    rec: &UserRecord,
+    maid: Option<&str>,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO users (org_id, ord, chg, client_user_id, email, managed_apple_id, invite_code, id_hash, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )

@@ -282,8 +282,14 @@ pub enum AcceptOutcome {
 #[async_trait]
 pub trait AppsBooksStore: Send + Sync + 'static {
     /// Creates an organisation with its first sToken.
-    async fn create_org(&self, uid: &str, name: &str, secret: &str, stoken: &str, expires_at: i64)
-        -> Result<Org>;
+    async fn create_org(
+        &self,
+        uid: &str,
+        name: &str,
+        secret: &str,
+        stoken: &str,
+        expires_at: i64,
+    ) -> Result<Org>;
     /// Every organisation.
     async fn list_orgs(&self) -> Result<Vec<Org>>;
     /// One organisation by database id.
@@ -300,25 +306,45 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     async fn set_client_config(&self, org_id: i64, config: &ClientConfig) -> Result<()>;
 
     /// Users of one window, in window order.
-    async fn list_users_window(&self, org_id: i64, window: UserWindow, filter: &UserFilter)
-        -> Result<Vec<UserRecord>>;
+    async fn list_users_window(
+        &self,
+        org_id: i64,
+        window: UserWindow,
+        filter: &UserFilter,
+    ) -> Result<Vec<UserRecord>>;
     /// Every record of one clientUserId, oldest first.
-    async fn list_users_by_client_id(&self, org_id: i64, client_user_id: &str, filter: &UserFilter)
-        -> Result<Vec<UserRecord>>;
+    async fn list_users_by_client_id(
+        &self,
+        org_id: i64,
+        client_user_id: &str,
+        filter: &UserFilter,
+    ) -> Result<Vec<UserRecord>>;
 
     /// Stores a new PENDING event. All `now` values in this trait are Unix milliseconds.
-    async fn insert_event(&self, org_id: i64, event_id: &str, event_type: EventType, users: &[RequestUser], now: i64)
-        -> Result<()>;
+    async fn insert_event(
+        &self,
+        org_id: i64,
+        event_id: &str,
+        event_type: EventType,
+        users: &[RequestUser],
+        now: i64,
+    ) -> Result<()>;
     /// One event of one organisation.
     async fn get_event(&self, org_id: i64, event_id: &str) -> Result<Option<EventRecord>>;
     /// Leases the oldest PENDING event whose organisation has no older PENDING event, and
     /// whose lease is free or expired.
-    async fn claim_event(&self, owner: &str, now: i64, lease_ms: i64) -> Result<Option<EventClaim>>;
+    async fn claim_event(&self, owner: &str, now: i64, lease_ms: i64)
+        -> Result<Option<EventClaim>>;
     /// Applies `ops` (the next users from the claim's cursor) in one transaction: users,
     /// progress, failures, notifications (built by [`logic`]) and, when `ops` reaches the
     /// end, the final status. Fails with [`StoreError::LeaseLost`] if the lease moved on.
-    async fn process_event_step(&self, claim: &EventClaim, ops: &[UserOp], now: i64, lease_ms: i64)
-        -> Result<Vec<UserOutcome>>;
+    async fn process_event_step(
+        &self,
+        claim: &EventClaim,
+        ops: &[UserOp],
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<UserOutcome>>;
 
     /// The Registered user holding `invite_code`, with its organisation.
     async fn find_invitation(&self, invite_code: &str) -> Result<Option<(i64, UserRecord)>>;
@@ -329,8 +355,13 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     /// Queues a notification.
     async fn enqueue_notification(&self, n: &NewNotification) -> Result<()>;
     /// Leases up to `limit` notifications that are due.
-    async fn claim_notifications(&self, owner: &str, now: i64, lease_ms: i64, limit: i64)
-        -> Result<Vec<OutboxItem>>;
+    async fn claim_notifications(
+        &self,
+        owner: &str,
+        now: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>>;
     /// Marks one delivered.
     async fn notification_delivered(&self, id: i64, now: i64) -> Result<()>;
     /// Records a failed attempt; `retry_at` None gives up.

@@ -56,43 +56,65 @@ pub fn fold_step(
                     progress.unreported.push(user.to_response());
                 }
             }
-            UserOutcome::Failed { client_user_id, error } => {
-                match progress.failures.iter_mut().find(|(n, _)| n == error) {
-                    Some((_, ids)) => ids.push(client_user_id.clone()),
-                    None => progress.failures.push((*error, vec![client_user_id.clone()])),
-                }
-            }
+            UserOutcome::Failed {
+                client_user_id,
+                error,
+            } => match progress.failures.iter_mut().find(|(n, _)| n == error) {
+                Some((_, ids)) => ids.push(client_user_id.clone()),
+                None => progress
+                    .failures
+                    .push((*error, vec![client_user_id.clone()])),
+            },
         }
         if progress.unreported.len() >= MAX_USERS_PER_NOTIFICATION {
             let users = std::mem::take(&mut progress.unreported);
-            result.notifications.push(user_management(uid, event_id, event_type, users, None));
+            result
+                .notifications
+                .push(user_management(uid, event_id, event_type, users, None));
         }
     }
     if progress.cursor >= total {
         if !progress.unreported.is_empty() {
             let users = std::mem::take(&mut progress.unreported);
-            result.notifications.push(user_management(uid, event_id, event_type, users, None));
+            result
+                .notifications
+                .push(user_management(uid, event_id, event_type, users, None));
         }
         if notify {
             for (number, ids) in &progress.failures {
                 for chunk in ids.chunks(MAX_USERS_PER_NOTIFICATION) {
                     let error = failure_response(*number, chunk.to_vec());
-                    result
-                        .notifications
-                        .push(user_management(uid, event_id, event_type, Vec::new(), Some(error)));
+                    result.notifications.push(user_management(
+                        uid,
+                        event_id,
+                        event_type,
+                        Vec::new(),
+                        Some(error),
+                    ));
                 }
             }
         }
-        result.final_status = Some(if progress.failures.is_empty() { "COMPLETE" } else { "FAILED" });
+        result.final_status = Some(if progress.failures.is_empty() {
+            "COMPLETE"
+        } else {
+            "FAILED"
+        });
     }
     result
 }
 
 /// An `ErrorResponse` naming the users an asynchronous error hit.
-pub fn failure_response(number: u32, client_user_ids: Vec<String>) -> cloudvpp_abwire::ErrorResponse {
-    let message = AppleError::by_number(number).map(|e| e.message).unwrap_or("Internal error.");
+pub fn failure_response(
+    number: u32,
+    client_user_ids: Vec<String>,
+) -> cloudvpp_abwire::ErrorResponse {
+    let message = AppleError::by_number(number)
+        .map(|e| e.message)
+        .unwrap_or("Internal error.");
     cloudvpp_abwire::ErrorResponse {
-        error_info: Some(ErrorInfo { client_user_ids: Some(client_user_ids) }),
+        error_info: Some(ErrorInfo {
+            client_user_ids: Some(client_user_ids),
+        }),
         error_message: message.to_string(),
         error_number: number,
     }
@@ -107,18 +129,33 @@ fn user_management(
 ) -> String {
     let payload = UserManagementNotification {
         event_id: event_id.to_string(),
-        result: if error.is_some() { "FAILURE" } else { "SUCCESS" }.to_string(),
+        result: if error.is_some() {
+            "FAILURE"
+        } else {
+            "SUCCESS"
+        }
+        .to_string(),
         event_type: event_type.as_str().to_string(),
         users,
         error,
     };
-    envelope(uid, types::USER_MANAGEMENT, serde_json::to_value(payload).expect("serialisable"))
+    envelope(
+        uid,
+        types::USER_MANAGEMENT,
+        serde_json::to_value(payload).expect("serialisable"),
+    )
 }
 
 /// A `USER_ASSOCIATED` envelope.
 pub fn user_associated(uid: &str, user: ResponseUser) -> String {
-    let payload = cloudvpp_abwire::notification::UserAssociatedNotification { associated_users: vec![user] };
-    envelope(uid, types::USER_ASSOCIATED, serde_json::to_value(payload).expect("serialisable"))
+    let payload = cloudvpp_abwire::notification::UserAssociatedNotification {
+        associated_users: vec![user],
+    };
+    envelope(
+        uid,
+        types::USER_ASSOCIATED,
+        serde_json::to_value(payload).expect("serialisable"),
+    )
 }
 
 /// Wraps a payload in Apple's envelope with a fresh `notificationId`.
@@ -159,21 +196,55 @@ mod tests {
     fn successes_split_by_hundred_and_failures_group_by_number() {
         let mut p = EventProgress::default();
         let mut outcomes: Vec<UserOutcome> = (0..150).map(done).collect();
-        outcomes.push(UserOutcome::Failed { client_user_id: "a".into(), error: 9716 });
-        outcomes.push(UserOutcome::Failed { client_user_id: "b".into(), error: 9641 });
-        outcomes.push(UserOutcome::Failed { client_user_id: "c".into(), error: 9716 });
-        let r = fold_step(&mut p, &outcomes[..120], 153, true, "1", "e", EventType::Create);
+        outcomes.push(UserOutcome::Failed {
+            client_user_id: "a".into(),
+            error: 9716,
+        });
+        outcomes.push(UserOutcome::Failed {
+            client_user_id: "b".into(),
+            error: 9641,
+        });
+        outcomes.push(UserOutcome::Failed {
+            client_user_id: "c".into(),
+            error: 9716,
+        });
+        let r = fold_step(
+            &mut p,
+            &outcomes[..120],
+            153,
+            true,
+            "1",
+            "e",
+            EventType::Create,
+        );
         assert_eq!(r.notifications.len(), 1);
         assert_eq!(r.final_status, None);
-        let r = fold_step(&mut p, &outcomes[120..], 153, true, "1", "e", EventType::Create);
+        let r = fold_step(
+            &mut p,
+            &outcomes[120..],
+            153,
+            true,
+            "1",
+            "e",
+            EventType::Create,
+        );
         assert_eq!(r.final_status, Some("FAILED"));
         // 50 remaining successes, then 9716 (a, c) and 9641 (b).
         assert_eq!(r.notifications.len(), 3);
         assert_eq!(p.num_completed, 150);
-        assert_eq!(p.failures, vec![(9716, vec!["a".into(), "c".into()]), (9641, vec!["b".into()])]);
+        assert_eq!(
+            p.failures,
+            vec![
+                (9716, vec!["a".into(), "c".into()]),
+                (9641, vec!["b".into()])
+            ]
+        );
         let last: serde_json::Value = serde_json::from_str(&r.notifications[1]).unwrap();
         assert_eq!(last["notification"]["result"], "FAILURE");
-        assert_eq!(last["notification"]["error"]["errorInfo"]["clientUserIds"], serde_json::json!(["a", "c"]));
+        assert_eq!(
+            last["notification"]["error"]["errorInfo"]["clientUserIds"],
+            serde_json::json!(["a", "c"])
+        );
     }
 
     #[test]

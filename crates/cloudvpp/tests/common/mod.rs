@@ -18,25 +18,43 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env { dir: tempfile::tempdir().unwrap() }
+        Env {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
     pub fn db(&self) -> String {
         format!("sqlite://{}/ab.db", self.dir.path().display())
     }
     /// Runs a CLI command and returns stdout; panics on failure.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN).args(args).env("CLOUDVPP_DATABASE", self.db()).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(BIN)
+            .args(args)
+            .env("CLOUDVPP_DATABASE", self.db())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
     /// Creates an organisation and returns its sToken.
     pub fn org(&self, name: &str) -> String {
-        self.cli(&["appsbooks", "org", "create", "--name", name]).trim().to_string()
+        self.cli(&["appsbooks", "org", "create", "--name", name])
+            .trim()
+            .to_string()
     }
     /// Starts `cloudvpp appsbooks serve` with extra flags.
     pub fn serve(&self, extra: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args(["appsbooks", "serve", "--listen", "127.0.0.1:0", "--allow-http-notifications"])
+            .args([
+                "appsbooks",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--allow-http-notifications",
+            ])
             .args(["--database", &self.db()])
             .args(extra)
             .env("CLOUDVPP_LOG", "warn")
@@ -45,10 +63,16 @@ impl Env {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let base = line.trim().rsplit(' ').next().unwrap().to_string();
         assert!(base.starts_with("http"), "unexpected first line {line:?}");
-        Server { child, base, http: reqwest::Client::new() }
+        Server {
+            child,
+            base,
+            http: reqwest::Client::new(),
+        }
     }
 }
 
@@ -82,7 +106,11 @@ impl Server {
             let r = req.try_clone().unwrap().send().await.unwrap();
             let status = r.status().as_u16();
             if status == 429 {
-                let secs: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                let secs: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
                 tokio::time::sleep(Duration::from_millis(secs * 1000 / 4)).await;
                 continue;
             }
@@ -91,16 +119,29 @@ impl Server {
     }
 
     pub async fn get(&self, token: &str, path: &str) -> (u16, Value) {
-        self.send(self.http.get(self.url(path)).bearer_auth(token)).await
+        self.send(self.http.get(self.url(path)).bearer_auth(token))
+            .await
     }
 
     pub async fn post(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
-        self.send(self.http.post(self.url(path)).bearer_auth(token).json(&body)).await
+        self.send(
+            self.http
+                .post(self.url(path))
+                .bearer_auth(token)
+                .json(&body),
+        )
+        .await
     }
 
     /// Posts users to users/create|update|retire and returns the eventId.
     pub async fn manage(&self, token: &str, action: &str, users: Value) -> String {
-        let (status, body) = self.post(token, &format!("/mdm/v2/users/{action}"), serde_json::json!({ "users": users })).await;
+        let (status, body) = self
+            .post(
+                token,
+                &format!("/mdm/v2/users/{action}"),
+                serde_json::json!({ "users": users }),
+            )
+            .await;
         assert_eq!(status, 200, "{body}");
         body["eventId"].as_str().unwrap().to_string()
     }
@@ -109,7 +150,9 @@ impl Server {
     pub async fn wait_event(&self, token: &str, event_id: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let (status, body) = self.get(token, &format!("/mdm/v2/status?eventId={event_id}")).await;
+            let (status, body) = self
+                .get(token, &format!("/mdm/v2/status?eventId={event_id}"))
+                .await;
             assert_eq!(status, 200, "{body}");
             if body["eventStatus"] != "PENDING" {
                 return body;
@@ -126,7 +169,12 @@ impl Server {
         let mut version = None;
         loop {
             let sep = if query.is_empty() { "" } else { "&" };
-            let (status, body) = self.get(token, &format!("/mdm/v2/users?pageIndex={page}{sep}{query}")).await;
+            let (status, body) = self
+                .get(
+                    token,
+                    &format!("/mdm/v2/users?pageIndex={page}{sep}{query}"),
+                )
+                .await;
             assert_eq!(status, 200, "{body}");
             version.get_or_insert_with(|| body["versionId"].as_str().unwrap().to_string());
             users.extend(body["users"].as_array().unwrap().iter().cloned());
@@ -193,7 +241,9 @@ impl Receiver {
                         return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
                     }
                     me.received.lock().unwrap().push(Received {
-                        authorization: headers.get("authorization").map(|v| v.to_str().unwrap().to_string()),
+                        authorization: headers
+                            .get("authorization")
+                            .map(|v| v.to_str().unwrap().to_string()),
                         body: serde_json::from_slice(&body).unwrap(),
                     });
                     axum::http::StatusCode::OK
@@ -217,11 +267,21 @@ impl Receiver {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        RunningReceiver { url: format!("http://{addr}/notify"), addr, task }
+        RunningReceiver {
+            url: format!("http://{addr}/notify"),
+            addr,
+            task,
+        }
     }
 
     pub fn of_type(&self, kind: &str) -> Vec<Received> {
-        self.received.lock().unwrap().iter().filter(|r| r.body["notificationType"] == kind).cloned().collect()
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.body["notificationType"] == kind)
+            .cloned()
+            .collect()
     }
 
     /// Waits until `n` notifications of `kind` arrived.
@@ -232,7 +292,11 @@ impl Receiver {
             if got.len() >= n {
                 return got;
             }
-            assert!(Instant::now() < deadline, "only {} {kind} notifications arrived, wanted {n}", got.len());
+            assert!(
+                Instant::now() < deadline,
+                "only {} {kind} notifications arrived, wanted {n}",
+                got.len()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
