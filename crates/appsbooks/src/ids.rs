@@ -102,7 +102,7 @@ mod tests {
         let t = new_stoken("ORG12345", 1_920_000_000);
         let content: STokenContent = serde_json::from_slice(&B64.decode(t).unwrap()).unwrap();
         assert_eq!(content.org_name, "ORG12345");
-        assert_eq!(content.exp_date, "2030-11-04T08:00:00+0000");
+        assert_eq!(content.exp_date, "2030-11-04T05:20:00+0000");
     }
 
     #[test]

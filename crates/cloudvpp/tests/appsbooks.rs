@@ -1001,3 +1001,30 @@ async fn serves_https_with_rustls() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["totalPages"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_url_is_what_service_config_advertises() {
+    let env = Env::new();
+    let srv = env.serve(&["--public-url", "https://vpp.example.test/"]);
+    let cfg: Value = srv
+        .http
+        .get(srv.url("/mdm/v2/service/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        cfg["urls"]["createUsers"],
+        "https://vpp.example.test/mdm/v2/users/create"
+    );
+    assert_eq!(
+        cfg["urls"]["eventStatus"],
+        "https://vpp.example.test/mdm/v2/status"
+    );
+    assert_eq!(
+        cfg["urls"]["invitationEmail"],
+        "https://vpp.example.test/invite?inviteCode=%25inviteCode%25&mt=8"
+    );
+}
