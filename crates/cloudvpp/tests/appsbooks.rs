@@ -641,8 +641,8 @@ async fn client_config_validates_and_tests_the_url() {
     assert_eq!(st["mdmInfo"]["name"], "Apple Configurator 2");
 }
 
-async fn configured(env: &Env, srv: &common::Server, token: &str, rx: &Receiver, url: &str) {
-    let _ = env;
+/// Subscribes `token`'s organisation to user notifications at `url` and waits for the test notification.
+async fn configured(srv: &common::Server, token: &str, rx: &Receiver, url: &str) {
     let (status, body) = srv
         .post(
             token,
@@ -656,14 +656,41 @@ async fn configured(env: &Env, srv: &common::Server, token: &str, rx: &Receiver,
     rx.wait_for("TEST_NOTIFICATION", 1).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn user_management_notifications_split_by_hundred() {
+/// One organisation on a fresh service started with `extra`, subscribed to user
+/// notifications delivered to a running receiver.
+struct Subscribed {
+    env: Env,
+    token: String,
+    srv: common::Server,
+    rx: Receiver,
+    running: common::RunningReceiver,
+}
+
+async fn subscribed(extra: &[&str]) -> Subscribed {
     let env = Env::new();
     let token = env.org("O");
-    let srv = env.serve(&["--limit", "maxUsers=250"]);
+    let srv = env.serve(extra);
     let rx = Receiver::default();
     let running = rx.start().await;
-    configured(&env, &srv, &token, &rx, &running.url).await;
+    configured(&srv, &token, &rx, &running.url).await;
+    Subscribed {
+        env,
+        token,
+        srv,
+        rx,
+        running,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn user_management_notifications_split_by_hundred() {
+    let Subscribed {
+        env: _env,
+        token,
+        srv,
+        rx,
+        running: _running,
+    } = subscribed(&["--limit", "maxUsers=250"]).await;
 
     let ev = srv.manage(&token, "create", users(0..150, "n")).await;
     srv.wait_event(&token, &ev).await;
@@ -723,12 +750,13 @@ async fn user_management_notifications_split_by_hundred() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn notifications_are_retried_three_times_at_most() {
-    let env = Env::new();
-    let token = env.org("O");
-    let srv = env.serve(&["--notification-retry-ms", "100,200"]);
-    let rx = Receiver::default();
-    let running = rx.start().await;
-    configured(&env, &srv, &token, &rx, &running.url).await;
+    let Subscribed {
+        env: _env,
+        token,
+        srv,
+        rx,
+        running: _running,
+    } = subscribed(&["--notification-retry-ms", "100,200"]).await;
 
     // Two failures, then delivered on the third attempt.
     *rx.attempts.lock().unwrap() = 0;
@@ -750,12 +778,13 @@ async fn notifications_are_retried_three_times_at_most() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dropped_notifications_fault_setting_drops_them() {
-    let env = Env::new();
-    let token = env.org("O");
-    let srv = env.serve(&["--drop-notifications-percent", "100"]);
-    let rx = Receiver::default();
-    let running = rx.start().await;
-    configured(&env, &srv, &token, &rx, &running.url).await;
+    let Subscribed {
+        env: _env,
+        token,
+        srv,
+        rx,
+        running: _running,
+    } = subscribed(&["--drop-notifications-percent", "100"]).await;
     let ev = srv.manage(&token, "create", users(0..5, "d")).await;
     assert_eq!(srv.wait_event(&token, &ev).await["eventStatus"], "COMPLETE");
     tokio::time::sleep(Duration::from_millis(800)).await;
@@ -772,7 +801,7 @@ async fn invitation_page_associates_the_person() {
     let srv = env.serve(&[]);
     let rx = Receiver::default();
     let running = rx.start().await;
-    configured(&env, &srv, &token, &rx, &running.url).await;
+    configured(&srv, &token, &rx, &running.url).await;
     let ev = srv.manage(&token, "create", users(0..3, "i")).await;
     srv.wait_event(&token, &ev).await;
     let ev2 = srv.manage(&other_token, "create", users(0..1, "o")).await;
@@ -938,13 +967,14 @@ async fn accepted_events_survive_kill_9() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn undelivered_notifications_are_sent_after_restart() {
-    let env = Env::new();
-    let token = env.org("O");
-    let srv = env.serve(&["--notification-retry-ms", "1500,1500"]);
-    let rx = Receiver::default();
-    let running = rx.start().await;
+    let Subscribed {
+        env,
+        token,
+        srv,
+        rx,
+        running,
+    } = subscribed(&["--notification-retry-ms", "1500,1500"]).await;
     let addr = running.addr;
-    configured(&env, &srv, &token, &rx, &running.url).await;
     *rx.fail_always.lock().unwrap() = true;
     let ev = srv.manage(&token, "create", users(0..2, "z")).await;
     srv.wait_event(&token, &ev).await;

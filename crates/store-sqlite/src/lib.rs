@@ -703,22 +703,29 @@ impl AppsBooksStore for SqliteStore {
         .fetch_all(&self.writer)
         .await
         .map_err(err)?;
+        // One config read per organisation in the batch, not per notification.
+        let mut configs: std::collections::HashMap<i64, (Option<String>, Option<String>)> =
+            std::collections::HashMap::new();
         let mut items = Vec::with_capacity(rows.len());
         for r in rows {
             let org_id: i64 = r.get(1);
-            let cfg = sqlx::query(
-                "SELECT notification_url, notification_auth_token FROM orgs WHERE id = ?",
-            )
-            .bind(org_id)
-            .fetch_one(&self.reader)
-            .await
-            .map_err(err)?;
+            if let std::collections::hash_map::Entry::Vacant(slot) = configs.entry(org_id) {
+                let cfg = sqlx::query(
+                    "SELECT notification_url, notification_auth_token FROM orgs WHERE id = ?",
+                )
+                .bind(org_id)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(err)?;
+                slot.insert((cfg.get(0), cfg.get(1)));
+            }
+            let (url, auth_token) = configs[&org_id].clone();
             items.push(OutboxItem {
                 id: r.get(0),
                 body: r.get(2),
                 attempts: r.get(3),
-                url: cfg.get(0),
-                auth_token: cfg.get(1),
+                url,
+                auth_token,
             });
         }
         Ok(items)
