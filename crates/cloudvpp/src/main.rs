@@ -1,5 +1,8 @@
 //! `cloudvpp`: the Apps and Books service and (later) the MDM, in one binary.
 
+mod mdm_cmd;
+mod simulate_cmd;
+
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use cloudvpp_appsbooks::{ids, AppState, Config};
@@ -26,17 +29,27 @@ enum Command {
         #[command(subcommand)]
         command: AppsbooksCommand,
     },
+    /// The MDM service and its admin API client.
+    Mdm {
+        #[command(subcommand)]
+        command: mdm_cmd::MdmCommand,
+    },
+    /// Simulated Apple devices: PKI, enrollment, polling, load bodies.
+    Simulate {
+        #[command(subcommand)]
+        command: simulate_cmd::SimulateCommand,
+    },
 }
 
 #[derive(Args, Clone)]
-struct DbArg {
+pub(crate) struct DbArg {
     /// Database URL: sqlite://PATH (created if missing).
     #[arg(
         long,
         env = "CLOUDVPP_DATABASE",
         default_value = "sqlite://cloudvpp.db"
     )]
-    database: String,
+    pub(crate) database: String,
 }
 
 #[derive(Subcommand)]
@@ -152,6 +165,11 @@ fn parse_limit(s: &str) -> Result<(String, i64), String> {
 }
 
 async fn open_store(url: &str) -> Result<Arc<dyn AppsBooksStore>> {
+    Ok(open_sqlite(url).await?)
+}
+
+/// Opens the database named by `--database`: the one place a backend is chosen.
+pub(crate) async fn open_sqlite(url: &str) -> Result<Arc<cloudvpp_store_sqlite::SqliteStore>> {
     if url.starts_with("sqlite:") {
         let store = cloudvpp_store_sqlite::SqliteStore::connect(url)
             .await
@@ -198,6 +216,8 @@ async fn run(cli: Cli) -> Result<()> {
             AppsbooksCommand::Org { command } => org(command).await,
             AppsbooksCommand::Limits { command } => limits(command).await,
         },
+        Command::Mdm { command } => mdm_cmd::run(command).await,
+        Command::Simulate { command } => simulate_cmd::run(command).await,
     }
 }
 
@@ -296,14 +316,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
     // Scripts and tests read the bound address from this line.
     println!("appsbooks listening on {scheme}://{local}");
     tracing::info!(%local, %public_url, "appsbooks service started");
+    serve_app(
+        listener,
+        args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
+        app,
+    )
+    .await?;
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    Ok(())
+}
+
+/// Serves `app` on `listener` (HTTPS with rustls when a certificate and key are given)
+/// until SIGINT/SIGTERM, then drains for up to 5 s.
+pub(crate) async fn serve_app(
+    listener: std::net::TcpListener,
+    tls: Option<(&str, &str)>,
+    app: axum::Router,
+) -> Result<()> {
     let handle = axum_server::Handle::new();
     let h = handle.clone();
     tokio::spawn(async move {
         shutdown_signal().await;
         h.graceful_shutdown(Some(Duration::from_secs(5)));
     });
-    match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
+    match tls {
+        Some((cert, key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .context("loading --tls-cert/--tls-key")?;
@@ -312,16 +352,12 @@ async fn serve(args: ServeArgs) -> Result<()> {
                 .serve(app.into_make_service())
                 .await?;
         }
-        _ => {
+        None => {
             axum_server::from_tcp(listener)
                 .handle(handle)
                 .serve(app.into_make_service())
                 .await?;
         }
-    }
-    let _ = stop_tx.send(true);
-    for w in workers {
-        let _ = w.await;
     }
     Ok(())
 }

@@ -50,24 +50,36 @@ impl DeviceCert {
 
 /// Verifies `Mdm-Signature` over `body` and returns the signer's certificate. The
 /// signature must have exactly one signer whose certificate is in the CMS structure.
-pub fn verify_mdm_signature(header: &str, body: &[u8]) -> Result<(CapturedX509Certificate, DeviceCert), IdentityError> {
+pub fn verify_mdm_signature(
+    header: &str,
+    body: &[u8],
+) -> Result<(CapturedX509Certificate, DeviceCert), IdentityError> {
     let der = B64
         .decode(header.trim().as_bytes())
         .map_err(|e| IdentityError::Malformed(format!("Mdm-Signature is not base64: {e}")))?;
-    let sd = SignedData::parse_ber(&der).map_err(|e| IdentityError::Malformed(format!("Mdm-Signature is not CMS: {e}")))?;
+    let sd = SignedData::parse_ber(&der)
+        .map_err(|e| IdentityError::Malformed(format!("Mdm-Signature is not CMS: {e}")))?;
     let mut signers = sd.signers();
-    let signer = signers.next().ok_or_else(|| IdentityError::Malformed("CMS without signer".into()))?;
+    let signer = signers
+        .next()
+        .ok_or_else(|| IdentityError::Malformed("CMS without signer".into()))?;
     if signers.next().is_some() {
-        return Err(IdentityError::Malformed("CMS with more than one signer".into()));
+        return Err(IdentityError::Malformed(
+            "CMS with more than one signer".into(),
+        ));
     }
     if sd.signed_content().is_some() {
         return Err(IdentityError::Malformed("CMS is not detached".into()));
     }
-    signer.verify_message_digest_with_content(body).map_err(|e| IdentityError::BadSignature(e.to_string()))?;
-    signer.verify_signature_with_signed_data(&sd).map_err(|e| IdentityError::BadSignature(e.to_string()))?;
-    let (issuer, serial) = signer
-        .certificate_issuer_and_serial()
-        .ok_or_else(|| IdentityError::Malformed("signer not identified by issuer and serial".into()))?;
+    signer
+        .verify_message_digest_with_content(body)
+        .map_err(|e| IdentityError::BadSignature(e.to_string()))?;
+    signer
+        .verify_signature_with_signed_data(&sd)
+        .map_err(|e| IdentityError::BadSignature(e.to_string()))?;
+    let (issuer, serial) = signer.certificate_issuer_and_serial().ok_or_else(|| {
+        IdentityError::Malformed("signer not identified by issuer and serial".into())
+    })?;
     let cert = sd
         .certificates()
         .find(|c| c.issuer_name() == issuer && c.serial_number_asn1() == serial)
@@ -79,14 +91,20 @@ pub fn verify_mdm_signature(header: &str, body: &[u8]) -> Result<(CapturedX509Ce
 
 /// Reads a proxy-supplied client certificate: RFC 9440 (`:base64-DER:`) or URL-escaped PEM
 /// (nginx `$ssl_client_escaped_cert`).
-pub fn cert_from_header(value: &str) -> Result<(CapturedX509Certificate, DeviceCert), IdentityError> {
+pub fn cert_from_header(
+    value: &str,
+) -> Result<(CapturedX509Certificate, DeviceCert), IdentityError> {
     let v = value.trim();
     let cert = if let Some(inner) = v.strip_prefix(':').and_then(|r| r.strip_suffix(':')) {
-        let der = B64.decode(inner).map_err(|e| IdentityError::Malformed(format!("RFC 9440 value is not base64: {e}")))?;
-        CapturedX509Certificate::from_der(der).map_err(|e| IdentityError::Malformed(e.to_string()))?
+        let der = B64
+            .decode(inner)
+            .map_err(|e| IdentityError::Malformed(format!("RFC 9440 value is not base64: {e}")))?;
+        CapturedX509Certificate::from_der(der)
+            .map_err(|e| IdentityError::Malformed(e.to_string()))?
     } else {
         let pem = percent_decode(v);
-        CapturedX509Certificate::from_pem(pem.as_bytes()).map_err(|e| IdentityError::Malformed(e.to_string()))?
+        CapturedX509Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| IdentityError::Malformed(e.to_string()))?
     };
     let dc = DeviceCert::from_captured(&cert);
     Ok((cert, dc))
@@ -121,27 +139,47 @@ pub struct CaPool {
 impl CaPool {
     /// Reads every certificate of a PEM bundle.
     pub fn from_pem(pem: &[u8]) -> Result<Self, IdentityError> {
-        let cas = CapturedX509Certificate::from_pem_multiple(pem).map_err(|e| IdentityError::Malformed(e.to_string()))?;
+        let cas = CapturedX509Certificate::from_pem_multiple(pem)
+            .map_err(|e| IdentityError::Malformed(e.to_string()))?;
         if cas.is_empty() {
-            return Err(IdentityError::Malformed("no certificate in the CA file".into()));
+            return Err(IdentityError::Malformed(
+                "no certificate in the CA file".into(),
+            ));
         }
-        Ok(CaPool { cas, cache: Mutex::new(HashMap::new()) })
+        Ok(CaPool {
+            cas,
+            cache: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Checks `cert` (whose fingerprint is `dc.sha256`) against the pool.
-    pub fn verify(&self, cert: &CapturedX509Certificate, dc: &DeviceCert) -> Result<(), IdentityError> {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    pub fn verify(
+        &self,
+        cert: &CapturedX509Certificate,
+        dc: &DeviceCert,
+    ) -> Result<(), IdentityError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
         if let Some(not_after) = self.cache.lock().expect("lock").get(&dc.sha256) {
             if *not_after > now {
                 return Ok(());
             }
         }
         if !cert.time_constraints_valid(None) {
-            return Err(IdentityError::Untrusted("outside its validity period".into()));
+            return Err(IdentityError::Untrusted(
+                "outside its validity period".into(),
+            ));
         }
-        let signed_by_pool = self.cas.iter().any(|ca| cert.verify_signed_by_certificate(ca).is_ok());
+        let signed_by_pool = self
+            .cas
+            .iter()
+            .any(|ca| cert.verify_signed_by_certificate(ca).is_ok());
         if !signed_by_pool {
-            return Err(IdentityError::Untrusted("not issued by a configured CA".into()));
+            return Err(IdentityError::Untrusted(
+                "not issued by a configured CA".into(),
+            ));
         }
         let mut cache = self.cache.lock().expect("lock");
         if cache.len() > 1_000_000 {
@@ -153,7 +191,11 @@ impl CaPool {
 }
 
 /// Signs `body` as a device does: a detached CMS signature, base64, for `Mdm-Signature`.
-pub fn sign_detached(key: &InMemorySigningKeyPair, cert: &CapturedX509Certificate, body: &[u8]) -> Result<String, IdentityError> {
+pub fn sign_detached(
+    key: &InMemorySigningKeyPair,
+    cert: &CapturedX509Certificate,
+    body: &[u8],
+) -> Result<String, IdentityError> {
     let der = SignedDataBuilder::default()
         .content_external(body.to_vec())
         .signer(SignerBuilder::new(key, cert.clone()))
@@ -174,7 +216,8 @@ pub mod pem {
 
     /// A PKCS#8 private key from PEM.
     pub fn key(pem: &[u8]) -> Result<InMemorySigningKeyPair, IdentityError> {
-        InMemorySigningKeyPair::from_pkcs8_pem(pem).map_err(|e| IdentityError::Malformed(e.to_string()))
+        InMemorySigningKeyPair::from_pkcs8_pem(pem)
+            .map_err(|e| IdentityError::Malformed(e.to_string()))
     }
 }
 
@@ -204,23 +247,37 @@ pub mod devpki {
         let key_pem = new_key_pem()?;
         let key = keypair(&key_pem)?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign, rcgen::KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
         let cert = params.self_signed(&key).map_err(err)?;
         Ok((cert.pem(), key_pem))
     }
 
     /// A client certificate for `subject_key_pem`, issued by the CA.
-    pub fn issue(ca_cert_pem: &str, ca_key_pem: &str, common_name: &str, subject_key_pem: &str) -> Result<String, IdentityError> {
+    pub fn issue(
+        ca_cert_pem: &str,
+        ca_key_pem: &str,
+        common_name: &str,
+        subject_key_pem: &str,
+    ) -> Result<String, IdentityError> {
         let ca_key = keypair(ca_key_pem)?;
         let ca_params = rcgen::CertificateParams::from_ca_cert_pem(ca_cert_pem).map_err(err)?;
         let ca = ca_params.self_signed(&ca_key).map_err(err)?;
         let key = keypair(subject_key_pem)?;
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(err)?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, common_name);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        params.serial_number = Some(rcgen::SerialNumber::from_slice(&rand::random::<[u8; 16]>()[..]));
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(
+            &rand::random::<[u8; 16]>()[..],
+        ));
         let cert = params.signed_by(&key, &ca, &ca_key).map_err(err)?;
         Ok(cert.pem())
     }
@@ -249,13 +306,25 @@ mod tests {
         let pool = CaPool::from_pem(ca_pem.as_bytes()).unwrap();
         pool.verify(&signer, &dc).unwrap();
         pool.verify(&signer, &dc).unwrap(); // cached
-        assert!(matches!(verify_mdm_signature(&sig, b"<plist>hellp</plist>"), Err(IdentityError::BadSignature(_))));
-        assert!(matches!(verify_mdm_signature("!!!", body), Err(IdentityError::Malformed(_))));
-        assert!(matches!(verify_mdm_signature("aGVsbG8=", body), Err(IdentityError::Malformed(_))));
+        assert!(matches!(
+            verify_mdm_signature(&sig, b"<plist>hellp</plist>"),
+            Err(IdentityError::BadSignature(_))
+        ));
+        assert!(matches!(
+            verify_mdm_signature("!!!", body),
+            Err(IdentityError::Malformed(_))
+        ));
+        assert!(matches!(
+            verify_mdm_signature("aGVsbG8=", body),
+            Err(IdentityError::Malformed(_))
+        ));
         // A certificate from another CA is not trusted.
         let (other_ca, _, _, _) = ca_and_device();
         let other = CaPool::from_pem(other_ca.as_bytes()).unwrap();
-        assert!(matches!(other.verify(&signer, &dc), Err(IdentityError::Untrusted(_))));
+        assert!(matches!(
+            other.verify(&signer, &dc),
+            Err(IdentityError::Untrusted(_))
+        ));
     }
 
     #[test]
@@ -264,7 +333,12 @@ mod tests {
         let cert = pem::cert(dev_pem.as_bytes()).unwrap();
         let rfc = format!(":{}:", B64.encode(cert.constructed_data()));
         let (_, a) = cert_from_header(&rfc).unwrap();
-        let escaped = dev_pem.replace('\n', "%0A").replace(' ', "%20").replace('+', "%2B").replace('/', "%2F").replace('=', "%3D");
+        let escaped = dev_pem
+            .replace('\n', "%0A")
+            .replace(' ', "%20")
+            .replace('+', "%2B")
+            .replace('/', "%2F")
+            .replace('=', "%3D");
         let (_, b) = cert_from_header(&escaped).unwrap();
         assert_eq!(a.sha256, b.sha256);
         assert!(cert_from_header(":not base64:").is_err());

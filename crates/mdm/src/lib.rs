@@ -1,1 +1,114 @@
-//! placeholder
+//! The MDM service: the endpoints Apple devices talk to (`PUT /checkin`, `PUT /mdm`), the
+//! device identity checks, the per-channel command queue, APNs push, and an admin API
+//! (`/api/v1/`) to enqueue commands such as `InviteToProgram`.
+//!
+//! Layout follows nanomdm: [`device`] holds the protocol handlers (identity → decode →
+//! store), [`api`] the admin API, [`push`] the APNs client. Errors towards devices are
+//! [`error::MdmError`]: 400/403/410/500, never 401, because a 401 makes a device remove
+//! its MDM profile.
+
+pub mod api;
+pub mod device;
+pub mod error;
+pub mod push;
+
+use axum::routing::{get, post, put};
+use axum::Router;
+use cloudvpp_identity::CaPool;
+use cloudvpp_store::mdm::MdmStore;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Settings of the MDM service.
+pub struct Config {
+    /// Trusted CAs of device identity certificates.
+    pub ca: CaPool,
+    /// Read the device certificate from this header (RFC 9440 or escaped PEM) instead of
+    /// `Mdm-Signature`.
+    pub cert_header: Option<String>,
+    /// Admin API key; without one the admin API is off.
+    pub api_key: Option<String>,
+    /// APNs client; without one pushes are reported as not configured.
+    pub pusher: Option<push::Pusher>,
+}
+
+/// Shared state.
+#[derive(Clone)]
+pub struct MdmState {
+    /// Storage.
+    pub store: Arc<dyn MdmStore>,
+    /// Settings.
+    pub config: Arc<Config>,
+    /// (device ID, certificate hash) pairs known to be bound: a binding is never removed,
+    /// so a positive answer can be kept.
+    bound: Arc<Mutex<HashSet<String>>>,
+    /// `last_seen_at` waiting to be written in the next batch.
+    seen: Arc<Mutex<HashMap<String, i64>>>,
+}
+
+impl MdmState {
+    /// Builds the state.
+    pub fn new(store: Arc<dyn MdmStore>, config: Config) -> Self {
+        MdmState {
+            store,
+            config: Arc::new(config),
+            bound: Arc::default(),
+            seen: Arc::default(),
+        }
+    }
+}
+
+/// Device endpoints and the admin API.
+pub fn router(state: MdmState) -> Router {
+    Router::new()
+        .route(
+            "/checkin",
+            put(device::checkin_endpoint).post(device::checkin_endpoint),
+        )
+        .route("/mdm", put(device::mdm_endpoint).post(device::mdm_endpoint))
+        .route(
+            "/api/v1/enqueue/{ids}",
+            put(api::enqueue_raw).post(api::enqueue_raw),
+        )
+        .route("/api/v1/invite-to-program", post(api::invite_to_program))
+        .route("/api/v1/push/{ids}", post(api::push).get(api::push))
+        .route("/api/v1/enrollments", get(api::list_enrollments))
+        .route("/api/v1/enrollments/{id}", get(api::get_enrollment))
+        .route("/api/v1/enrollments/{id}/commands", get(api::list_commands))
+        .route(
+            "/api/v1/enrollments/{id}/commands/{uuid}",
+            get(api::get_command),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::extract::DefaultBodyLimit::max(device::MAX_BODY))
+        .with_state(state)
+}
+
+/// Writes batched `last_seen_at` once a second until `shutdown`; one write per batch
+/// instead of one per check-in keeps idle check-ins read-only.
+pub async fn run_seen_flusher(state: MdmState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => false,
+            _ = shutdown.changed() => true,
+        };
+        let batch: Vec<(String, i64)> = std::mem::take(&mut *state.seen.lock().expect("lock"))
+            .into_iter()
+            .collect();
+        if let Err(e) = state.store.touch(&batch).await {
+            tracing::warn!(error = %e, "writing last_seen_at");
+        }
+        if stop || *shutdown.borrow() {
+            return;
+        }
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

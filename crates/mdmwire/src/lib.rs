@@ -34,19 +34,35 @@ pub struct EnrollmentKeys {
     #[serde(rename = "UDID", default, skip_serializing_if = "Option::is_none")]
     pub udid: Option<String>,
     /// User Enrollment device id.
-    #[serde(rename = "EnrollmentID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "EnrollmentID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub enrollment_id: Option<String>,
     /// User Enrollment user id.
-    #[serde(rename = "EnrollmentUserID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "EnrollmentUserID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub enrollment_user_id: Option<String>,
     /// macOS user GUID; all-F on Shared iPad.
     #[serde(rename = "UserID", default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// macOS short name; Shared iPad Managed Apple Account.
-    #[serde(rename = "UserShortName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "UserShortName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user_short_name: Option<String>,
     /// macOS long name.
-    #[serde(rename = "UserLongName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "UserLongName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user_long_name: Option<String>,
 }
 
@@ -89,7 +105,10 @@ impl EnrollmentType {
     }
     /// Whether this is a user channel.
     pub fn is_user_channel(self) -> bool {
-        matches!(self, EnrollmentType::User | EnrollmentType::SharedIpad | EnrollmentType::UserEnrollment)
+        matches!(
+            self,
+            EnrollmentType::User | EnrollmentType::SharedIpad | EnrollmentType::UserEnrollment
+        )
     }
 }
 
@@ -108,23 +127,48 @@ impl EnrollmentKeys {
     /// nanomdm's normalisation: `UDID`, `UDID:UserID`, `UDID:UserShortName` (Shared iPad),
     /// `EnrollmentID`, `EnrollmentID:EnrollmentUserID`.
     pub fn resolve(&self) -> Result<ResolvedEnrollment, DecodeError> {
-        let nonempty = |o: &Option<String>| o.as_deref().filter(|s| !s.trim().is_empty()).map(str::to_string);
+        let nonempty = |o: &Option<String>| {
+            o.as_deref()
+                .filter(|s| !s.trim().is_empty())
+                .map(str::to_string)
+        };
         if let Some(udid) = nonempty(&self.udid) {
             if let Some(uid) = nonempty(&self.user_id) {
                 if uid == SHARED_IPAD_USER_ID {
-                    let short = nonempty(&self.user_short_name)
-                        .ok_or_else(|| DecodeError("Shared iPad user channel without UserShortName".into()))?;
-                    return Ok(ResolvedEnrollment { id: format!("{udid}:{short}"), device_id: udid, kind: EnrollmentType::SharedIpad });
+                    let short = nonempty(&self.user_short_name).ok_or_else(|| {
+                        DecodeError("Shared iPad user channel without UserShortName".into())
+                    })?;
+                    return Ok(ResolvedEnrollment {
+                        id: format!("{udid}:{short}"),
+                        device_id: udid,
+                        kind: EnrollmentType::SharedIpad,
+                    });
                 }
-                return Ok(ResolvedEnrollment { id: format!("{udid}:{uid}"), device_id: udid, kind: EnrollmentType::User });
+                return Ok(ResolvedEnrollment {
+                    id: format!("{udid}:{uid}"),
+                    device_id: udid,
+                    kind: EnrollmentType::User,
+                });
             }
-            return Ok(ResolvedEnrollment { id: udid.clone(), device_id: udid, kind: EnrollmentType::Device });
+            return Ok(ResolvedEnrollment {
+                id: udid.clone(),
+                device_id: udid,
+                kind: EnrollmentType::Device,
+            });
         }
         if let Some(eid) = nonempty(&self.enrollment_id) {
             if let Some(euid) = nonempty(&self.enrollment_user_id) {
-                return Ok(ResolvedEnrollment { id: format!("{eid}:{euid}"), device_id: eid, kind: EnrollmentType::UserEnrollment });
+                return Ok(ResolvedEnrollment {
+                    id: format!("{eid}:{euid}"),
+                    device_id: eid,
+                    kind: EnrollmentType::UserEnrollment,
+                });
             }
-            return Ok(ResolvedEnrollment { id: eid.clone(), device_id: eid, kind: EnrollmentType::UserEnrollmentDevice });
+            return Ok(ResolvedEnrollment {
+                id: eid.clone(),
+                device_id: eid,
+                kind: EnrollmentType::UserEnrollmentDevice,
+            });
         }
         Err(DecodeError("neither UDID nor EnrollmentID".into()))
     }
@@ -143,25 +187,49 @@ pub struct CheckinMessage {
     #[serde(rename = "UDID", default, skip_serializing_if = "Option::is_none")]
     pub udid: Option<String>,
     /// User Enrollment device id.
-    #[serde(rename = "EnrollmentID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "EnrollmentID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub enrollment_id: Option<String>,
     /// User Enrollment user id.
-    #[serde(rename = "EnrollmentUserID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "EnrollmentUserID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub enrollment_user_id: Option<String>,
     /// macOS user GUID; all-F on Shared iPad.
     #[serde(rename = "UserID", default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// macOS short name; Shared iPad Managed Apple Account.
-    #[serde(rename = "UserShortName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "UserShortName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user_short_name: Option<String>,
     /// macOS long name.
-    #[serde(rename = "UserLongName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "UserLongName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user_long_name: Option<String>,
     /// Authenticate: serial number.
-    #[serde(rename = "SerialNumber", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "SerialNumber",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub serial_number: Option<String>,
     /// Authenticate: product name (`iPhone14,2`, `Mac16,10`).
-    #[serde(rename = "ProductName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "ProductName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub product_name: Option<String>,
     /// Authenticate (macOS): model.
     #[serde(rename = "Model", default, skip_serializing_if = "Option::is_none")]
@@ -170,7 +238,11 @@ pub struct CheckinMessage {
     #[serde(rename = "OSVersion", default, skip_serializing_if = "Option::is_none")]
     pub os_version: Option<String>,
     /// Authenticate: device name.
-    #[serde(rename = "DeviceName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "DeviceName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub device_name: Option<String>,
     /// TokenUpdate: APNs device token.
     #[serde(rename = "Token", default, skip_serializing_if = "Option::is_none")]
@@ -179,7 +251,11 @@ pub struct CheckinMessage {
     #[serde(rename = "PushMagic", default, skip_serializing_if = "Option::is_none")]
     pub push_magic: Option<String>,
     /// TokenUpdate: still in Setup Assistant.
-    #[serde(rename = "AwaitingConfiguration", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "AwaitingConfiguration",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub awaiting_configuration: Option<bool>,
 }
 
@@ -301,7 +377,10 @@ impl ReportStatus {
     }
     /// Final statuses end a command.
     pub fn is_final(self) -> bool {
-        matches!(self, ReportStatus::Acknowledged | ReportStatus::Error | ReportStatus::CommandFormatError)
+        matches!(
+            self,
+            ReportStatus::Acknowledged | ReportStatus::Error | ReportStatus::CommandFormatError
+        )
     }
 }
 
@@ -312,28 +391,52 @@ pub struct Report {
     #[serde(rename = "UDID", default, skip_serializing_if = "Option::is_none")]
     pub udid: Option<String>,
     /// User Enrollment device id.
-    #[serde(rename = "EnrollmentID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "EnrollmentID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub enrollment_id: Option<String>,
     /// User Enrollment user id.
-    #[serde(rename = "EnrollmentUserID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "EnrollmentUserID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub enrollment_user_id: Option<String>,
     /// macOS user GUID; all-F on Shared iPad.
     #[serde(rename = "UserID", default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// macOS short name; Shared iPad Managed Apple Account.
-    #[serde(rename = "UserShortName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "UserShortName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user_short_name: Option<String>,
     /// macOS long name.
-    #[serde(rename = "UserLongName", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "UserLongName",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub user_long_name: Option<String>,
     /// `Status`.
     #[serde(rename = "Status")]
     pub status: String,
     /// The command answered (absent on Idle).
-    #[serde(rename = "CommandUUID", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "CommandUUID",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub command_uuid: Option<String>,
     /// `InviteToProgram` answer.
-    #[serde(rename = "InvitationResult", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "InvitationResult",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub invitation_result: Option<String>,
 }
 
@@ -351,10 +454,15 @@ impl Report {
     }
     /// Decodes an XML or binary plist, checking `Status`.
     pub fn decode(body: &[u8]) -> Result<(Self, ReportStatus), DecodeError> {
-        let r: Report = plist::from_bytes(body).map_err(|e| DecodeError(format!("report plist: {e}")))?;
-        let status = ReportStatus::parse(&r.status).ok_or_else(|| DecodeError(format!("unknown Status {:?}", r.status)))?;
+        let r: Report =
+            plist::from_bytes(body).map_err(|e| DecodeError(format!("report plist: {e}")))?;
+        let status = ReportStatus::parse(&r.status)
+            .ok_or_else(|| DecodeError(format!("unknown Status {:?}", r.status)))?;
         if status != ReportStatus::Idle && r.command_uuid.as_deref().is_none_or(|u| u.is_empty()) {
-            return Err(DecodeError(format!("{} report without CommandUUID", r.status)));
+            return Err(DecodeError(format!(
+                "{} report without CommandUUID",
+                r.status
+            )));
         }
         Ok((r, status))
     }
@@ -385,11 +493,15 @@ struct RawInner {
 
 /// Checks a raw command plist: it must carry `CommandUUID` and `Command.RequestType`.
 pub fn decode_command(body: &[u8]) -> Result<CommandInfo, DecodeError> {
-    let c: RawCommand = plist::from_bytes(body).map_err(|e| DecodeError(format!("command plist: {e}")))?;
+    let c: RawCommand =
+        plist::from_bytes(body).map_err(|e| DecodeError(format!("command plist: {e}")))?;
     if c.command_uuid.trim().is_empty() || c.command.request_type.trim().is_empty() {
         return Err(DecodeError("empty CommandUUID or RequestType".into()));
     }
-    Ok(CommandInfo { command_uuid: c.command_uuid, request_type: c.command.request_type })
+    Ok(CommandInfo {
+        command_uuid: c.command_uuid,
+        request_type: c.command.request_type,
+    })
 }
 
 /// `InviteToProgram` as Apple's example: `{Command: {InvitationURL, ProgramID, RequestType}, CommandUUID}`.
@@ -407,7 +519,8 @@ pub fn invite_to_program(command_uuid: &str, invitation_url: &str) -> Vec<u8> {
 }
 
 /// `InvitationResult` values.
-pub const INVITATION_RESULTS: &[&str] = &["Acknowledged", "InvalidProgramID", "InvalidInvitationURL"];
+pub const INVITATION_RESULTS: &[&str] =
+    &["Acknowledged", "InvalidProgramID", "InvalidInvitationURL"];
 
 #[cfg(test)]
 mod tests {
@@ -441,13 +554,24 @@ mod tests {
         assert_eq!(c["RequestType"].as_string(), Some("InviteToProgram"));
         assert_eq!(c["ProgramID"].as_string(), Some("com.apple.cloudvpp"));
         assert_eq!(c["InvitationURL"].as_string(), Some(url));
-        assert!(String::from_utf8(xml).unwrap().contains("cc=us&amp;inviteCode"));
-        assert_eq!(decode_command(&invite_to_program("u", url)).unwrap().request_type, "InviteToProgram");
+        assert!(String::from_utf8(xml)
+            .unwrap()
+            .contains("cc=us&amp;inviteCode"));
+        assert_eq!(
+            decode_command(&invite_to_program("u", url))
+                .unwrap()
+                .request_type,
+            "InviteToProgram"
+        );
     }
 
     #[test]
     fn enrollment_ids_follow_nanomdm() {
-        let k = |udid: Option<&str>, uid: Option<&str>, short: Option<&str>, eid: Option<&str>, euid: Option<&str>| EnrollmentKeys {
+        let k = |udid: Option<&str>,
+                 uid: Option<&str>,
+                 short: Option<&str>,
+                 eid: Option<&str>,
+                 euid: Option<&str>| EnrollmentKeys {
             udid: udid.map(Into::into),
             user_id: uid.map(Into::into),
             user_short_name: short.map(Into::into),
@@ -455,10 +579,33 @@ mod tests {
             enrollment_user_id: euid.map(Into::into),
             user_long_name: None,
         };
-        assert_eq!(k(Some("D"), Some("U"), None, None, None).resolve().unwrap().id, "D:U");
-        let shared = k(Some("D"), Some(SHARED_IPAD_USER_ID), Some("pat@school.example"), None, None).resolve().unwrap();
-        assert_eq!((shared.id.as_str(), shared.kind), ("D:pat@school.example", EnrollmentType::SharedIpad));
-        assert_eq!(k(None, None, None, Some("E"), Some("F")).resolve().unwrap().kind, EnrollmentType::UserEnrollment);
+        assert_eq!(
+            k(Some("D"), Some("U"), None, None, None)
+                .resolve()
+                .unwrap()
+                .id,
+            "D:U"
+        );
+        let shared = k(
+            Some("D"),
+            Some(SHARED_IPAD_USER_ID),
+            Some("pat@school.example"),
+            None,
+            None,
+        )
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            (shared.id.as_str(), shared.kind),
+            ("D:pat@school.example", EnrollmentType::SharedIpad)
+        );
+        assert_eq!(
+            k(None, None, None, Some("E"), Some("F"))
+                .resolve()
+                .unwrap()
+                .kind,
+            EnrollmentType::UserEnrollment
+        );
         assert!(k(None, None, None, None, None).resolve().is_err());
     }
 

@@ -6,6 +6,8 @@
 //! every committed transaction across a process crash (`kill -9`); only an OS crash or
 //! power loss may lose the last commits.
 
+mod mdm;
+
 use async_trait::async_trait;
 use cloudvpp_abwire::{MdmInfo, RequestUser, UserStatus};
 use cloudvpp_store::logic::{self, EventProgress};
@@ -24,11 +26,11 @@ use std::time::Duration;
 /// The SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) reader: SqlitePool,
 }
 
-fn err(e: sqlx::Error) -> StoreError {
+pub(crate) fn err(e: sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = &e {
         if db.is_unique_violation() {
             return StoreError::Conflict(db.message().to_string());

@@ -9,6 +9,7 @@
 //! an error; every write that returns `Ok` is committed durably.
 
 pub mod logic;
+pub mod mdm;
 
 use async_trait::async_trait;
 use cloudvpp_abwire::{MdmInfo, RequestUser, ResponseUser, UserStatus};

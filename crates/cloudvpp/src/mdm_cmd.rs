@@ -1,0 +1,285 @@
+//! `cloudvpp mdm ...`: the MDM service and a client of its admin API.
+
+use crate::{open_sqlite, serve_app, DbArg};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use cloudvpp_identity::CaPool;
+use cloudvpp_mdm::{Config, MdmState};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+
+#[derive(Subcommand)]
+pub enum MdmCommand {
+    /// Serve PUT /checkin, PUT /mdm and the admin API.
+    Serve(ServeArgs),
+    /// Queue a raw command plist for enrollments (and push).
+    Enqueue {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The command plist file.
+        #[arg(long)]
+        plist: std::path::PathBuf,
+        /// Do not push.
+        #[arg(long)]
+        no_push: bool,
+        /// Enrollment IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Queue InviteToProgram with an invitation URL (and push).
+    Invite {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The Apps and Books invitation URL.
+        #[arg(long)]
+        url: String,
+        /// Do not push.
+        #[arg(long)]
+        no_push: bool,
+        /// Enrollment IDs (device channel on iOS, user channel on macOS and Shared iPad).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Push enrollments.
+    Push {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Enrollment IDs.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Show an enrollment's commands and results.
+    Commands {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only commands still to deliver.
+        #[arg(long)]
+        pending: bool,
+        /// Enrollment ID.
+        id: String,
+    },
+    /// List enrollments.
+    Enrollments {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    db: DbArg,
+    /// PEM file of the CA(s) that issue device identity certificates.
+    #[arg(long)]
+    ca: std::path::PathBuf,
+    /// Take the device certificate from this header (RFC 9440, or URL-escaped PEM) set by a
+    /// TLS-terminating proxy, instead of Mdm-Signature.
+    #[arg(long)]
+    cert_header: Option<String>,
+    /// APNs base URL, e.g. https://api.push.apple.com.
+    #[arg(long, requires_all = ["push_cert", "push_key"])]
+    apns_url: Option<String>,
+    /// MDM push certificate, PEM.
+    #[arg(long)]
+    push_cert: Option<std::path::PathBuf>,
+    /// Its private key, PEM.
+    #[arg(long)]
+    push_key: Option<std::path::PathBuf>,
+    /// Extra CA to trust for APNs (a loopback fake in tests).
+    #[arg(long)]
+    apns_ca: Option<std::path::PathBuf>,
+    /// Admin API key (Authorization: Bearer KEY); without it the admin API is off.
+    #[arg(long, env = "CLOUDVPP_API_KEY")]
+    api_key: Option<String>,
+    /// PEM certificate chain: serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<String>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ApiArgs {
+    /// MDM service base URL.
+    #[arg(
+        long,
+        env = "CLOUDVPP_MDM_URL",
+        default_value = "http://127.0.0.1:9000"
+    )]
+    server: String,
+    /// Admin API key.
+    #[arg(long, env = "CLOUDVPP_API_KEY")]
+    api_key: String,
+}
+
+async fn call(
+    api: &ApiArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<(Vec<u8>, &str)>,
+) -> Result<Value> {
+    let mut req = reqwest::Client::new()
+        .request(
+            method,
+            format!("{}{}", api.server.trim_end_matches('/'), path),
+        )
+        .bearer_auth(&api.api_key);
+    if let Some((b, ct)) = body {
+        req = req.header("Content-Type", ct).body(b);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("calling {}", api.server))?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() && status.as_u16() != 422 {
+        bail!(
+            "{}: {}",
+            status,
+            v.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or(&v.to_string())
+        );
+    }
+    Ok(v)
+}
+
+fn print(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn run(cmd: MdmCommand) -> Result<()> {
+    match cmd {
+        MdmCommand::Serve(args) => serve(args).await,
+        MdmCommand::Enqueue {
+            api,
+            plist,
+            no_push,
+            ids,
+        } => {
+            let body =
+                std::fs::read(&plist).with_context(|| format!("reading {}", plist.display()))?;
+            let q = if no_push { "?nopush=1" } else { "" };
+            print(
+                &call(
+                    &api,
+                    reqwest::Method::PUT,
+                    &format!("/api/v1/enqueue/{}{q}", ids.join(",")),
+                    Some((body, "application/x-apple-plist")),
+                )
+                .await?,
+            );
+            Ok(())
+        }
+        MdmCommand::Invite {
+            api,
+            url,
+            no_push,
+            ids,
+        } => {
+            let body = json!({ "enrollment_ids": ids, "invitation_url": url, "push": !no_push });
+            print(
+                &call(
+                    &api,
+                    reqwest::Method::POST,
+                    "/api/v1/invite-to-program",
+                    Some((body.to_string().into_bytes(), "application/json")),
+                )
+                .await?,
+            );
+            Ok(())
+        }
+        MdmCommand::Push { api, ids } => {
+            print(
+                &call(
+                    &api,
+                    reqwest::Method::POST,
+                    &format!("/api/v1/push/{}", ids.join(",")),
+                    None,
+                )
+                .await?,
+            );
+            Ok(())
+        }
+        MdmCommand::Commands { api, pending, id } => {
+            let q = if pending { "?pending=1" } else { "" };
+            print(
+                &call(
+                    &api,
+                    reqwest::Method::GET,
+                    &format!("/api/v1/enrollments/{id}/commands{q}"),
+                    None,
+                )
+                .await?,
+            );
+            Ok(())
+        }
+        MdmCommand::Enrollments { api } => {
+            print(&call(&api, reqwest::Method::GET, "/api/v1/enrollments", None).await?);
+            Ok(())
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let store = open_sqlite(&args.db.database).await?;
+    let ca_pem =
+        std::fs::read(&args.ca).with_context(|| format!("reading --ca {}", args.ca.display()))?;
+    let ca = CaPool::from_pem(&ca_pem).context("--ca")?;
+    let pusher = match (&args.apns_url, &args.push_cert, &args.push_key) {
+        (Some(url), Some(cert), Some(key)) => {
+            let mut identity =
+                std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
+            identity.push(b'\n');
+            identity
+                .extend(std::fs::read(key).with_context(|| format!("reading {}", key.display()))?);
+            let extra = match &args.apns_ca {
+                Some(p) => {
+                    Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+                }
+                None => None,
+            };
+            Some(
+                cloudvpp_mdm::push::Pusher::new(url, &identity, extra.as_deref())
+                    .map_err(anyhow::Error::msg)?,
+            )
+        }
+        _ => None,
+    };
+    let state = MdmState::new(
+        store,
+        Config {
+            ca,
+            cert_header: args.cert_header.clone(),
+            api_key: args.api_key.clone(),
+            pusher,
+        },
+    );
+    let listener = std::net::TcpListener::bind(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let flusher = tokio::spawn(cloudvpp_mdm::run_seen_flusher(state.clone(), stop_rx));
+    println!("mdm listening on {scheme}://{local}");
+    tracing::info!(%local, admin_api = args.api_key.is_some(), push = args.apns_url.is_some(), "mdm service started");
+    serve_app(
+        listener,
+        args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
+        cloudvpp_mdm::router(state),
+    )
+    .await?;
+    let _ = stop_tx.send(true);
+    let _ = flusher.await;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! `cloudvpp simulate ...`: simulated devices against a running MDM service.
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use cloudvpp_simulator::{Fleet, Pki, SimPlatform};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+#[derive(Subcommand)]
+pub enum SimulateCommand {
+    /// Make a throwaway CA and device key in a new state file; write the CA for `mdm serve --ca`.
+    Pki {
+        /// State file to create.
+        #[arg(long)]
+        state: PathBuf,
+        /// Where to write the CA certificate.
+        #[arg(long)]
+        ca_out: PathBuf,
+    },
+    /// Mint N devices with their own identity certificates and enroll them.
+    Enroll {
+        /// State file (from `simulate pki`).
+        #[arg(long)]
+        state: PathBuf,
+        /// MDM service base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        server: String,
+        /// How many devices.
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
+        /// ios, macos, shared-ipad or user-enrollment.
+        #[arg(long, default_value = "ios")]
+        platform: SimPlatform,
+    },
+    /// Every device polls each channel once and answers its commands.
+    Poll {
+        /// State file.
+        #[arg(long)]
+        state: PathBuf,
+        /// MDM service base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        server: String,
+        /// Answer the first N InviteToProgram deliveries of each device with NotNow.
+        #[arg(long, default_value_t = 0)]
+        not_now: u32,
+        /// InvitationResult to answer (Acknowledged, InvalidProgramID, InvalidInvitationURL).
+        #[arg(long, default_value = "Acknowledged")]
+        invitation_result: String,
+    },
+    /// Write pre-signed Idle reports (body + Mdm-Signature) per device, for load tools.
+    Bodies {
+        /// State file.
+        #[arg(long)]
+        state: PathBuf,
+        /// Output directory: N.plist and N.sig per device.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub async fn run(cmd: SimulateCommand) -> Result<()> {
+    match cmd {
+        SimulateCommand::Pki { state, ca_out } => {
+            let pki = tokio::task::spawn_blocking(Pki::generate).await??;
+            std::fs::write(&ca_out, &pki.ca_cert_pem)
+                .with_context(|| format!("writing {}", ca_out.display()))?;
+            Fleet {
+                pki,
+                devices: Vec::new(),
+            }
+            .save(&state)?;
+            eprintln!(
+                "CA written to {}; state in {}",
+                ca_out.display(),
+                state.display()
+            );
+        }
+        SimulateCommand::Enroll {
+            state,
+            server,
+            devices,
+            platform,
+        } => {
+            let mut fleet = Fleet::load(&state)?;
+            let pki = fleet.pki.clone();
+            let specs = tokio::task::spawn_blocking(move || {
+                (0..devices)
+                    .map(|_| pki.new_device(platform))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await??;
+            let start = fleet.devices.len();
+            fleet.devices.extend(specs);
+            let live = fleet.devices(&server)?;
+            let mut set = tokio::task::JoinSet::new();
+            for d in live.into_iter().skip(start) {
+                set.spawn(async move {
+                    let r = d.enroll().await;
+                    (d.spec.enrollment_ids(), r)
+                });
+            }
+            let mut failed = 0;
+            while let Some(joined) = set.join_next().await {
+                let (ids, r) = joined?;
+                match r {
+                    Ok(()) => println!("{}", ids.join(" ")),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{}: {e:#}", ids[0]);
+                    }
+                }
+            }
+            fleet.save(&state)?;
+            if failed > 0 {
+                anyhow::bail!("{failed} of {devices} devices failed to enroll");
+            }
+        }
+        SimulateCommand::Poll {
+            state,
+            server,
+            not_now,
+            invitation_result,
+        } => {
+            let fleet = Fleet::load(&state)?;
+            let mut set = tokio::task::JoinSet::new();
+            for d in fleet.devices(&server)? {
+                let result = invitation_result.clone();
+                set.spawn(async move {
+                    let mut d = d;
+                    d.behaviour.not_now.store(not_now, Ordering::SeqCst);
+                    d.behaviour.invitation_result = result;
+                    let mut all = d.poll(false).await?;
+                    if d.spec.user.is_some() {
+                        all.extend(d.poll(true).await?);
+                    }
+                    anyhow::Ok(all)
+                });
+            }
+            while let Some(joined) = set.join_next().await {
+                for h in joined?? {
+                    println!(
+                        "{} {} {} {}{}",
+                        h.channel,
+                        h.request_type,
+                        h.command_uuid,
+                        h.status,
+                        h.invitation_url
+                            .map(|u| format!(" {u}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+        }
+        SimulateCommand::Bodies { state, out } => {
+            let fleet = Fleet::load(&state)?;
+            std::fs::create_dir_all(&out)?;
+            for (i, d) in fleet.devices("http://unused")?.iter().enumerate() {
+                let body = d.report_body(false, "Idle", None, &[]);
+                let sig = d.sign(&body)?;
+                std::fs::write(out.join(format!("{i}.plist")), &body)?;
+                std::fs::write(out.join(format!("{i}.sig")), sig)?;
+            }
+            eprintln!(
+                "{} devices written to {}",
+                fleet.devices.len(),
+                out.display()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! `PUT /checkin` and `PUT /mdm`: identity, then the check-in message or the command
+//! report, then (for reports) the next command.
+
+use crate::error::MdmError;
+use crate::{now_ms, MdmState};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use cloudvpp_identity::{cert_from_header, verify_mdm_signature, DeviceCert};
+use cloudvpp_mdmwire::{
+    CheckinMessage, EnrollmentType, Platform, Report, ReportStatus, CHECKIN_CONTENT_TYPE,
+};
+use cloudvpp_store::mdm::{AuthenticateInfo, ReportOutcome, TokenUpdateInfo};
+use cloudvpp_store::StoreError;
+
+/// Largest body accepted (a report can carry large query answers).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Checks the device certificate: from the proxy header when configured, otherwise from
+/// `Mdm-Signature` over the exact body; then against the CAs.
+fn identify(state: &MdmState, headers: &HeaderMap, body: &[u8]) -> Result<DeviceCert, MdmError> {
+    let (cert, dc) = match &state.config.cert_header {
+        Some(name) => {
+            let value = headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| MdmError::bad(format!("no {name} certificate header")))?;
+            cert_from_header(value).map_err(|e| MdmError::bad(e.to_string()))?
+        }
+        None => {
+            let sig = headers
+                .get("Mdm-Signature")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| MdmError::bad("no Mdm-Signature header"))?;
+            verify_mdm_signature(sig, body).map_err(|e| MdmError::bad(e.to_string()))?
+        }
+    };
+    state
+        .config
+        .ca
+        .verify(&cert, &dc)
+        .map_err(|e| MdmError::bad(e.to_string()))?;
+    Ok(dc)
+}
+
+/// Every message after Authenticate must come with the certificate the device
+/// authenticated with (user channels present the device's certificate).
+async fn require_bound(state: &MdmState, device_id: &str, dc: &DeviceCert) -> Result<(), MdmError> {
+    let key = format!("{device_id}\u{0}{}", dc.sha256);
+    if state.bound.lock().expect("lock").contains(&key) {
+        return Ok(());
+    }
+    if state
+        .store
+        .cert_associated(device_id, &dc.sha256)
+        .await
+        .map_err(MdmError::internal)?
+    {
+        state.bound.lock().expect("lock").insert(key);
+        Ok(())
+    } else {
+        Err(MdmError::bad("certificate is not the one this enrollment authenticated with, or the enrollment is unknown")
+            .for_enrollment(device_id))
+    }
+}
+
+fn is_checkin(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with(CHECKIN_CONTENT_TYPE))
+}
+
+/// `PUT /checkin` (CheckInURL).
+pub async fn checkin_endpoint(
+    State(state): State<MdmState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    match checkin(&state, &headers, &body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `PUT /mdm` (ServerURL): command reports, and check-ins when no CheckInURL is set.
+pub async fn mdm_endpoint(
+    State(state): State<MdmState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = if is_checkin(&headers) {
+        checkin(&state, &headers, &body).await
+    } else {
+        report(&state, &headers, &body).await
+    };
+    match result {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn empty() -> Response {
+    StatusCode::OK.into_response()
+}
+
+async fn checkin(state: &MdmState, headers: &HeaderMap, body: &[u8]) -> Result<Response, MdmError> {
+    let dc = identify(state, headers, body)?;
+    let msg = CheckinMessage::decode(body).map_err(|e| MdmError::bad(e.to_string()))?;
+    let who = msg
+        .keys()
+        .resolve()
+        .map_err(|e| MdmError::bad(e.to_string()))?;
+    let now = now_ms();
+    let topic = || {
+        msg.topic
+            .clone()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| MdmError::bad("no Topic").for_enrollment(&who.id))
+    };
+    match msg.message_type.as_str() {
+        "Authenticate" => {
+            if who.kind.is_user_channel() {
+                return Err(
+                    MdmError::bad("Authenticate comes from the device channel only")
+                        .for_enrollment(&who.id),
+                );
+            }
+            let topic = topic()?;
+            if let Some(owner) = state
+                .store
+                .cert_owner(&dc.sha256)
+                .await
+                .map_err(MdmError::internal)?
+            {
+                if owner != who.device_id {
+                    return Err(MdmError::bad(format!(
+                        "certificate already belongs to enrollment {owner}"
+                    ))
+                    .for_enrollment(&who.id));
+                }
+            }
+            state
+                .store
+                .associate_cert(&who.device_id, &dc.sha256, now)
+                .await
+                .map_err(MdmError::internal)?;
+            let platform = Platform::detect(msg.product_name.as_deref(), msg.model.as_deref());
+            state
+                .store
+                .authenticate(
+                    &AuthenticateInfo {
+                        device_id: who.device_id.clone(),
+                        kind: who.kind.as_str().to_string(),
+                        platform: platform.as_str().to_string(),
+                        serial_number: msg.serial_number.clone(),
+                        topic,
+                        raw: body.to_vec(),
+                    },
+                    now,
+                )
+                .await
+                .map_err(MdmError::internal)?;
+            tracing::info!(
+                enrollment = who.id,
+                platform = platform.as_str(),
+                "Authenticate"
+            );
+            Ok(empty())
+        }
+        "TokenUpdate" => {
+            require_bound(state, &who.device_id, &dc).await?;
+            let topic = topic()?;
+            let token = msg
+                .token
+                .as_ref()
+                .map(|t| hex::encode(Vec::<u8>::from(t.clone())))
+                .filter(|t| !t.is_empty());
+            let (Some(token_hex), Some(push_magic)) =
+                (token, msg.push_magic.clone().filter(|p| !p.is_empty()))
+            else {
+                return Err(
+                    MdmError::bad("TokenUpdate without Token or PushMagic").for_enrollment(&who.id)
+                );
+            };
+            let info = TokenUpdateInfo {
+                id: who.id.clone(),
+                device_id: who.device_id.clone(),
+                kind: who.kind.as_str().to_string(),
+                user_short_name: match who.kind {
+                    EnrollmentType::User | EnrollmentType::SharedIpad => {
+                        msg.user_short_name.clone()
+                    }
+                    _ => None,
+                },
+                topic,
+                push_magic,
+                token_hex,
+                awaiting_configuration: msg.awaiting_configuration.unwrap_or(false),
+                raw: body.to_vec(),
+            };
+            match state.store.token_update(&info, now).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict(why)) => {
+                    return Err(MdmError::bad(why).for_enrollment(&who.id))
+                }
+                Err(e) => return Err(MdmError::internal(e)),
+            }
+            tracing::info!(enrollment = who.id, kind = who.kind.as_str(), "TokenUpdate");
+            Ok(empty())
+        }
+        "CheckOut" => {
+            require_bound(state, &who.device_id, &dc).await?;
+            state
+                .store
+                .check_out(&who.device_id, now)
+                .await
+                .map_err(MdmError::internal)?;
+            tracing::info!(enrollment = who.id, "CheckOut");
+            Ok(empty())
+        }
+        "UserAuthenticate" => {
+            // Apple's answer for "do not manage this user for this session".
+            require_bound(state, &who.device_id, &dc).await?;
+            Ok((StatusCode::GONE, "UserAuthenticate declined\n").into_response())
+        }
+        other => Err(
+            MdmError::bad(format!("unsupported check-in MessageType {other:?}"))
+                .for_enrollment(&who.id),
+        ),
+    }
+}
+
+async fn report(state: &MdmState, headers: &HeaderMap, body: &[u8]) -> Result<Response, MdmError> {
+    let dc = identify(state, headers, body)?;
+    let (r, status) = Report::decode(body).map_err(|e| MdmError::bad(e.to_string()))?;
+    let who = r
+        .keys()
+        .resolve()
+        .map_err(|e| MdmError::bad(e.to_string()))?;
+    require_bound(state, &who.device_id, &dc).await?;
+    let now = now_ms();
+    state.seen.lock().expect("lock").insert(who.id.clone(), now);
+    if status != ReportStatus::Idle {
+        let uuid = r.command_uuid.as_deref().unwrap_or_default();
+        let invitation = r.invitation_result.as_deref();
+        if let Some(v) = invitation {
+            if !cloudvpp_mdmwire::INVITATION_RESULTS.contains(&v) {
+                tracing::warn!(
+                    enrollment = who.id,
+                    value = v,
+                    "unknown InvitationResult stored as sent"
+                );
+            }
+        }
+        let outcome = state
+            .store
+            .store_report(&who.id, uuid, status.as_str(), body, invitation, now)
+            .await
+            .map_err(MdmError::internal)?;
+        if outcome == ReportOutcome::NotQueuedHere {
+            return Err(
+                MdmError::bad(format!("command {uuid} is not queued for this enrollment"))
+                    .for_enrollment(&who.id),
+            );
+        }
+        tracing::debug!(
+            enrollment = who.id,
+            command = uuid,
+            status = status.as_str(),
+            "report"
+        );
+    }
+    // A NotNow'd command is not offered again in the same session; it comes back first
+    // on the next report that is not NotNow.
+    match state
+        .store
+        .next_command(&who.id, status == ReportStatus::NotNow)
+        .await
+        .map_err(MdmError::internal)?
+    {
+        Some(cmd) => Ok(([(header::CONTENT_TYPE, "application/xml")], cmd.command).into_response()),
+        None => Ok(empty()),
+    }
+}

@@ -1,0 +1,48 @@
+//! Errors towards devices and admin clients.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// A refused MDM request. Never 401: Apple devices remove their MDM profile on a 401, so
+/// identity failures answer 400 (or 403), as nanomdm does.
+#[derive(Debug)]
+pub struct MdmError {
+    /// Status to send.
+    pub status: StatusCode,
+    /// Why, for the log and the body.
+    pub reason: String,
+    /// Enrollment concerned, when known.
+    pub enrollment: Option<String>,
+}
+
+impl MdmError {
+    /// 400 with a reason.
+    pub fn bad(reason: impl Into<String>) -> Self {
+        MdmError {
+            status: StatusCode::BAD_REQUEST,
+            reason: reason.into(),
+            enrollment: None,
+        }
+    }
+    /// Attaches the enrollment ID for the log line.
+    pub fn for_enrollment(mut self, id: &str) -> Self {
+        self.enrollment = Some(id.to_string());
+        self
+    }
+    /// 500 for a storage failure.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        MdmError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            reason: format!("storage: {e}"),
+            enrollment: None,
+        }
+    }
+}
+
+impl IntoResponse for MdmError {
+    fn into_response(self) -> Response {
+        debug_assert_ne!(self.status, StatusCode::UNAUTHORIZED);
+        tracing::warn!(status = self.status.as_u16(), enrollment = self.enrollment.as_deref().unwrap_or("-"), reason = %self.reason, "MDM request refused");
+        (self.status, format!("{}\n", self.reason)).into_response()
+    }
+}
