@@ -47,16 +47,22 @@ impl Env {
     }
     /// Starts `cloudvpp appsbooks serve` with extra flags.
     pub fn serve(&self, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "appsbooks",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-http-notifications",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args)
+    }
+
+    /// Starts `cloudvpp ARGS --database <this env's db>` and waits for its "listening on" line.
+    pub fn spawn(&self, args: &[&str]) -> Server {
         let mut child = Command::new(BIN)
-            .args([
-                "appsbooks",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--allow-http-notifications",
-            ])
+            .args(args)
             .args(["--database", &self.db()])
-            .args(extra)
             .env("CLOUDVPP_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
