@@ -33,6 +33,8 @@ CLOUDVPP_LOG=warn $BIN simulate enroll --state "$OUT/sim.json" --server "$BASE" 
 $BIN simulate bodies --state "$OUT/sim.json" --out "$OUT/bodies"
 echo "== idle check-ins, 100 devices, 16 connections, ${DURATION}s, empty queues"
 BODIES_DIR="$OUT/bodies" BODIES_N=100 wrk -t2 -c16 -d"${DURATION}s" --latency -s bench/mdm-idle.lua "$BASE" | tee "$OUT/idle.txt"
+echo "== the same load from cloudvpp's own simulator (reqwest, 16 connections)"
+$BIN simulate load --state "$OUT/sim.json" --server "$BASE" --connections 16 --seconds "$DURATION" | tee "$OUT/simulate-load.txt"
 stop
 
 echo "== seeding 100,000 enrollments x 10 queued commands (1,000,000 rows)"

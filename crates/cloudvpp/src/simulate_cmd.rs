@@ -47,6 +47,21 @@ pub enum SimulateCommand {
         #[arg(long, default_value = "Acknowledged")]
         invitation_result: String,
     },
+    /// Idle check-ins from every device, signed, over N connections for a bounded time.
+    Load {
+        /// State file.
+        #[arg(long)]
+        state: PathBuf,
+        /// MDM service base URL (loopback).
+        #[arg(long, default_value = "http://127.0.0.1:9000")]
+        server: String,
+        /// Concurrent connections.
+        #[arg(long, default_value_t = 16)]
+        connections: usize,
+        /// Seconds to run (at most 600).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        seconds: u64,
+    },
     /// Write pre-signed Idle reports (body + Mdm-Signature) per device, for load tools.
     Bodies {
         /// State file.
@@ -150,6 +165,88 @@ pub async fn run(cmd: SimulateCommand) -> Result<()> {
                     );
                 }
             }
+        }
+        SimulateCommand::Load {
+            state,
+            server,
+            connections,
+            seconds,
+        } => {
+            let host = reqwest::Url::parse(&server)?
+                .host_str()
+                .unwrap_or("")
+                .to_string();
+            anyhow::ensure!(
+                host == "127.0.0.1" || host == "localhost" || host == "[::1]",
+                "load only targets loopback"
+            );
+            let fleet = Fleet::load(&state)?;
+            anyhow::ensure!(
+                !fleet.devices.is_empty(),
+                "no devices: run `simulate enroll` first"
+            );
+            // Sign once per device up front: the load measures the server, not our signer.
+            let mut signed = Vec::new();
+            for d in fleet.devices(&server)? {
+                let body = d.report_body(false, "Idle", None, &[]);
+                signed.push((d.sign(&body)?, body));
+            }
+            let signed = std::sync::Arc::new(signed);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+            let mut set = tokio::task::JoinSet::new();
+            for c in 0..connections {
+                let (signed, url) = (
+                    signed.clone(),
+                    format!("{}/mdm", server.trim_end_matches('/')),
+                );
+                set.spawn(async move {
+                    let http = reqwest::Client::builder()
+                        .pool_max_idle_per_host(1)
+                        .build()?;
+                    let (mut ok, mut failed, mut i) = (0u64, 0u64, c);
+                    let mut latencies = Vec::new();
+                    while std::time::Instant::now() < deadline {
+                        let (sig, body) = &signed[i % signed.len()];
+                        i += 1;
+                        let t = std::time::Instant::now();
+                        let r = http
+                            .put(&url)
+                            .header("Content-Type", cloudvpp_mdmwire::MDM_CONTENT_TYPE)
+                            .header("Mdm-Signature", sig)
+                            .body(body.clone())
+                            .send()
+                            .await;
+                        match r {
+                            Ok(resp) if resp.status().is_success() => {
+                                let _ = resp.bytes().await;
+                                ok += 1;
+                                latencies.push(t.elapsed());
+                            }
+                            _ => failed += 1,
+                        }
+                    }
+                    anyhow::Ok((ok, failed, latencies))
+                });
+            }
+            let (mut ok, mut failed, mut lat) = (0, 0, Vec::new());
+            while let Some(j) = set.join_next().await {
+                let (o, f, l) = j??;
+                ok += o;
+                failed += f;
+                lat.extend(l);
+            }
+            lat.sort();
+            let pct = |p: usize| {
+                lat.get(lat.len() * p / 100)
+                    .map(|d| d.as_secs_f64() * 1000.0)
+                    .unwrap_or(0.0)
+            };
+            println!(
+                "{ok} check-ins in {seconds}s: {:.0}/s, {failed} failed, latency p50 {:.2} ms p99 {:.2} ms",
+                ok as f64 / seconds as f64,
+                pct(50),
+                pct(99)
+            );
         }
         SimulateCommand::Bodies { state, out } => {
             let fleet = Fleet::load(&state)?;

@@ -898,3 +898,145 @@ async fn queued_commands_survive_kill_9() {
         assert_eq!(got, want, "device {n}");
     }
 }
+
+/// The README's CLI flow: pki, serve, enroll, invite, poll, commands, load.
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_simulator_and_admin_client_work_together() {
+    let env = Env::new();
+    let dir = env.dir.path();
+    let state = dir.join("sim.json");
+    let ca = dir.join("ca.pem");
+    let run = |args: &[&str], base: &str| {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .env("CLOUDVPP_MDM_URL", base)
+            .env("CLOUDVPP_API_KEY", KEY)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(
+        &[
+            "simulate",
+            "pki",
+            "--state",
+            state.to_str().unwrap(),
+            "--ca-out",
+            ca.to_str().unwrap(),
+        ],
+        "",
+    );
+    let srv = env.spawn(&[
+        "mdm",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key",
+        KEY,
+        "--ca",
+        ca.to_str().unwrap(),
+    ]);
+    let s = state.to_str().unwrap();
+    let ios = run(
+        &[
+            "simulate",
+            "enroll",
+            "--state",
+            s,
+            "--server",
+            &srv.base,
+            "--devices",
+            "2",
+        ],
+        &srv.base,
+    );
+    let mac = run(
+        &[
+            "simulate",
+            "enroll",
+            "--state",
+            s,
+            "--server",
+            &srv.base,
+            "--platform",
+            "macos",
+        ],
+        &srv.base,
+    );
+    let ios_ids: Vec<&str> = ios.lines().collect();
+    let mac_user = mac.split_whitespace().nth(1).unwrap();
+    assert_eq!(ios_ids.len(), 2);
+    let url = "https://vpp.example/invite?inviteCode=abc&mt=8";
+    let out: Value = serde_json::from_str(&run(
+        &[
+            "mdm",
+            "invite",
+            "--no-push",
+            "--url",
+            url,
+            ios_ids[0],
+            mac_user,
+        ],
+        &srv.base,
+    ))
+    .unwrap();
+    let uuid = out["command_uuid"].as_str().unwrap();
+    let polled = run(
+        &[
+            "simulate",
+            "poll",
+            "--state",
+            s,
+            "--server",
+            &srv.base,
+            "--not-now",
+            "1",
+        ],
+        &srv.base,
+    );
+    assert_eq!(
+        polled.lines().filter(|l| l.contains("NotNow")).count(),
+        2,
+        "{polled}"
+    );
+    let polled = run(
+        &["simulate", "poll", "--state", s, "--server", &srv.base],
+        &srv.base,
+    );
+    assert_eq!(
+        polled
+            .lines()
+            .filter(|l| l.contains(&format!("InviteToProgram {uuid} Acknowledged {url}")))
+            .count(),
+        2,
+        "{polled}"
+    );
+    let cmds: Value =
+        serde_json::from_str(&run(&["mdm", "commands", mac_user], &srv.base)).unwrap();
+    assert_eq!(cmds["commands"][0]["invitation_result"], "Acknowledged");
+    assert_eq!(cmds["commands"][0]["not_now_count"], 1);
+    let load = run(
+        &[
+            "simulate",
+            "load",
+            "--state",
+            s,
+            "--server",
+            &srv.base,
+            "--connections",
+            "2",
+            "--seconds",
+            "1",
+        ],
+        &srv.base,
+    );
+    assert!(
+        load.contains("check-ins in 1s") && load.contains(" 0 failed"),
+        "{load}"
+    );
+}
