@@ -13,8 +13,8 @@
 //!   `mdmInfo` raises an alarm ([`Client::ownership_conflict`]).
 
 use cloudvpp_abwire::{
-    ClientConfigRequest, ClientConfigResponse, ErrorResponse, EventResponse, GetUsersResponse, MdmInfo, RequestUser,
-    ResponseUser, ServiceConfigResponse, StatusResponse,
+    ClientConfigRequest, ClientConfigResponse, ErrorResponse, EventResponse, GetUsersResponse,
+    MdmInfo, RequestUser, ResponseUser, ServiceConfigResponse, StatusResponse,
 };
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -88,7 +88,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        RetryPolicy { attempts: 5, base: Duration::from_millis(500), cap: Duration::from_secs(60) }
+        RetryPolicy {
+            attempts: 5,
+            base: Duration::from_millis(500),
+            cap: Duration::from_secs(60),
+        }
     }
 }
 
@@ -120,12 +124,18 @@ pub struct Client {
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The sToken is a credential: never print it.
-        f.debug_struct("Client").field("base", &self.base).field("stoken", &"<redacted>").finish()
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("stoken", &"<redacted>")
+            .finish()
     }
 }
 
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<u64> {
-    headers.get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse().ok())
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
 }
 
 impl Client {
@@ -182,7 +192,10 @@ impl Client {
     fn check_owner(&self, body: &serde_json::Value) {
         if let (Some(ours), Some(theirs)) = (&self.mdm_info, body.get("mdmInfo")) {
             let their_id = theirs.get("id").and_then(|v| v.as_str());
-            if their_id.is_some() && their_id != ours.id.as_deref() && !self.conflict.swap(true, Ordering::Relaxed) {
+            if their_id.is_some()
+                && their_id != ours.id.as_deref()
+                && !self.conflict.swap(true, Ordering::Relaxed)
+            {
                 tracing::error!(ours = ?ours.id, theirs = ?their_id, "another MDM has claimed this Apps and Books location");
             }
         }
@@ -198,8 +211,13 @@ impl Client {
         body: Option<&serde_json::Value>,
         auth: bool,
     ) -> Result<T> {
-        let per_second = if auth { self.limit("maxRequestPerSecond").await.unwrap_or(15) } else { i64::MAX };
-        self.send_paced(method, path, query, body, auth, per_second).await
+        let per_second = if auth {
+            self.limit("maxRequestPerSecond").await.unwrap_or(15)
+        } else {
+            i64::MAX
+        };
+        self.send_paced(method, path, query, body, auth, per_second)
+            .await
     }
 
     async fn send_paced<T: DeserializeOwned>(
@@ -217,7 +235,10 @@ impl Client {
             if auth {
                 self.pace(per_second).await;
             }
-            let mut req = self.http.request(method.clone(), format!("{}{}", self.base, path)).query(query);
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{}{}", self.base, path))
+                .query(query);
             if auth {
                 req = req.bearer_auth(&self.stoken);
             }
@@ -232,20 +253,37 @@ impl Client {
                 Ok(resp) => {
                     let status = resp.status().as_u16();
                     let after = retry_after(resp.headers());
-                    let text = resp.bytes().await.map_err(|e| ClientError::Transport(e.to_string()))?;
+                    let text = resp
+                        .bytes()
+                        .await
+                        .map_err(|e| ClientError::Transport(e.to_string()))?;
                     let value: Option<serde_json::Value> = serde_json::from_slice(&text).ok();
                     // An errorNumber is an error whatever the status (Apple has sent them with 200).
-                    if let Some(err) = value.as_ref().and_then(|v| v.get("errorNumber").map(|_| v)).and_then(|v| serde_json::from_value::<ErrorResponse>(v.clone()).ok()) {
-                        last = ClientError::Apple { number: err.error_number, message: err.error_message, status, retry_after: after };
+                    if let Some(err) = value
+                        .as_ref()
+                        .and_then(|v| v.get("errorNumber").map(|_| v))
+                        .and_then(|v| serde_json::from_value::<ErrorResponse>(v.clone()).ok())
+                    {
+                        last = ClientError::Apple {
+                            number: err.error_number,
+                            message: err.error_message,
+                            status,
+                            retry_after: after,
+                        };
                         let refused_unprocessed = status == 429 || err.error_number == 9646;
                         (refused_unprocessed || (!write && status >= 500), after)
                     } else if !(200..300).contains(&status) {
                         last = ClientError::Http(status);
                         (status == 429 || (!write && status >= 500), after)
                     } else {
-                        let v = value.ok_or_else(|| ClientError::Decode(String::from_utf8_lossy(&text).chars().take(200).collect()))?;
+                        let v = value.ok_or_else(|| {
+                            ClientError::Decode(
+                                String::from_utf8_lossy(&text).chars().take(200).collect(),
+                            )
+                        })?;
                         self.check_owner(&v);
-                        return serde_json::from_value(v).map_err(|e| ClientError::Decode(e.to_string()));
+                        return serde_json::from_value(v)
+                            .map_err(|e| ClientError::Decode(e.to_string()));
                     }
                 }
             };
@@ -256,16 +294,29 @@ impl Client {
                 break;
             }
             let backoff = self.retry.base.saturating_mul(1 << (attempt - 1).min(16));
-            let wait = wait_hint.map(Duration::from_secs).unwrap_or(backoff).max(backoff.min(self.retry.cap)).min(self.retry.cap);
+            let wait = wait_hint
+                .map(Duration::from_secs)
+                .unwrap_or(backoff)
+                .max(backoff.min(self.retry.cap))
+                .min(self.retry.cap);
             tracing::debug!(path, attempt, ?wait, error = %last, "retrying");
             tokio::time::sleep(wait).await;
         }
-        Err(ClientError::RetryBudgetExhausted { attempts: self.retry.attempts, last: Box::new(last) })
+        Err(ClientError::RetryBudgetExhausted {
+            attempts: self.retry.attempts,
+            last: Box::new(last),
+        })
     }
 
     /// `GET service/config`, cached for [`CONFIG_TTL`].
     pub async fn service_config(&self) -> Result<ServiceConfigResponse> {
-        let cached = self.config.lock().expect("lock").as_ref().filter(|(at, _)| at.elapsed() < CONFIG_TTL).map(|(_, c)| c.clone());
+        let cached = self
+            .config
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < CONFIG_TTL)
+            .map(|(_, c)| c.clone());
         match cached {
             Some(c) => Ok(c),
             None => self.refresh_service_config().await,
@@ -274,40 +325,77 @@ impl Client {
 
     /// Re-reads service config now.
     pub async fn refresh_service_config(&self) -> Result<ServiceConfigResponse> {
-        let cfg: ServiceConfigResponse = self.send_paced(reqwest::Method::GET, "/service/config", &[], None, false, i64::MAX).await?;
+        let cfg: ServiceConfigResponse = self
+            .send_paced(
+                reqwest::Method::GET,
+                "/service/config",
+                &[],
+                None,
+                false,
+                i64::MAX,
+            )
+            .await?;
         *self.config.lock().expect("lock") = Some((Instant::now(), cfg.clone()));
         Ok(cfg)
     }
 
     /// One limit from (cached) service config.
     pub async fn limit(&self, name: &str) -> Option<i64> {
-        let cached = self.config.lock().expect("lock").as_ref().filter(|(at, _)| at.elapsed() < CONFIG_TTL).map(|(_, c)| c.limits.get(name).copied());
+        let cached = self
+            .config
+            .lock()
+            .expect("lock")
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < CONFIG_TTL)
+            .map(|(_, c)| c.limits.get(name).copied());
         match cached {
             Some(v) => v,
-            None => self.refresh_service_config().await.ok().and_then(|c| c.limits.get(name).copied()),
+            None => self
+                .refresh_service_config()
+                .await
+                .ok()
+                .and_then(|c| c.limits.get(name).copied()),
         }
     }
 
     /// The invitation link for `invite_code`, from `urls.invitationEmail`.
     pub async fn invitation_url(&self, invite_code: &str) -> Result<String> {
         let cfg = self.service_config().await?;
-        let template = cfg.urls.get("invitationEmail").ok_or_else(|| ClientError::Decode("no urls.invitationEmail".into()))?;
-        cloudvpp_abwire::invitation_url(template, invite_code).ok_or_else(|| ClientError::Decode(format!("no invite code placeholder in {template}")))
+        let template = cfg
+            .urls
+            .get("invitationEmail")
+            .ok_or_else(|| ClientError::Decode("no urls.invitationEmail".into()))?;
+        cloudvpp_abwire::invitation_url(template, invite_code)
+            .ok_or_else(|| ClientError::Decode(format!("no invite code placeholder in {template}")))
     }
 
     /// `GET client/config`.
     pub async fn client_config(&self) -> Result<ClientConfigResponse> {
-        self.send(reqwest::Method::GET, "/client/config", &[], None, true).await
+        self.send(reqwest::Method::GET, "/client/config", &[], None, true)
+            .await
     }
 
     /// `POST client/config`.
-    pub async fn set_client_config(&self, req: &ClientConfigRequest) -> Result<ClientConfigResponse> {
+    pub async fn set_client_config(
+        &self,
+        req: &ClientConfigRequest,
+    ) -> Result<ClientConfigResponse> {
         let body = serde_json::to_value(req).map_err(|e| ClientError::Decode(e.to_string()))?;
-        self.send(reqwest::Method::POST, "/client/config", &[], Some(&body), true).await
+        self.send(
+            reqwest::Method::POST,
+            "/client/config",
+            &[],
+            Some(&body),
+            true,
+        )
+        .await
     }
 
     /// Claims the location with our `mdmInfo` unless another MDM holds it.
-    pub async fn claim(&self, notification: Option<(&str, &str, Vec<String>)>) -> Result<ClientConfigResponse> {
+    pub async fn claim(
+        &self,
+        notification: Option<(&str, &str, Vec<String>)>,
+    ) -> Result<ClientConfigResponse> {
         let current = self.client_config().await?;
         let mut req = ClientConfigRequest::default();
         if let Some(ours) = &self.mdm_info {
@@ -342,12 +430,17 @@ impl Client {
         if let Some(v) = &q.since_version_id {
             query.push(("sinceVersionId", v.clone()));
         }
-        self.send(reqwest::Method::GET, "/users", &query, None, true).await
+        self.send(reqwest::Method::GET, "/users", &query, None, true)
+            .await
     }
 
     /// Every page, `concurrency` (1..=5) at a time after the first; returns the users and
     /// the first page's `versionId` (the one to sync from next).
-    pub async fn all_users(&self, q: &UsersQuery, concurrency: usize) -> Result<(Vec<ResponseUser>, String)> {
+    pub async fn all_users(
+        &self,
+        q: &UsersQuery,
+        concurrency: usize,
+    ) -> Result<(Vec<ResponseUser>, String)> {
         let first = self.get_users(q, 0).await?;
         let version = first.version_id.clone();
         let mut users = first.users;
@@ -356,7 +449,8 @@ impl Client {
         let (concurrency, mut page) = (concurrency.clamp(1, 5) as u32, 1u32);
         while !done {
             let end = (page + concurrency).min(total.max(page + 1));
-            let results = futures::future::join_all((page..end).map(|p| self.get_users(q, p))).await;
+            let results =
+                futures::future::join_all((page..end).map(|p| self.get_users(q, p))).await;
             for r in results {
                 let p = r?;
                 users.extend(p.users);
@@ -375,7 +469,15 @@ impl Client {
         let mut events = Vec::new();
         for chunk in users.chunks(max) {
             let body = serde_json::json!({ "users": chunk });
-            let r: EventResponse = self.send(reqwest::Method::POST, &format!("/users/{action}"), &[], Some(&body), true).await?;
+            let r: EventResponse = self
+                .send(
+                    reqwest::Method::POST,
+                    &format!("/users/{action}"),
+                    &[],
+                    Some(&body),
+                    true,
+                )
+                .await?;
             events.push(r.event_id);
         }
         Ok(events)
@@ -398,7 +500,14 @@ impl Client {
 
     /// `GET status`.
     pub async fn event_status(&self, event_id: &str) -> Result<StatusResponse> {
-        self.send(reqwest::Method::GET, "/status", &[("eventId", event_id.to_string())], None, true).await
+        self.send(
+            reqwest::Method::GET,
+            "/status",
+            &[("eventId", event_id.to_string())],
+            None,
+            true,
+        )
+        .await
     }
 
     /// The limits as last read.
@@ -410,7 +519,9 @@ impl Client {
 /// Decodes an sToken's `expDate` (Unix seconds), for expiry warnings.
 pub fn stoken_expiry(stoken: &str) -> Option<i64> {
     use base64::Engine;
-    let raw = base64::engine::general_purpose::STANDARD.decode(stoken.trim()).ok()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(stoken.trim())
+        .ok()?;
     let c: cloudvpp_abwire::STokenContent = serde_json::from_slice(&raw).ok()?;
     parse_apple_date(&c.exp_date)
 }
@@ -423,7 +534,14 @@ pub fn parse_apple_date(s: &str) -> Option<i64> {
         return None;
     }
     let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d, h, mi, se) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    let (y, mo, d, h, mi, se) = (
+        n(0..4)?,
+        n(5..7)?,
+        n(8..10)?,
+        n(11..13)?,
+        n(14..16)?,
+        n(17..19)?,
+    );
     let rest = &s[19..];
     let offset = if rest.starts_with('Z') || rest.is_empty() {
         0
@@ -434,7 +552,11 @@ pub fn parse_apple_date(s: &str) -> Option<i64> {
         let om: i64 = digits.get(2..4).and_then(|m| m.parse().ok()).unwrap_or(0);
         sign * (oh * 3600 + om * 60)
     };
-    let (y2, m2) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let (y2, m2) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
     let era = y2.div_euclid(400);
     let yoe = y2 - era * 400;
     let doy = (153 * m2 + 2) / 5 + d - 1;
@@ -450,8 +572,14 @@ mod tests {
     #[test]
     fn apple_dates_parse() {
         assert_eq!(parse_apple_date("1970-01-01T00:00:00+0000"), Some(0));
-        assert_eq!(parse_apple_date("2030-11-04T05:20:00+0000"), Some(1_920_000_000));
-        assert_eq!(parse_apple_date("2014-08-15T18:13:52-0700"), parse_apple_date("2014-08-16T01:13:52Z"));
+        assert_eq!(
+            parse_apple_date("2030-11-04T05:20:00+0000"),
+            Some(1_920_000_000)
+        );
+        assert_eq!(
+            parse_apple_date("2014-08-15T18:13:52-0700"),
+            parse_apple_date("2014-08-16T01:13:52Z")
+        );
         assert_eq!(parse_apple_date("junk"), None);
     }
 
@@ -459,7 +587,12 @@ mod tests {
     fn errors_keep_their_number_through_retries() {
         let e = ClientError::RetryBudgetExhausted {
             attempts: 3,
-            last: Box::new(ClientError::Apple { number: 9646, message: "x".into(), status: 429, retry_after: Some(1) }),
+            last: Box::new(ClientError::Apple {
+                number: 9646,
+                message: "x".into(),
+                status: 429,
+                retry_after: Some(1),
+            }),
         };
         assert_eq!(e.apple_number(), Some(9646));
     }

@@ -1,5 +1,6 @@
 //! `cloudvpp`: the Apps and Books service and (later) the MDM, in one binary.
 
+mod engine_cmd;
 mod mdm_cmd;
 mod simulate_cmd;
 
@@ -34,6 +35,12 @@ enum Command {
         #[command(subcommand)]
         command: mdm_cmd::MdmCommand,
     },
+    /// Both services in one process on one database, wired to each other.
+    Serve(engine_cmd::ServeBothArgs),
+    /// Invite people: register them with Apps and Books and send InviteToProgram.
+    Invite(engine_cmd::InviteArgs),
+    /// List invitations and where each person stands.
+    Invitations(engine_cmd::InvitationsArgs),
     /// Simulated Apple devices: PKI, enrollment, polling, load bodies.
     Simulate {
         #[command(subcommand)]
@@ -152,7 +159,7 @@ enum LimitsCommand {
     },
 }
 
-fn parse_limit(s: &str) -> Result<(String, i64), String> {
+pub(crate) fn parse_limit(s: &str) -> Result<(String, i64), String> {
     let (k, v) = s.split_once('=').ok_or("expected NAME=VALUE")?;
     let v: i64 = v
         .trim()
@@ -218,6 +225,9 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Command::Mdm { command } => mdm_cmd::run(command).await,
         Command::Simulate { command } => simulate_cmd::run(command).await,
+        Command::Serve(a) => engine_cmd::serve_both(a).await,
+        Command::Invite(a) => engine_cmd::invite(a).await,
+        Command::Invitations(a) => engine_cmd::invitations(a).await,
     }
 }
 

@@ -5,8 +5,11 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use cloudvpp_identity::CaPool;
 use cloudvpp_mdm::{Config, MdmState};
+use cloudvpp_store_sqlite::SqliteStore;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Subcommand)]
 pub enum MdmCommand {
@@ -63,6 +66,32 @@ pub enum MdmCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Apps and Books locations (sTokens) the engine invites people in.
+    Location {
+        #[command(subcommand)]
+        command: LocationCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LocationCommand {
+    /// Add a location from its sToken file; the engine claims it, subscribes to its
+    /// notifications and imports its users. The token is never printed or logged.
+    Add {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The .vpptoken file.
+        #[arg(long)]
+        stoken_file: std::path::PathBuf,
+        /// Apps and Books service base URL (default: Apple's).
+        #[arg(long)]
+        appsbooks_url: Option<String>,
+    },
+    /// List locations.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Args)]
@@ -72,28 +101,8 @@ pub struct ServeArgs {
     listen: SocketAddr,
     #[command(flatten)]
     db: DbArg,
-    /// PEM file of the CA(s) that issue device identity certificates.
-    #[arg(long)]
-    ca: std::path::PathBuf,
-    /// Take the device certificate from this header (RFC 9440, or URL-escaped PEM) set by a
-    /// TLS-terminating proxy, instead of Mdm-Signature.
-    #[arg(long)]
-    cert_header: Option<String>,
-    /// APNs base URL, e.g. https://api.push.apple.com.
-    #[arg(long, requires_all = ["push_cert", "push_key"])]
-    apns_url: Option<String>,
-    /// MDM push certificate, PEM.
-    #[arg(long)]
-    push_cert: Option<std::path::PathBuf>,
-    /// Its private key, PEM.
-    #[arg(long)]
-    push_key: Option<std::path::PathBuf>,
-    /// Extra CA to trust for APNs (a loopback fake in tests).
-    #[arg(long)]
-    apns_ca: Option<std::path::PathBuf>,
-    /// Admin API key (Authorization: Bearer KEY); without it the admin API is off.
-    #[arg(long, env = "CLOUDVPP_API_KEY")]
-    api_key: Option<String>,
+    #[command(flatten)]
+    pub opts: MdmOptions,
     /// PEM certificate chain: serve HTTPS.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<String>,
@@ -102,7 +111,44 @@ pub struct ServeArgs {
     tls_key: Option<String>,
 }
 
-#[derive(Args)]
+/// Settings of the MDM service and its invitation engine.
+#[derive(Args, Clone)]
+pub struct MdmOptions {
+    /// PEM file of the CA(s) that issue device identity certificates.
+    #[arg(long)]
+    pub ca: std::path::PathBuf,
+    /// Take the device certificate from this header (RFC 9440, or URL-escaped PEM) set by a
+    /// TLS-terminating proxy, instead of Mdm-Signature.
+    #[arg(long)]
+    pub cert_header: Option<String>,
+    /// APNs base URL, e.g. https://api.push.apple.com.
+    #[arg(long, requires_all = ["push_cert", "push_key"])]
+    pub apns_url: Option<String>,
+    /// MDM push certificate, PEM.
+    #[arg(long)]
+    pub push_cert: Option<std::path::PathBuf>,
+    /// Its private key, PEM.
+    #[arg(long)]
+    pub push_key: Option<std::path::PathBuf>,
+    /// Extra CA to trust for APNs (a loopback fake in tests).
+    #[arg(long)]
+    pub apns_ca: Option<std::path::PathBuf>,
+    /// Admin API key (Authorization: Bearer KEY); without it the admin API is off.
+    #[arg(long, env = "CLOUDVPP_API_KEY")]
+    pub api_key: Option<String>,
+    /// Public base URL of this service (Apps and Books notifications are sent there);
+    /// defaults to the listen address.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Milliseconds between status polls of a PENDING Apps and Books event (Apple asks for 30 s).
+    #[arg(long, default_value_t = 30_000)]
+    pub status_poll_ms: u64,
+    /// Milliseconds between incremental user syncs.
+    #[arg(long, default_value_t = 60_000)]
+    pub sync_interval_ms: u64,
+}
+
+#[derive(Args, Clone)]
 pub struct ApiArgs {
     /// MDM service base URL.
     #[arg(
@@ -110,13 +156,13 @@ pub struct ApiArgs {
         env = "CLOUDVPP_MDM_URL",
         default_value = "http://127.0.0.1:9000"
     )]
-    server: String,
+    pub server: String,
     /// Admin API key.
     #[arg(long, env = "CLOUDVPP_API_KEY")]
-    api_key: String,
+    pub api_key: String,
 }
 
-async fn call(
+pub async fn call(
     api: &ApiArgs,
     method: reqwest::Method,
     path: &str,
@@ -149,7 +195,7 @@ async fn call(
     Ok(v)
 }
 
-fn print(v: &Value) {
+pub fn print(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
@@ -219,6 +265,39 @@ pub async fn run(cmd: MdmCommand) -> Result<()> {
             );
             Ok(())
         }
+        MdmCommand::Location {
+            command:
+                LocationCommand::Add {
+                    api,
+                    stoken_file,
+                    appsbooks_url,
+                },
+        } => {
+            let stoken = std::fs::read_to_string(&stoken_file)
+                .with_context(|| format!("reading {}", stoken_file.display()))?;
+            let body = json!({ "stoken": stoken.trim(), "base_url": appsbooks_url });
+            let v = call(
+                &api,
+                reqwest::Method::POST,
+                "/api/v1/locations",
+                Some((body.to_string().into_bytes(), "application/json")),
+            )
+            .await?;
+            if v["expiry_warning"] == true {
+                eprintln!(
+                    "warning: this sToken expires within 15 days (expires_at {}): renew it",
+                    v["expires_at"]
+                );
+            }
+            print(&v);
+            Ok(())
+        }
+        MdmCommand::Location {
+            command: LocationCommand::List { api },
+        } => {
+            print(&call(&api, reqwest::Method::GET, "/api/v1/locations", None).await?);
+            Ok(())
+        }
         MdmCommand::Enrollments { api } => {
             print(&call(&api, reqwest::Method::GET, "/api/v1/enrollments", None).await?);
             Ok(())
@@ -226,19 +305,24 @@ pub async fn run(cmd: MdmCommand) -> Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs) -> Result<()> {
-    let store = open_sqlite(&args.db.database).await?;
+/// Builds the MDM service with its engine on `store`: the router and the background tasks.
+pub async fn build(
+    store: Arc<SqliteStore>,
+    opts: &MdmOptions,
+    default_public_url: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(axum::Router, Vec<tokio::task::JoinHandle<()>>)> {
     let ca_pem =
-        std::fs::read(&args.ca).with_context(|| format!("reading --ca {}", args.ca.display()))?;
+        std::fs::read(&opts.ca).with_context(|| format!("reading --ca {}", opts.ca.display()))?;
     let ca = CaPool::from_pem(&ca_pem).context("--ca")?;
-    let pusher = match (&args.apns_url, &args.push_cert, &args.push_key) {
+    let pusher = match (&opts.apns_url, &opts.push_cert, &opts.push_key) {
         (Some(url), Some(cert), Some(key)) => {
             let mut identity =
                 std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
             identity.push(b'\n');
             identity
                 .extend(std::fs::read(key).with_context(|| format!("reading {}", key.display()))?);
-            let extra = match &args.apns_ca {
+            let extra = match &opts.apns_ca {
                 Some(p) => {
                     Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
                 }
@@ -252,14 +336,34 @@ async fn serve(args: ServeArgs) -> Result<()> {
         _ => None,
     };
     let state = MdmState::new(
-        store,
+        store.clone(),
         Config {
             ca,
-            cert_header: args.cert_header.clone(),
-            api_key: args.api_key.clone(),
+            cert_header: opts.cert_header.clone(),
+            api_key: opts.api_key.clone(),
             pusher,
         },
     );
+    let engine = cloudvpp_engine::Engine::new(
+        store,
+        state.clone(),
+        cloudvpp_engine::EngineConfig {
+            public_url: opts.public_url.clone().unwrap_or(default_public_url),
+            status_poll: Duration::from_millis(opts.status_poll_ms),
+            sync_interval: Duration::from_millis(opts.sync_interval_ms),
+            ..Default::default()
+        },
+    );
+    let tasks = vec![
+        tokio::spawn(cloudvpp_mdm::run_seen_flusher(state.clone(), stop.clone())),
+        tokio::spawn(cloudvpp_engine::run(engine.clone(), stop)),
+    ];
+    let router = cloudvpp_mdm::router(state).merge(cloudvpp_engine::api::router(engine));
+    Ok((router, tasks))
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let store = open_sqlite(&args.db.database).await?;
     let listener = std::net::TcpListener::bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
     listener.set_nonblocking(true)?;
@@ -270,16 +374,18 @@ async fn serve(args: ServeArgs) -> Result<()> {
         "http"
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let flusher = tokio::spawn(cloudvpp_mdm::run_seen_flusher(state.clone(), stop_rx));
+    let (router, tasks) = build(store, &args.opts, format!("{scheme}://{local}"), stop_rx).await?;
     println!("mdm listening on {scheme}://{local}");
-    tracing::info!(%local, admin_api = args.api_key.is_some(), push = args.apns_url.is_some(), "mdm service started");
+    tracing::info!(%local, admin_api = args.opts.api_key.is_some(), push = args.opts.apns_url.is_some(), "mdm service started");
     serve_app(
         listener,
         args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
-        cloudvpp_mdm::router(state),
+        router,
     )
     .await?;
     let _ = stop_tx.send(true);
-    let _ = flusher.await;
+    for t in tasks {
+        let _ = t.await;
+    }
     Ok(())
 }

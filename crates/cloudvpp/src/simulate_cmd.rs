@@ -46,6 +46,9 @@ pub enum SimulateCommand {
         /// InvitationResult to answer (Acknowledged, InvalidProgramID, InvalidInvitationURL).
         #[arg(long, default_value = "Acknowledged")]
         invitation_result: String,
+        /// Then each device's person opens the invitation link and accepts it.
+        #[arg(long)]
+        accept: bool,
     },
     /// Idle check-ins from every device, signed, over N connections for a bounded time.
     Load {
@@ -135,6 +138,7 @@ pub async fn run(cmd: SimulateCommand) -> Result<()> {
             server,
             not_now,
             invitation_result,
+            accept,
         } => {
             let fleet = Fleet::load(&state)?;
             let mut set = tokio::task::JoinSet::new();
@@ -147,6 +151,19 @@ pub async fn run(cmd: SimulateCommand) -> Result<()> {
                     let mut all = d.poll(false).await?;
                     if d.spec.user.is_some() {
                         all.extend(d.poll(true).await?);
+                    }
+                    if accept {
+                        for h in all.iter().filter(|h| h.status == "Acknowledged") {
+                            if let Some(url) = &h.invitation_url {
+                                let person = format!("{}@people.example", d.spec.id.to_lowercase());
+                                cloudvpp_simulator::accept_invitation(
+                                    &reqwest::Client::new(),
+                                    url,
+                                    &person,
+                                )
+                                .await?;
+                            }
+                        }
                     }
                     anyhow::Ok(all)
                 });

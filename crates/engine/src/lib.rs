@@ -1,1 +1,134 @@
-//! placeholder
+//! The invitation engine: registers people with Apps and Books, invites them with
+//! `InviteToProgram` (or hands out the email link), and tracks every invitation through
+//! `registering → registered → queued → delivered → associated` (or `failed`).
+//!
+//! It runs inside the MDM service: it shares its store (one database) and enqueues
+//! commands and pushes through it. State lives in the store, so a restart resumes every
+//! invitation where it was. Apple's notifications are best-effort: every event is also
+//! confirmed by polling status, and association by syncing users (`sinceVersionId`).
+
+pub mod api;
+mod worker;
+
+use cloudvpp_abclient::Client;
+use cloudvpp_abwire::MdmInfo;
+use cloudvpp_mdm::MdmState;
+use cloudvpp_store::engine::{EngineStore, Location};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub use worker::run;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Public base URL of this MDM service: notifications are sent to
+    /// `<public_url>/notifications/appsbooks/<location id>`.
+    pub public_url: String,
+    /// What this MDM claims locations with.
+    pub mdm_info: MdmInfo,
+    /// Wait between status polls of a PENDING event (Apple asks for at least 30 s).
+    pub status_poll: Duration,
+    /// Incremental sync (`sinceVersionId`) at least this often.
+    pub sync_interval: Duration,
+    /// Full reconciliation this often.
+    pub full_sync_interval: Duration,
+    /// Re-push an unanswered InviteToProgram after this long.
+    pub repush_after: Duration,
+    /// Worker tick.
+    pub tick: Duration,
+    /// Retry policy of the Apps and Books client.
+    pub retry: cloudvpp_abclient::RetryPolicy,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            public_url: "http://127.0.0.1:9000".into(),
+            mdm_info: MdmInfo {
+                id: Some("cloudvpp".into()),
+                name: Some("cloudvpp".into()),
+                metadata: Some(env!("CARGO_PKG_VERSION").into()),
+            },
+            status_poll: Duration::from_secs(30),
+            sync_interval: Duration::from_secs(60),
+            full_sync_interval: Duration::from_secs(6 * 3600),
+            repush_after: Duration::from_secs(3600),
+            tick: Duration::from_millis(200),
+            retry: cloudvpp_abclient::RetryPolicy::default(),
+        }
+    }
+}
+
+/// Shared engine state.
+#[derive(Clone)]
+pub struct Engine {
+    /// Engine storage.
+    pub store: Arc<dyn EngineStore>,
+    /// The MDM service it delivers through.
+    pub mdm: MdmState,
+    /// Settings.
+    pub config: Arc<EngineConfig>,
+    clients: Arc<Mutex<HashMap<i64, Arc<Client>>>>,
+    /// Locations to sync at the next tick.
+    dirty: Arc<Mutex<HashSet<i64>>>,
+    /// Wakes the worker.
+    pub wake: Arc<Notify>,
+}
+
+impl Engine {
+    /// Builds the engine.
+    pub fn new(store: Arc<dyn EngineStore>, mdm: MdmState, config: EngineConfig) -> Self {
+        Engine {
+            store,
+            mdm,
+            config: Arc::new(config),
+            clients: Arc::default(),
+            dirty: Arc::default(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The Apps and Books client of a location (one per sToken, so pacing is per token).
+    pub fn client(&self, loc: &Location) -> Arc<Client> {
+        let mut clients = self.clients.lock().expect("lock");
+        clients
+            .entry(loc.id)
+            .or_insert_with(|| {
+                Arc::new(
+                    Client::new(&loc.base_url, &loc.stoken)
+                        .with_retry(self.config.retry.clone())
+                        .with_mdm_info(self.config.mdm_info.clone()),
+                )
+            })
+            .clone()
+    }
+
+    /// Asks for a sync of `location_id` at the next tick.
+    pub fn mark_dirty(&self, location_id: i64) {
+        self.dirty.lock().expect("lock").insert(location_id);
+        self.wake.notify_one();
+    }
+
+    fn take_dirty(&self) -> HashSet<i64> {
+        std::mem::take(&mut *self.dirty.lock().expect("lock"))
+    }
+
+    /// The notification URL of a location.
+    pub fn notification_url(&self, location_id: i64) -> String {
+        format!(
+            "{}/notifications/appsbooks/{location_id}",
+            self.config.public_url.trim_end_matches('/')
+        )
+    }
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -24,9 +24,11 @@ impl IntoResponse for ApiFailure {
     }
 }
 
-type ApiResult<T> = Result<T, ApiFailure>;
+/// Result of admin handlers.
+pub type ApiResult<T> = Result<T, ApiFailure>;
 
-fn fail(status: StatusCode, msg: impl Into<String>) -> ApiFailure {
+/// An API failure with a status.
+pub fn fail(status: StatusCode, msg: impl Into<String>) -> ApiFailure {
     ApiFailure(status, msg.into())
 }
 
@@ -35,7 +37,8 @@ fn internal(e: impl std::fmt::Display) -> ApiFailure {
     fail(StatusCode::INTERNAL_SERVER_ERROR, "storage failure")
 }
 
-fn authorize(state: &MdmState, headers: &HeaderMap) -> ApiResult<()> {
+/// Checks the admin API key; shared by the engine's routes.
+pub fn authorize(state: &MdmState, headers: &HeaderMap) -> ApiResult<()> {
     let Some(key) = state.config.api_key.as_deref() else {
         return Err(fail(
             StatusCode::FORBIDDEN,
@@ -79,7 +82,8 @@ fn split_ids(ids: &str) -> ApiResult<Vec<String>> {
     Ok(ids)
 }
 
-async fn push_many(state: &MdmState, ids: &[String]) -> BTreeMap<String, Value> {
+/// Pushes enrollments concurrently; per ID `{push_result}` or `{push_error}`.
+pub async fn push_many(state: &MdmState, ids: &[String]) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let mut set = tokio::task::JoinSet::new();
     for id in ids {

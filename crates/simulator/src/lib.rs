@@ -514,3 +514,36 @@ impl Fleet {
             .collect()
     }
 }
+
+/// What a person does with an invitation link: opens it and accepts with their Apple
+/// Account, through the page's JSON form (`POST /invite/accept` on the link's host).
+pub async fn accept_invitation(
+    http: &reqwest::Client,
+    invitation_url: &str,
+    apple_account: &str,
+) -> Result<()> {
+    let url = reqwest::Url::parse(invitation_url).context("invitation URL")?;
+    let code = url
+        .query_pairs()
+        .find(|(k, _)| k == "inviteCode")
+        .map(|(_, v)| v.into_owned())
+        .context("no inviteCode in the invitation URL")?;
+    let mut accept = url.clone();
+    accept.set_path("/invite/accept");
+    accept.set_query(None);
+    let resp = http
+        .post(accept)
+        .json(&serde_json::json!({ "inviteCode": code, "appleId": apple_account }))
+        .send()
+        .await
+        .context("accepting the invitation")?;
+    let status = resp.status();
+    if !status.is_success() {
+        bail!(
+            "accepting: HTTP {}: {}",
+            status.as_u16(),
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    Ok(())
+}

@@ -6,6 +6,7 @@
 //! every committed transaction across a process crash (`kill -9`); only an OS crash or
 //! power loss may lose the last commits.
 
+mod engine;
 mod mdm;
 
 use async_trait::async_trait;
@@ -167,7 +168,7 @@ async fn hash_in_use(
     Ok(row.is_some())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

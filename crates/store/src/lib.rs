@@ -8,6 +8,7 @@
 //! Contract shared by all methods: "nothing found" is `Ok(None)` or an empty list, never
 //! an error; every write that returns `Ok` is committed durably.
 
+pub mod engine;
 pub mod logic;
 pub mod mdm;
 

@@ -1,0 +1,533 @@
+//! The engine's loop: sync locations, move invitations forward, read device answers.
+
+use crate::{now_ms, Engine};
+use cloudvpp_abclient::{ClientError, UsersQuery};
+use cloudvpp_abwire::RequestUser;
+use cloudvpp_mdm::api::invite_channel_check;
+use cloudvpp_mdmwire::EnrollmentType;
+use cloudvpp_store::engine::{states, Invitation, Location};
+use cloudvpp_store::mdm::QueuedCommand;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+/// Runs until `shutdown`.
+pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut last_sync: HashMap<i64, i64> = HashMap::new();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        if let Err(e) = tick(&engine, &mut last_sync).await {
+            tracing::warn!(error = %e, "engine tick");
+        }
+        tokio::select! {
+            _ = engine.wake.notified() => {}
+            _ = tokio::time::sleep(engine.config.tick) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+async fn tick(engine: &Engine, last_sync: &mut HashMap<i64, i64>) -> Result<(), Error> {
+    let now = now_ms();
+    let dirty = engine.take_dirty();
+    let locations = engine.store.locations().await?;
+    for loc in &locations {
+        let full_due = loc
+            .last_full_sync_at
+            .is_none_or(|t| now - t > engine.config.full_sync_interval.as_millis() as i64);
+        let due = dirty.contains(&loc.id)
+            || full_due
+            || last_sync
+                .get(&loc.id)
+                .is_none_or(|t| now - t > engine.config.sync_interval.as_millis() as i64);
+        if due {
+            last_sync.insert(loc.id, now);
+            if let Err(e) = sync(engine, loc, full_due).await {
+                tracing::warn!(location = loc.id, error = %e, "sync failed; will retry");
+            }
+        }
+        engine.store.associate_from_mirror(loc.id, now).await?;
+    }
+    deliveries(engine).await?;
+    let by_id: HashMap<i64, &Location> = locations.iter().map(|l| (l.id, l)).collect();
+    let due = engine.store.due_invitations(now, 5000).await?;
+    let mut to_create: HashMap<i64, Vec<Invitation>> = HashMap::new();
+    let mut to_check: HashMap<(i64, String), Vec<Invitation>> = HashMap::new();
+    for mut inv in due {
+        let Some(loc) = by_id.get(&inv.location_id) else {
+            continue;
+        };
+        if inv.state == states::REGISTERING {
+            match engine
+                .store
+                .mirror_user(loc.id, &inv.client_user_id)
+                .await?
+            {
+                Some(m) if m.status == "Associated" => {
+                    finish(engine, &mut inv, states::ASSOCIATED, None).await?;
+                    continue;
+                }
+                Some(m) if m.status == "Registered" && m.invite_code.is_some() => {
+                    // An existing Registered user is reused, never duplicated.
+                    inv.invite_code = m.invite_code;
+                    inv.state = states::REGISTERED.into();
+                }
+                _ => match &inv.event_id {
+                    None => {
+                        to_create.entry(loc.id).or_default().push(inv);
+                        continue;
+                    }
+                    Some(ev) => {
+                        to_check.entry((loc.id, ev.clone())).or_default().push(inv);
+                        continue;
+                    }
+                },
+            }
+        }
+        advance(engine, loc, inv).await?;
+    }
+    for (loc_id, invs) in to_create {
+        create_users(engine, by_id[&loc_id], invs).await?;
+    }
+    for ((loc_id, event_id), invs) in to_check {
+        check_event(engine, by_id[&loc_id], &event_id, invs).await?;
+    }
+    Ok(())
+}
+
+async fn finish(
+    engine: &Engine,
+    inv: &mut Invitation,
+    state: &str,
+    reason: Option<String>,
+) -> Result<(), Error> {
+    inv.state = state.into();
+    inv.reason = reason;
+    inv.updated_at = now_ms();
+    inv.next_action_at = i64::MAX;
+    engine.store.update_invitation(inv).await?;
+    tracing::info!(
+        invitation = inv.id,
+        person = inv.client_user_id,
+        state,
+        reason = inv.reason.as_deref().unwrap_or(""),
+        "invitation"
+    );
+    Ok(())
+}
+
+fn later(d: Duration) -> i64 {
+    now_ms() + d.as_millis() as i64
+}
+
+/// Full import, or everything since the last `versionId`, into the mirror.
+pub(crate) async fn sync(engine: &Engine, loc: &Location, full: bool) -> Result<(), Error> {
+    let client = engine.client(loc);
+    let since = if full { None } else { loc.version_id.clone() };
+    let q = UsersQuery {
+        since_version_id: since.clone(),
+        ..Default::default()
+    };
+    let (users, version) = match client.all_users(&q, 5).await {
+        Err(e) if e.apple_number() == Some(9721) => {
+            tracing::warn!(location = loc.id, "versionId refused (9721); full import");
+            client.all_users(&UsersQuery::default(), 5).await?
+        }
+        r => r?,
+    };
+    engine.store.upsert_mirror(loc.id, &users, now_ms()).await?;
+    let uid = client.client_config().await.ok().and_then(|c| c.meta.u_id);
+    engine
+        .store
+        .location_synced(loc.id, &version, since.is_none(), uid.as_deref(), now_ms())
+        .await?;
+    if client.ownership_conflict() && !loc.conflict {
+        engine.store.set_location_conflict(loc.id, true).await?;
+    }
+    tracing::debug!(
+        location = loc.id,
+        users = users.len(),
+        full = since.is_none(),
+        "synced"
+    );
+    Ok(())
+}
+
+/// Registers the people of `invs` in batches of `maxUsers` (the client splits).
+async fn create_users(engine: &Engine, loc: &Location, invs: Vec<Invitation>) -> Result<(), Error> {
+    let client = engine.client(loc);
+    let max = client.limit("maxUsers").await.unwrap_or(100).max(1) as usize;
+    let mut seen = HashSet::new();
+    let people: Vec<RequestUser> = invs
+        .iter()
+        .filter(|i| seen.insert(i.client_user_id.clone()))
+        .map(|i| RequestUser {
+            client_user_id: i.client_user_id.clone(),
+            email: i.email.clone(),
+            managed_apple_id: None,
+        })
+        .collect();
+    for chunk in people.chunks(max) {
+        let result = client.create_users(chunk).await;
+        let ids: HashSet<&str> = chunk.iter().map(|u| u.client_user_id.as_str()).collect();
+        match result {
+            Ok(events) => {
+                let event = events.into_iter().next().unwrap_or_default();
+                for inv in invs
+                    .iter()
+                    .filter(|i| ids.contains(i.client_user_id.as_str()))
+                {
+                    let mut inv = inv.clone();
+                    inv.event_id = Some(event.clone());
+                    inv.reason = None;
+                    inv.updated_at = now_ms();
+                    // The first status poll comes soon; later ones at the polling interval.
+                    inv.next_action_at =
+                        later(engine.config.status_poll.min(Duration::from_millis(500)));
+                    engine.store.update_invitation(&inv).await?;
+                }
+            }
+            Err(e)
+                if matches!(e.apple_number(), Some(9602 | 9717 | 9714 | 9715))
+                    && chunk.len() > 1 =>
+            {
+                // One bad person fails the whole request synchronously: go one by one.
+                for u in chunk {
+                    let single: Vec<Invitation> = invs
+                        .iter()
+                        .filter(|i| i.client_user_id == u.client_user_id)
+                        .cloned()
+                        .collect();
+                    Box::pin(create_users(engine, loc, single)).await?;
+                }
+            }
+            Err(e) if matches!(e, ClientError::Apple { status: 400, .. }) => {
+                for inv in invs
+                    .iter()
+                    .filter(|i| ids.contains(i.client_user_id.as_str()))
+                {
+                    let mut inv = inv.clone();
+                    finish(
+                        engine,
+                        &mut inv,
+                        states::FAILED,
+                        Some(format!("registration refused: {e}")),
+                    )
+                    .await?;
+                }
+            }
+            Err(e) => {
+                // Rate limited or unreachable: try again later, nothing was created.
+                tracing::warn!(location = loc.id, error = %e, "users/create; will retry");
+                for inv in invs
+                    .iter()
+                    .filter(|i| ids.contains(i.client_user_id.as_str()))
+                {
+                    let mut inv = inv.clone();
+                    inv.reason = Some(format!("retrying registration: {e}"));
+                    inv.next_action_at = later(Duration::from_secs(5));
+                    engine.store.update_invitation(&inv).await?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls one event for the invitations waiting on it.
+async fn check_event(
+    engine: &Engine,
+    loc: &Location,
+    event_id: &str,
+    invs: Vec<Invitation>,
+) -> Result<(), Error> {
+    let client = engine.client(loc);
+    let status = match client.event_status(event_id).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(location = loc.id, event_id, error = %e, "status; will retry");
+            for mut inv in invs {
+                inv.next_action_at = later(engine.config.status_poll);
+                engine.store.update_invitation(&inv).await?;
+            }
+            return Ok(());
+        }
+    };
+    if status.event_status == "PENDING" {
+        for mut inv in invs {
+            inv.reason = Some(format!(
+                "registering: {}/{} done",
+                status.num_completed, status.num_requested
+            ));
+            inv.next_action_at = later(engine.config.status_poll);
+            engine.store.update_invitation(&inv).await?;
+        }
+        return Ok(());
+    }
+    // The event ended: the mirror learns the new users by the next sync (now), or by the
+    // USER_MANAGEMENT notification if it arrived.
+    let failed: HashMap<&str, &cloudvpp_abwire::ErrorResponse> = status
+        .failures
+        .iter()
+        .flat_map(|f| {
+            f.error_info
+                .iter()
+                .flat_map(|i| i.client_user_ids.iter().flatten())
+                .map(move |c| (c.as_str(), f))
+        })
+        .collect();
+    let mut need_sync = false;
+    for mut inv in invs {
+        match failed.get(inv.client_user_id.as_str()) {
+            Some(err) if err.error_number == 9716 => {
+                // Already registered (created elsewhere, or a lost answer): reuse that user.
+                let q = UsersQuery {
+                    client_user_id: Some(inv.client_user_id.clone()),
+                    active_only: true,
+                    ..Default::default()
+                };
+                if let Ok(page) = client.get_users(&q, 0).await {
+                    engine
+                        .store
+                        .upsert_mirror(loc.id, &page.users, now_ms())
+                        .await?;
+                }
+                inv.event_id = None;
+                inv.next_action_at = now_ms();
+                engine.store.update_invitation(&inv).await?;
+            }
+            Some(err) => {
+                finish(
+                    engine,
+                    &mut inv,
+                    states::FAILED,
+                    Some(format!(
+                        "registration failed: {} {}",
+                        err.error_number, err.error_message
+                    )),
+                )
+                .await?;
+            }
+            None => {
+                need_sync = true;
+                let waited = now_ms() - inv.updated_at;
+                if waited > 60_000 {
+                    // Sync has not shown the user for a minute: ask for this person directly.
+                    let q = UsersQuery {
+                        client_user_id: Some(inv.client_user_id.clone()),
+                        active_only: true,
+                        ..Default::default()
+                    };
+                    if let Ok(page) = client.get_users(&q, 0).await {
+                        engine
+                            .store
+                            .upsert_mirror(loc.id, &page.users, now_ms())
+                            .await?;
+                    }
+                }
+                inv.reason =
+                    Some("registered at Apps and Books; waiting for the invite code".into());
+                inv.next_action_at = later(Duration::from_millis(300));
+                engine.store.update_invitation(&inv).await?;
+            }
+        }
+    }
+    if need_sync {
+        engine.mark_dirty(loc.id);
+    }
+    Ok(())
+}
+
+/// Picks the channel InviteToProgram goes to for a target enrollment: a macOS device's
+/// user channel, a Shared iPad's one user, an iPhone's device channel.
+async fn pick_channel(engine: &Engine, target: &str) -> Result<String, String> {
+    let store = &engine.mdm.store;
+    let e = store
+        .enrollment(target)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("enrollment {target} is unknown"))?;
+    let siblings = store
+        .list_enrollments(Some(&e.device_id))
+        .await
+        .map_err(|e| e.to_string())?;
+    let shared = siblings
+        .iter()
+        .any(|s| s.kind == EnrollmentType::SharedIpad.as_str());
+    let chosen = if e.kind == EnrollmentType::Device.as_str() && (e.platform == "macOS" || shared) {
+        let users: Vec<_> = siblings
+            .iter()
+            .filter(|s| {
+                s.enabled && EnrollmentType::parse(&s.kind).is_some_and(|k| k.is_user_channel())
+            })
+            .collect();
+        match users.as_slice() {
+            [one] => (*one).clone(),
+            [] => return Err("no user channel enrolled yet on this device".into()),
+            _ => return Err("several user channels on this device: name one".into()),
+        }
+    } else {
+        e
+    };
+    invite_channel_check(&chosen, shared)?;
+    Ok(chosen.id)
+}
+
+/// Moves a registered (or queued and unanswered) invitation on.
+async fn advance(engine: &Engine, loc: &Location, mut inv: Invitation) -> Result<(), Error> {
+    let client = engine.client(loc);
+    match inv.state.as_str() {
+        states::REGISTERED => {
+            if inv.invitation_url.is_none() {
+                let code = inv.invite_code.clone().unwrap_or_default();
+                match client.invitation_url(&code).await {
+                    Ok(url) => inv.invitation_url = Some(url),
+                    Err(e) => {
+                        inv.reason = Some(format!("waiting for service config: {e}"));
+                        inv.next_action_at = later(Duration::from_secs(5));
+                        return Ok(engine.store.update_invitation(&inv).await?);
+                    }
+                }
+            }
+            match inv.enrollment_id.clone() {
+                None => {
+                    // Email link only: the URL is the deliverable; association comes by sync.
+                    inv.reason = None;
+                    inv.updated_at = now_ms();
+                    inv.next_action_at = later(engine.config.repush_after);
+                    engine.store.update_invitation(&inv).await?;
+                }
+                Some(target) => match pick_channel(engine, &target).await {
+                    Err(why) => finish(engine, &mut inv, states::FAILED, Some(why)).await?,
+                    Ok(channel) => deliver(engine, &mut inv, channel).await?,
+                },
+            }
+        }
+        states::QUEUED | states::DELIVERED => {
+            // Unanswered for a while: push again (APNs keeps only the last push anyway).
+            if inv.state == states::QUEUED {
+                if let Some(ch) = &inv.channel {
+                    cloudvpp_mdm::api::push_many(&engine.mdm, std::slice::from_ref(ch)).await;
+                }
+            }
+            inv.next_action_at = later(engine.config.repush_after);
+            engine.store.update_invitation(&inv).await?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Queues InviteToProgram on `channel` and pushes it.
+pub(crate) async fn deliver(
+    engine: &Engine,
+    inv: &mut Invitation,
+    channel: String,
+) -> Result<(), Error> {
+    let uuid = uuid::Uuid::new_v4().to_string().to_uppercase();
+    let url = inv.invitation_url.clone().unwrap_or_default();
+    let cmd = QueuedCommand {
+        command_uuid: uuid.clone(),
+        request_type: "InviteToProgram".into(),
+        command: cloudvpp_mdmwire::invite_to_program(&uuid, &url),
+    };
+    let queued = engine
+        .mdm
+        .store
+        .enqueue(std::slice::from_ref(&channel), &cmd, now_ms())
+        .await?;
+    if queued.is_empty() {
+        return finish(
+            engine,
+            inv,
+            states::FAILED,
+            Some(format!("enrollment {channel} is unknown")),
+        )
+        .await;
+    }
+    inv.channel = Some(channel.clone());
+    inv.command_uuid = Some(uuid);
+    inv.invitation_result = None;
+    inv.attempts += 1;
+    inv.state = states::QUEUED.into();
+    inv.reason = None;
+    inv.updated_at = now_ms();
+    inv.next_action_at = later(engine.config.repush_after);
+    engine.store.update_invitation(inv).await?;
+    if engine.mdm.config.pusher.is_some() {
+        let r = cloudvpp_mdm::api::push_many(&engine.mdm, std::slice::from_ref(&channel)).await;
+        if let Some(err) = r
+            .get(&channel)
+            .and_then(|v| v.get("push_error"))
+            .and_then(|v| v.as_str())
+        {
+            tracing::info!(
+                invitation = inv.id,
+                channel,
+                err,
+                "push failed; the device gets the invitation at its next check-in"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Reads the devices' answers to queued invitations.
+async fn deliveries(engine: &Engine) -> Result<(), Error> {
+    for d in engine.store.delivery_states(5000).await? {
+        let mut inv = d.invitation;
+        match (
+            d.status.as_deref(),
+            d.invitation_result.as_deref(),
+            d.active,
+        ) {
+            (Some("Acknowledged"), Some("Acknowledged") | None, _) => {
+                inv.invitation_result = d.invitation_result.clone();
+                inv.state = states::DELIVERED.into();
+                inv.reason = None;
+                inv.updated_at = now_ms();
+                inv.next_action_at = later(engine.config.repush_after);
+                engine.store.update_invitation(&inv).await?;
+            }
+            (Some("Acknowledged"), Some(other), _) => {
+                inv.invitation_result = Some(other.to_string());
+                finish(
+                    engine,
+                    &mut inv,
+                    states::FAILED,
+                    Some(format!("device answered InvitationResult {other}")),
+                )
+                .await?;
+            }
+            (Some(s @ ("Error" | "CommandFormatError")), _, _) => {
+                finish(
+                    engine,
+                    &mut inv,
+                    states::FAILED,
+                    Some(format!("device answered {s}")),
+                )
+                .await?;
+            }
+            (Some("NotNow"), _, true) => {
+                inv.reason =
+                    Some("device answered NotNow (Setup Assistant or locked); stays queued".into());
+                inv.updated_at = now_ms();
+                engine.store.update_invitation(&inv).await?;
+            }
+            (_, _, false) => {
+                finish(
+                    engine,
+                    &mut inv,
+                    states::FAILED,
+                    Some("command cleared: the device enrolled again; resend".into()),
+                )
+                .await?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
