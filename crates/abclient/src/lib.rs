@@ -119,6 +119,7 @@ pub struct Client {
     config: Mutex<Option<(Instant, ServiceConfigResponse)>>,
     next_slot: tokio::sync::Mutex<Instant>,
     conflict: AtomicBool,
+    rate_limited: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
@@ -154,6 +155,7 @@ impl Client {
             config: Mutex::new(None),
             next_slot: tokio::sync::Mutex::new(Instant::now()),
             conflict: AtomicBool::new(false),
+            rate_limited: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -167,6 +169,11 @@ impl Client {
     pub fn with_mdm_info(mut self, info: MdmInfo) -> Self {
         self.mdm_info = Some(info);
         self
+    }
+
+    /// How many answers were 429/9646 (each was waited out and retried).
+    pub fn rate_limited(&self) -> u64 {
+        self.rate_limited.load(Ordering::Relaxed)
     }
 
     /// Whether a response carried another MDM's `mdmInfo`.
@@ -271,6 +278,9 @@ impl Client {
                             retry_after: after,
                         };
                         let refused_unprocessed = status == 429 || err.error_number == 9646;
+                        if refused_unprocessed {
+                            self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                        }
                         (refused_unprocessed || (!write && status >= 500), after)
                     } else if !(200..300).contains(&status) {
                         last = ClientError::Http(status);

@@ -14,7 +14,7 @@ use std::time::Duration;
 #[derive(Subcommand)]
 pub enum MdmCommand {
     /// Serve PUT /checkin, PUT /mdm and the admin API.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Queue a raw command plist for enrollments (and push).
     Enqueue {
         #[command(flatten)]
@@ -201,7 +201,7 @@ pub fn print(v: &Value) {
 
 pub async fn run(cmd: MdmCommand) -> Result<()> {
     match cmd {
-        MdmCommand::Serve(args) => serve(args).await,
+        MdmCommand::Serve(args) => serve(*args).await,
         MdmCommand::Enqueue {
             api,
             plist,

@@ -149,7 +149,9 @@ async fn list_locations(
     let mut out = Vec::new();
     for l in engine.store.locations().await.map_err(internal)? {
         let n = engine.store.mirror_count(l.id).await.map_err(internal)?;
-        out.push(location_json(&l, n));
+        let mut v = location_json(&l, n);
+        v["rate_limited_answers"] = json!(engine.client(&l).rate_limited());
+        out.push(v);
     }
     Ok(Json(json!({ "locations": out })))
 }

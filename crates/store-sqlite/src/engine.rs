@@ -331,7 +331,9 @@ impl EngineStore for SqliteStore {
 
     async fn associate_from_mirror(&self, location_id: i64, now: i64) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE engine_invitations SET state = 'associated', reason = NULL, updated_at = ?
+            "UPDATE engine_invitations SET state = 'associated', reason = NULL, updated_at = ?,
+               invitation_result = COALESCE(invitation_result, (SELECT q.invitation_result FROM mdm_queue q
+                 WHERE q.enrollment_id = engine_invitations.channel AND q.command_uuid = engine_invitations.command_uuid))
              WHERE location_id = ? AND state NOT IN ('associated', 'failed', 'retired')
                AND EXISTS (SELECT 1 FROM engine_mirror m WHERE m.location_id = engine_invitations.location_id
                  AND m.client_user_id = engine_invitations.client_user_id AND m.status = 'Associated')",

@@ -1,0 +1,559 @@
+//! End-to-end tests of the invitation engine: `cloudvpp serve` (both services, one SQLite
+//! file) on 127.0.0.1, simulated devices and simulated people accepting invitations.
+
+mod common;
+
+use cloudvpp_simulator::{accept_invitation, Pki, SimDevice, SimPlatform};
+use common::Env;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "engine-test-key";
+
+fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| Pki::generate().unwrap())
+}
+
+struct System {
+    env: Env,
+    child: std::process::Child,
+    ab: String,
+    mdm: String,
+    http: reqwest::Client,
+    extra: Vec<String>,
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(
+    env: &Env,
+    extra: &[String],
+    ports: Option<(&str, &str)>,
+) -> (std::process::Child, String, String) {
+    use std::io::BufRead;
+    let ca = env.dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki().ca_cert_pem).unwrap();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["serve", "--api-key", KEY])
+        .args([
+            "--appsbooks-listen",
+            ports.map_or("127.0.0.1:0", |p| p.0),
+            "--mdm-listen",
+            ports.map_or("127.0.0.1:0", |p| p.1),
+        ])
+        .args([
+            "--ca",
+            ca.to_str().unwrap(),
+            "--database",
+            &env.db(),
+            "--status-poll-ms",
+            "200",
+            "--sync-interval-ms",
+            "1000",
+        ])
+        .args(extra)
+        .env("CLOUDVPP_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut a, mut m) = (String::new(), String::new());
+    out.read_line(&mut a).unwrap();
+    out.read_line(&mut m).unwrap();
+    let url = |l: &str| l.trim().rsplit(' ').next().unwrap().to_string();
+    // Keep reading stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    (child, url(&a), url(&m))
+}
+
+impl System {
+    fn start(extra: &[&str]) -> System {
+        let env = Env::new();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, ab, mdm) = spawn(&env, &extra, None);
+        System {
+            env,
+            child,
+            ab,
+            mdm,
+            http: reqwest::Client::new(),
+            extra,
+        }
+    }
+
+    /// kill -9, then the same command again on the same ports.
+    fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let (ab, mdm) = (
+            self.ab.trim_start_matches("http://").to_string(),
+            self.mdm.trim_start_matches("http://").to_string(),
+        );
+        let (child, ab, mdm) = spawn(&self.env, &self.extra, Some((&ab, &mdm)));
+        (self.child, self.ab, self.mdm) = (child, ab, mdm);
+    }
+
+    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.mdm, path))
+            .bearer_auth(KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// An organisation at the Apps and Books service, added as the engine's location.
+    async fn location(&self) -> String {
+        let token = self.env.org("Acme Schools");
+        let (status, v) = self
+            .api(
+                reqwest::Method::POST,
+                "/api/v1/locations",
+                Some(json!({"stoken": token, "base_url": format!("{}/mdm/v2", self.ab)})),
+            )
+            .await;
+        assert_eq!(status, 201, "{v}");
+        assert_eq!(v["notifications"]["subscribed"], true, "{v}");
+        token
+    }
+
+    async fn devices(&self, n: usize, platform: SimPlatform) -> Vec<Arc<SimDevice>> {
+        let key = Arc::new(cloudvpp_identity::pem::key(pki().device_key_pem.as_bytes()).unwrap());
+        let specs = tokio::task::spawn_blocking(move || {
+            (0..n)
+                .map(|_| pki().new_device(platform).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        let devices: Vec<Arc<SimDevice>> = specs
+            .into_iter()
+            .map(|s| {
+                Arc::new(SimDevice::with_key(s, key.clone(), &self.mdm, self.http.clone()).unwrap())
+            })
+            .collect();
+        for chunk in devices.chunks(32) {
+            let joins: Vec<_> = chunk.iter().map(|d| d.enroll()).collect();
+            for r in futures_util(joins).await {
+                r.unwrap();
+            }
+        }
+        devices
+    }
+
+    async fn invitations(&self) -> (HashMap<String, Value>, Value) {
+        let (status, v) = self
+            .api(
+                reqwest::Method::GET,
+                "/api/v1/invitations?limit=100000",
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{v}");
+        let by_person = v["invitations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["client_user_id"].as_str().unwrap().to_string(), i.clone()))
+            .collect();
+        (by_person, v["counts"].clone())
+    }
+
+    async fn users_of(&self, token: &str, cuid: &str) -> Vec<Value> {
+        loop {
+            let r = self
+                .http
+                .get(format!("{}/mdm/v2/users?clientUserId={cuid}", self.ab))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let v = r.json::<Value>().await.unwrap();
+            match v["users"].as_array() {
+                Some(u) => return u.clone(),
+                // The rate limit is shared with the engine: wait it out like any client.
+                None if v["errorNumber"] == 9646 => {
+                    tokio::time::sleep(Duration::from_millis(300)).await
+                }
+                None => panic!("{v}"),
+            }
+        }
+    }
+}
+
+async fn futures_util<F: std::future::Future>(futs: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::new();
+    let handles: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    for h in handles {
+        out.push(h.await);
+    }
+    out
+}
+
+/// Devices check in (as after a push) and their people accept what they were shown.
+async fn devices_and_people_act(sys: &System, devices: &[Arc<SimDevice>]) {
+    let mut set = tokio::task::JoinSet::new();
+    for d in devices.iter().cloned() {
+        let http = sys.http.clone();
+        set.spawn(async move {
+            let mut handled = d.poll(false).await?;
+            if d.spec.user.is_some() {
+                handled.extend(d.poll(true).await?);
+            }
+            for h in handled.iter().filter(|h| h.status == "Acknowledged") {
+                if let Some(url) = &h.invitation_url {
+                    if d.behaviour.invitation_result == "Acknowledged" {
+                        accept_invitation(
+                            &http,
+                            url,
+                            &format!("{}@people.example", d.spec.id.to_lowercase()),
+                        )
+                        .await?;
+                    }
+                }
+            }
+            anyhow::Ok(())
+        });
+        if set.len() >= 32 {
+            set.join_next().await.unwrap().unwrap().unwrap();
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap().unwrap();
+    }
+}
+
+async fn until<F: AsyncFnMut() -> bool>(what: &str, secs: u64, mut f: F) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_people_reach_associated_with_notifications_dropped() {
+    let sys = System::start(&[
+        "--drop-notifications-percent",
+        "40",
+        "--limit",
+        "maxRequestPerSecond=1000",
+    ]);
+    let token = sys.location().await;
+    let devices = sys.devices(1000, SimPlatform::Ios).await;
+    let people: Vec<Value> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"client_user_id": format!("person-{i}"), "email": format!("person-{i}@example.com"), "enrollment_id": d.spec.id}))
+        .collect();
+    let (status, v) = sys
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"invitations": people})),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    // Asking again returns the same invitations, never new ones.
+    let (_, again) = sys
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"invitations": [people[0].clone()]})),
+        )
+        .await;
+    assert_eq!(again["invitations"][0]["id"], v["invitations"][0]["id"]);
+
+    until("every invitation queued", 120, async || {
+        sys.invitations().await.1["queued"].as_i64() == Some(1000)
+    })
+    .await;
+    devices_and_people_act(&sys, &devices).await;
+    until("everyone associated", 120, async || {
+        sys.invitations().await.1["associated"].as_i64() == Some(1000)
+    })
+    .await;
+
+    let (all, _) = sys.invitations().await;
+    assert_eq!(all.len(), 1000);
+    for (person, inv) in &all {
+        assert_eq!(inv["invitation_result"], "Acknowledged", "{person}");
+        assert_eq!(inv["attempts"], 1, "{person}: delivered once");
+    }
+    // Nothing duplicated at Apps and Books: one record per person, Associated.
+    for i in [0, 499, 999] {
+        let users = sys.users_of(&token, &format!("person-{i}")).await;
+        assert_eq!(users.len(), 1);
+        assert_eq!(users[0]["status"], "Associated");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_notnow_and_reuse_end_in_the_right_state() {
+    let sys = System::start(&[]);
+    let token = sys.location().await;
+    let devices = sys.devices(4, SimPlatform::Ios).await;
+    let mac = sys.devices(1, SimPlatform::Macos).await;
+    let byod = sys.devices(1, SimPlatform::UserEnrollment).await;
+    // Someone registered before the engine knew them: reused, not duplicated.
+    let ev = {
+        let r = sys
+            .http
+            .post(format!("{}/mdm/v2/users/create", sys.ab))
+            .bearer_auth(&token)
+            .json(&json!({"users": [{"clientUserId": "known", "email": "known@example.com"}]}))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()["eventId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(ev.len(), 36);
+    let people = json!({"invitations": [
+        {"client_user_id": "bad-email", "email": "nobody@nowhere", "enrollment_id": devices[0].spec.id},
+        {"client_user_id": "invalid-url", "email": "a@example.com", "enrollment_id": devices[1].spec.id},
+        {"client_user_id": "busy", "email": "b@example.com", "enrollment_id": devices[2].spec.id},
+        {"client_user_id": "known", "email": "known@example.com", "enrollment_id": devices[3].spec.id},
+        {"client_user_id": "mac-user", "email": "m@example.com", "enrollment_id": mac[0].spec.id},
+        {"client_user_id": "byod", "email": "u@example.com", "enrollment_id": byod[0].spec.id},
+        {"client_user_id": "link-only", "email": "l@example.com"},
+    ]});
+    let (status, _) = sys
+        .api(reqwest::Method::POST, "/api/v1/invitations", Some(people))
+        .await;
+    assert_eq!(status, 202);
+    until("registrations settled", 60, async || {
+        let (all, _) = sys.invitations().await;
+        all.values().all(|i| i["state"] != "registering")
+    })
+    .await;
+    let (all, _) = sys.invitations().await;
+    assert_eq!(all["bad-email"]["state"], "failed");
+    assert!(
+        all["bad-email"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("9717"),
+        "{}",
+        all["bad-email"]
+    );
+    assert_eq!(all["byod"]["state"], "failed");
+    assert!(all["byod"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("User Enrollment"));
+    assert_eq!(all["link-only"]["state"], "registered");
+    let link = all["link-only"]["invitation_url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        link.starts_with(&format!("{}/invite?inviteCode=", sys.ab)),
+        "{link}"
+    );
+    assert_eq!(
+        all["mac-user"]["channel"],
+        mac[0].spec.enrollment_ids()[1].as_str(),
+        "the Mac's user channel"
+    );
+    assert_eq!(all["known"]["state"], "queued");
+    assert_eq!(
+        sys.users_of(&token, "known").await.len(),
+        1,
+        "the existing user was reused"
+    );
+
+    // One device answers InvalidInvitationURL; one says NotNow twice before showing it.
+    let invalid = SimDevice::new(
+        devices[1].spec.clone(),
+        &pki().device_key_pem,
+        &sys.mdm,
+        sys.http.clone(),
+    )
+    .unwrap();
+    let mut invalid = invalid;
+    invalid.behaviour.invitation_result = "InvalidInvitationURL".into();
+    let busy = SimDevice::new(
+        devices[2].spec.clone(),
+        &pki().device_key_pem,
+        &sys.mdm,
+        sys.http.clone(),
+    )
+    .unwrap();
+    busy.behaviour
+        .not_now
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let (invalid, busy) = (Arc::new(invalid), Arc::new(busy));
+    let actors = vec![invalid, busy.clone(), devices[3].clone(), mac[0].clone()];
+    devices_and_people_act(&sys, &actors).await;
+    until("InvalidInvitationURL recorded", 30, async || {
+        sys.invitations().await.0["invalid-url"]["state"] == "failed"
+    })
+    .await;
+    let (all, _) = sys.invitations().await;
+    assert!(all["invalid-url"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("InvalidInvitationURL"));
+    assert_eq!(
+        all["invalid-url"]["invitation_result"],
+        "InvalidInvitationURL"
+    );
+    until("NotNow noted", 30, async || {
+        sys.invitations().await.0["busy"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("NotNow"))
+    })
+    .await;
+    assert_eq!(sys.invitations().await.0["busy"]["state"], "queued");
+    devices_and_people_act(&sys, std::slice::from_ref(&busy)).await; // second NotNow
+    devices_and_people_act(&sys, std::slice::from_ref(&busy)).await; // shown, accepted
+                                                                     // The email-only person accepts from the link.
+    accept_invitation(&sys.http, &link, "linda@example.com")
+        .await
+        .unwrap();
+    until("associations", 60, async || {
+        let (all, _) = sys.invitations().await;
+        ["busy", "known", "mac-user", "link-only"]
+            .iter()
+            .all(|p| all[*p]["state"] == "associated")
+    })
+    .await;
+    assert_eq!(sys.invitations().await.0["busy"]["attempts"], 1);
+
+    // Resend after a failed device answer queues a new command; retire ends it.
+    let id = all["invalid-url"]["id"].as_str().unwrap().to_string();
+    let (status, v) = sys
+        .api(
+            reqwest::Method::POST,
+            &format!("/api/v1/invitations/{id}/resend"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        (v["state"].as_str(), v["attempts"].as_i64()),
+        (Some("queued"), Some(2))
+    );
+    let (status, v) = sys
+        .api(
+            reqwest::Method::POST,
+            &format!("/api/v1/invitations/{id}/retire"),
+            None,
+        )
+        .await;
+    assert_eq!((status, v["state"].as_str()), (200, Some("retired")));
+    until("retired at Apps and Books", 30, async || {
+        sys.users_of(&token, "invalid-url")
+            .await
+            .iter()
+            .all(|u| u["status"] == "Retired")
+    })
+    .await;
+    // Bad requests.
+    let (status, _) = sys
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"client_user_id": ""})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    let (status, _) = sys
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"nonsense": true})),
+        )
+        .await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_limit_storm_and_restart_lose_nothing() {
+    let mut sys = System::start(&[]);
+    let token = sys.location().await;
+    let devices = sys.devices(30, SimPlatform::Ios).await;
+    // The engine read maxRequestPerSecond=15; the service now allows 2: a storm of 9646.
+    sys.env
+        .cli(&["appsbooks", "limits", "set", "maxRequestPerSecond=2"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let people: Vec<Value> = devices.iter().enumerate().map(|(i, d)| json!({"client_user_id": format!("p{i}"), "email": format!("p{i}@example.com"), "enrollment_id": d.spec.id})).collect();
+    let (status, _) = sys
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"invitations": people})),
+        )
+        .await;
+    assert_eq!(status, 202);
+    until("registration under the storm", 60, async || {
+        sys.invitations().await.1["registering"]
+            .as_i64()
+            .unwrap_or(0)
+            < 30
+    })
+    .await;
+    let (_, locs) = sys
+        .api(reqwest::Method::GET, "/api/v1/locations", None)
+        .await;
+    assert!(
+        locs["locations"][0]["rate_limited_answers"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "there was a 9646 storm: {locs}"
+    );
+    // Crash in the middle, start again on the same database.
+    sys.crash_and_restart();
+    until(
+        "all queued after the restart, still at 2 requests a second",
+        120,
+        async || sys.invitations().await.1["queued"].as_i64() == Some(30),
+    )
+    .await;
+    sys.env
+        .cli(&["appsbooks", "limits", "set", "maxRequestPerSecond=1000"]);
+    let devices: Vec<Arc<SimDevice>> = devices
+        .iter()
+        .map(|d| {
+            Arc::new(
+                SimDevice::new(
+                    d.spec.clone(),
+                    &pki().device_key_pem,
+                    &sys.mdm,
+                    sys.http.clone(),
+                )
+                .unwrap(),
+            )
+        })
+        .collect();
+    devices_and_people_act(&sys, &devices).await;
+    until("all associated", 90, async || {
+        sys.invitations().await.1["associated"].as_i64() == Some(30)
+    })
+    .await;
+    for i in 0..30 {
+        let users = sys.users_of(&token, &format!("p{i}")).await;
+        assert_eq!(users.len(), 1, "p{i} registered exactly once");
+    }
+    let (all, _) = sys.invitations().await;
+    assert!(
+        all.values().all(|i| i["attempts"] == 1),
+        "each delivered once"
+    );
+}
