@@ -23,5 +23,5 @@ trap 'kill $PID 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q listening "$OUT/serve.out" 2>/dev/null && break; sleep 0.1; done
 BASE=$(awk '/listening/ {print $NF; exit}' "$OUT/serve.out")
 echo "server $BASE (pid $PID), database $DB"
-timeout 1800 target/release/cloudvpp-bench --base "$BASE" --token "$TOKEN" --total "$TOTAL" --create "$CREATE"
+timeout 1800 target/release/cloudvpp-bench appsbooks --base "$BASE" --token "$TOKEN" --total "$TOTAL" --create "$CREATE"
 ls -l "$DB"

@@ -8,6 +8,33 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
+enum Cmd {
+    /// Apps and Books: creation, full sync, paging, sinceVersionId (bench/appsbooks.sh).
+    Appsbooks(Args),
+    /// The invitation engine end to end (bench/invitations.sh).
+    Invitations(InvArgs),
+}
+
+#[derive(Parser)]
+struct InvArgs {
+    /// MDM service base URL (loopback).
+    #[arg(long)]
+    mdm: String,
+    /// Admin API key.
+    #[arg(long)]
+    api_key: String,
+    /// Simulator state file with the enrolled devices.
+    #[arg(long)]
+    state: std::path::PathBuf,
+    /// Concurrent device sessions.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+#[derive(Parser)]
 struct Args {
     /// Base URL of the service (must be loopback).
     #[arg(long)]
@@ -129,7 +156,138 @@ fn p99(v: &mut [Duration]) -> Duration {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let a = Args::parse();
+    match Cmd::parse() {
+        Cmd::Appsbooks(a) => appsbooks(a).await,
+        Cmd::Invitations(a) => invitations(a).await,
+    }
+}
+
+fn loopback(url: &str) -> Result<()> {
+    let host = reqwest::Url::parse(url)?
+        .host_str()
+        .unwrap_or("")
+        .to_string();
+    if host != "127.0.0.1" && host != "localhost" && host != "[::1]" {
+        bail!("benchmarks only target loopback");
+    }
+    Ok(())
+}
+
+/// One invitation per enrolled device, from request to `associated`: the devices check in
+/// when they have something queued (as a push would make them) and their people accept.
+async fn invitations(a: InvArgs) -> Result<()> {
+    loopback(&a.mdm)?;
+    let fleet = cloudvpp_simulator::Fleet::load(&a.state)?;
+    let devices: std::collections::HashMap<String, Arc<cloudvpp_simulator::SimDevice>> = fleet
+        .devices(&a.mdm)?
+        .into_iter()
+        .map(|d| (d.spec.id.clone(), Arc::new(d)))
+        .collect();
+    let n = devices.len();
+    let http = reqwest::Client::new();
+    let api = |m: reqwest::Method, p: &str| {
+        http.request(m, format!("{}{}", a.mdm, p))
+            .bearer_auth(&a.api_key)
+    };
+    let ids: Vec<&String> = devices.keys().collect();
+    println!("== {n} invitations, one per device, request to associated");
+    let t0 = Instant::now();
+    for (c, chunk) in ids.chunks(1000).enumerate() {
+        let people: Vec<Value> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| json!({"client_user_id": format!("bench-person-{}", c * 1000 + i), "email": format!("p{}@example.com", c * 1000 + i), "enrollment_id": id}))
+            .collect();
+        let r = api(reqwest::Method::POST, "/api/v1/invitations")
+            .json(&json!({ "invitations": people }))
+            .send()
+            .await?;
+        if !r.status().is_success() {
+            bail!("POST invitations: {}", r.text().await?);
+        }
+    }
+    println!("submitted in {:.2}s", t0.elapsed().as_secs_f64());
+    let deadline = Instant::now() + Duration::from_secs(a.timeout);
+    let mut served: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        let v: Value = api(
+            reqwest::Method::GET,
+            "/api/v1/invitations?state=queued&limit=100000",
+        )
+        .send()
+        .await?
+        .json()
+        .await?;
+        let counts = v["counts"].clone();
+        if counts["associated"].as_u64() == Some(n as u64) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("timed out: {counts}");
+        }
+        let todo: Vec<Arc<cloudvpp_simulator::SimDevice>> = v["invitations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["channel"].as_str())
+            .filter(|c| served.insert(c.to_string()))
+            .filter_map(|c| devices.get(c).cloned())
+            .collect();
+        if todo.is_empty() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        let sessions = futures::stream::iter(todo.into_iter().map(|d| {
+            let http = http.clone();
+            async move {
+                for h in d.poll(false).await? {
+                    if let (Some(url), "Acknowledged") = (&h.invitation_url, h.status.as_str()) {
+                        cloudvpp_simulator::accept_invitation(
+                            &http,
+                            url,
+                            &format!("{}@people.example", d.spec.id.to_lowercase()),
+                        )
+                        .await?;
+                    }
+                }
+                anyhow::Ok(())
+            }
+        }));
+        use futures::StreamExt;
+        let results: Vec<Result<()>> = sessions.buffer_unordered(a.concurrency).collect().await;
+        for r in results {
+            r?;
+        }
+    }
+    let total = t0.elapsed();
+    let v: Value = api(
+        reqwest::Method::GET,
+        &format!("/api/v1/invitations?state=associated&limit={}", n + 10),
+    )
+    .send()
+    .await?
+    .json()
+    .await?;
+    let mut per: Vec<i64> = v["invitations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| i["updated_at"].as_i64().unwrap_or(0) - i["created_at"].as_i64().unwrap_or(0))
+        .collect();
+    per.sort();
+    let pct = |p: usize| per.get(per.len() * p / 100).copied().unwrap_or(0);
+    println!(
+        "invitations: {n} associated in {:.2}s ({:.0}/s); per invitation median {} ms, p90 {} ms, max {} ms",
+        total.as_secs_f64(),
+        n as f64 / total.as_secs_f64(),
+        pct(50),
+        pct(90),
+        per.last().copied().unwrap_or(0)
+    );
+    Ok(())
+}
+
+async fn appsbooks(a: Args) -> Result<()> {
     let host = reqwest::Url::parse(&a.base)?
         .host_str()
         .unwrap_or("")

@@ -240,7 +240,34 @@ pub struct ServeBothArgs {
 
 /// `cloudvpp serve`: the Apps and Books service and the MDM service (with its engine) in
 /// one process, on one SQLite database, wired to each other.
-pub async fn serve_both(a: ServeBothArgs) -> Result<()> {
+pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
+    if a.mdm.ca.is_none() {
+        // A development convenience: a throwaway CA whose devices `cloudvpp simulate` can mint.
+        let (state, ca) = (
+            std::path::PathBuf::from("cloudvpp-sim.json"),
+            std::path::PathBuf::from("cloudvpp-ca.pem"),
+        );
+        if !state.exists() || !ca.exists() {
+            let pki = tokio::task::spawn_blocking(cloudvpp_simulator::Pki::generate).await??;
+            std::fs::write(&ca, &pki.ca_cert_pem)?;
+            cloudvpp_simulator::Fleet {
+                pki,
+                devices: Vec::new(),
+            }
+            .save(&state)?;
+        }
+        eprintln!(
+            "no --ca: trusting the simulator CA {} (devices: cloudvpp simulate enroll --state {})",
+            ca.display(),
+            state.display()
+        );
+        a.mdm.ca = Some(ca);
+    }
+    if a.mdm.api_key.is_none() {
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        eprintln!("no --api-key: using a new one for this run: export CLOUDVPP_API_KEY={key}");
+        a.mdm.api_key = Some(key);
+    }
     let store = open_sqlite(&a.db.database).await?;
     for (k, v) in &a.limits {
         cloudvpp_store::AppsBooksStore::set_limit(&*store, k, *v).await?;

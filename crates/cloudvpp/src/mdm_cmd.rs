@@ -114,9 +114,10 @@ pub struct ServeArgs {
 /// Settings of the MDM service and its invitation engine.
 #[derive(Args, Clone)]
 pub struct MdmOptions {
-    /// PEM file of the CA(s) that issue device identity certificates.
+    /// PEM file of the CA(s) that issue device identity certificates (`cloudvpp serve`
+    /// makes a throwaway one for simulated devices when omitted).
     #[arg(long)]
-    pub ca: std::path::PathBuf,
+    pub ca: Option<std::path::PathBuf>,
     /// Take the device certificate from this header (RFC 9440, or URL-escaped PEM) set by a
     /// TLS-terminating proxy, instead of Mdm-Signature.
     #[arg(long)]
@@ -312,8 +313,12 @@ pub async fn build(
     default_public_url: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(axum::Router, Vec<tokio::task::JoinHandle<()>>)> {
+    let ca_path = opts
+        .ca
+        .as_ref()
+        .context("--ca is required: the CA that issues device identity certificates")?;
     let ca_pem =
-        std::fs::read(&opts.ca).with_context(|| format!("reading --ca {}", opts.ca.display()))?;
+        std::fs::read(ca_path).with_context(|| format!("reading --ca {}", ca_path.display()))?;
     let ca = CaPool::from_pem(&ca_pem).context("--ca")?;
     let pusher = match (&opts.apns_url, &opts.push_cert, &opts.push_key) {
         (Some(url), Some(cert), Some(key)) => {

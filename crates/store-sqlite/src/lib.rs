@@ -50,7 +50,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .pragma("cache_size", "-65536");
+        // Waiting for the single writer is normal under load: only a long wait is worth a log line.
         let writer = SqlitePoolOptions::new()
+            .acquire_slow_threshold(Duration::from_secs(30))
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(60))
