@@ -570,3 +570,92 @@ async fn rate_limit_storm_and_restart_lose_nothing() {
         "each delivered once"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn locations_warn_of_expiry_and_notifications_are_authenticated() {
+    let sys = System::start(&[]);
+    let soon = sys.env.cli(&[
+        "appsbooks",
+        "org",
+        "create",
+        "--name",
+        "Soon",
+        "--expires",
+        &(chrono_like_in_days(10)),
+    ]);
+    let (status, v) = sys
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/locations",
+            Some(json!({"stoken": soon.trim(), "base_url": format!("{}/mdm/v2", sys.ab)})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(v["expiry_warning"], true);
+    let (status, v) = sys
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/locations",
+            Some(json!({"stoken": "bm9wZQ==", "base_url": format!("{}/mdm/v2", sys.ab)})),
+        )
+        .await;
+    assert_eq!(status, 400, "a refused token is not stored: {v}");
+    let (_, list) = sys
+        .api(reqwest::Method::GET, "/api/v1/locations", None)
+        .await;
+    assert_eq!(list["locations"].as_array().unwrap().len(), 1);
+    assert!(
+        !list.to_string().contains(soon.trim()),
+        "the sToken is never shown"
+    );
+    // The notification endpoint wants the location's secret.
+    let url = format!("{}/notifications/appsbooks/1", sys.mdm);
+    let body = json!({"notification": {}, "notificationId": "n1", "notificationType": "TEST_NOTIFICATION", "uId": "x"});
+    let r = sys
+        .http
+        .post(&url)
+        .bearer_auth("wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = sys.http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = sys
+        .http
+        .post(format!("{}/notifications/appsbooks/99", sys.mdm))
+        .bearer_auth("x")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+/// RFC 3339 for now + `days`, without a date crate in the tests.
+fn chrono_like_in_days(days: i64) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + days * 86_400;
+    let (d, s) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = d + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        s / 3600,
+        s % 3600 / 60,
+        s % 60
+    )
+}
