@@ -272,18 +272,13 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
     for (k, v) in &a.limits {
         cloudvpp_store::AppsBooksStore::set_limit(&*store, k, *v).await?;
     }
-    let ab_listener = std::net::TcpListener::bind(a.appsbooks_listen)
-        .with_context(|| format!("binding {}", a.appsbooks_listen))?;
-    let mdm_listener = std::net::TcpListener::bind(a.mdm_listen)
-        .with_context(|| format!("binding {}", a.mdm_listen))?;
-    ab_listener.set_nonblocking(true)?;
-    mdm_listener.set_nonblocking(true)?;
-    let (ab_addr, mdm_addr) = (ab_listener.local_addr()?, mdm_listener.local_addr()?);
+    let (ab_listener, ab_base) = crate::bind(a.appsbooks_listen, false)?;
+    let (mdm_listener, mdm_base) = crate::bind(a.mdm_listen, false)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ab_state = cloudvpp_appsbooks::AppState::new(
         store.clone(),
         cloudvpp_appsbooks::Config {
-            public_url: format!("http://{ab_addr}"),
+            public_url: ab_base.clone(),
             processing_delay: Duration::from_millis(a.processing_delay_ms),
             // Both services run on loopback: notifications go over plain HTTP.
             allow_http_notifications: true,
@@ -293,11 +288,13 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
     );
     let mut tasks = cloudvpp_appsbooks::spawn_workers(ab_state.clone(), stop_rx.clone());
     let (mdm_router, mdm_tasks) =
-        crate::mdm_cmd::build(store, &a.mdm, format!("http://{mdm_addr}"), stop_rx).await?;
+        crate::mdm_cmd::build(store, &a.mdm, mdm_base.clone(), stop_rx).await?;
     tasks.extend(mdm_tasks);
-    println!("appsbooks listening on http://{ab_addr}");
-    println!("mdm listening on http://{mdm_addr}");
-    println!("Apps and Books base URL for `cloudvpp mdm location add --appsbooks-url`: http://{ab_addr}/mdm/v2");
+    println!("appsbooks listening on {ab_base}");
+    println!("mdm listening on {mdm_base}");
+    println!(
+        "Apps and Books base URL for `cloudvpp mdm location add --appsbooks-url`: {ab_base}/mdm/v2"
+    );
     tokio::try_join!(
         serve_app(ab_listener, None, cloudvpp_appsbooks::router(ab_state)),
         serve_app(mdm_listener, None, mdm_router),

@@ -293,19 +293,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     for (k, v) in &args.limits {
         store.set_limit(k, *v).await?;
     }
-    let listener = std::net::TcpListener::bind(args.listen)
-        .with_context(|| format!("binding {}", args.listen))?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let scheme = if args.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let public_url = args
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("{scheme}://{local}"));
+    let (listener, base) = bind(args.listen, args.tls_cert.is_some())?;
+    let public_url = args.public_url.clone().unwrap_or_else(|| base.clone());
     let config = Config {
         public_url: public_url.trim_end_matches('/').to_string(),
         page_size: args.page_size,
@@ -324,8 +313,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
     let workers = cloudvpp_appsbooks::spawn_workers(state.clone(), stop_rx);
     let app = cloudvpp_appsbooks::router(state);
     // Scripts and tests read the bound address from this line.
-    println!("appsbooks listening on {scheme}://{local}");
-    tracing::info!(%local, %public_url, "appsbooks service started");
+    println!("appsbooks listening on {base}");
+    tracing::info!(%base, %public_url, "appsbooks service started");
     serve_app(
         listener,
         args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
@@ -337,6 +326,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         let _ = w.await;
     }
     Ok(())
+}
+
+/// Binds `addr` for axum-server; returns the listener and its base URL (`http(s)://ip:port`).
+pub(crate) fn bind(addr: SocketAddr, tls: bool) -> Result<(std::net::TcpListener, String)> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let scheme = if tls { "https" } else { "http" };
+    let base = format!("{scheme}://{}", listener.local_addr()?);
+    Ok((listener, base))
 }
 
 /// Serves `app` on `listener` (HTTPS with rustls when a certificate and key are given)

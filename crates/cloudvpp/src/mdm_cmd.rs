@@ -369,19 +369,11 @@ pub async fn build(
 
 async fn serve(args: ServeArgs) -> Result<()> {
     let store = open_sqlite(&args.db.database).await?;
-    let listener = std::net::TcpListener::bind(args.listen)
-        .with_context(|| format!("binding {}", args.listen))?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    let scheme = if args.tls_cert.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let (listener, base) = crate::bind(args.listen, args.tls_cert.is_some())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (router, tasks) = build(store, &args.opts, format!("{scheme}://{local}"), stop_rx).await?;
-    println!("mdm listening on {scheme}://{local}");
-    tracing::info!(%local, admin_api = args.opts.api_key.is_some(), push = args.opts.apns_url.is_some(), "mdm service started");
+    let (router, tasks) = build(store, &args.opts, base.clone(), stop_rx).await?;
+    println!("mdm listening on {base}");
+    tracing::info!(%base, admin_api = args.opts.api_key.is_some(), push = args.opts.apns_url.is_some(), "mdm service started");
     serve_app(
         listener,
         args.tls_cert.as_deref().zip(args.tls_key.as_deref()),

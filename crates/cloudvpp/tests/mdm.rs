@@ -26,20 +26,8 @@ struct Mdm {
 impl Mdm {
     fn start(extra: &[&str]) -> Mdm {
         let env = Env::new();
-        let ca = env.dir.path().join("ca.pem");
-        std::fs::write(&ca, &pki().ca_cert_pem).unwrap();
-        let mut args = vec![
-            "mdm",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-key",
-            KEY,
-            "--ca",
-            ca.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        let srv = env.spawn(&args);
+        std::fs::write(env.dir.path().join("ca.pem"), &pki().ca_cert_pem).unwrap();
+        let srv = Self::spawn(&env, extra);
         Mdm {
             env,
             srv,
@@ -47,8 +35,8 @@ impl Mdm {
         }
     }
 
-    fn restart(&mut self, extra: &[&str]) {
-        let ca = self.env.dir.path().join("ca.pem");
+    fn spawn(env: &Env, extra: &[&str]) -> common::Server {
+        let ca = env.dir.path().join("ca.pem");
         let mut args = vec![
             "mdm",
             "serve",
@@ -60,7 +48,11 @@ impl Mdm {
             ca.to_str().unwrap(),
         ];
         args.extend_from_slice(extra);
-        self.srv = self.env.spawn(&args);
+        env.spawn(&args)
+    }
+
+    fn restart(&mut self, extra: &[&str]) {
+        self.srv = Self::spawn(&self.env, extra);
     }
 
     fn device(&self, platform: SimPlatform) -> SimDevice {
