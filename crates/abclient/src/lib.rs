@@ -451,7 +451,19 @@ impl Client {
         q: &UsersQuery,
         concurrency: usize,
     ) -> Result<(Vec<ResponseUser>, String)> {
+        self.all_users_with_meta(q, concurrency)
+            .await
+            .map(|(u, v, _)| (u, v))
+    }
+
+    /// As [`Self::all_users`], with the first page's metadata (`uId`, `mdmInfo`, ...).
+    pub async fn all_users_with_meta(
+        &self,
+        q: &UsersQuery,
+        concurrency: usize,
+    ) -> Result<(Vec<ResponseUser>, String, cloudvpp_abwire::ResponseMeta)> {
         let first = self.get_users(q, 0).await?;
+        let meta = first.meta.clone();
         let version = first.version_id.clone();
         let mut users = first.users;
         let mut total = first.total_pages;
@@ -471,7 +483,7 @@ impl Client {
             page = end;
             done |= page >= total;
         }
-        Ok((users, version))
+        Ok((users, version, meta))
     }
 
     async fn manage(&self, action: &str, users: &[RequestUser]) -> Result<Vec<String>> {

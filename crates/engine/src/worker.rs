@@ -13,10 +13,12 @@ use std::time::Duration;
 /// Runs until `shutdown`.
 pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut last_sync: HashMap<i64, i64> = HashMap::new();
+    let mut warned: HashMap<i64, i64> = HashMap::new();
     loop {
         if *shutdown.borrow() {
             return;
         }
+        warn_expiring(&engine, &mut warned).await;
         if let Err(e) = tick(&engine, &mut last_sync).await {
             tracing::warn!(error = %e, "engine tick");
         }
@@ -29,6 +31,22 @@ pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool
 }
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Logs, once a day per location, that its sToken expires within 15 days.
+async fn warn_expiring(engine: &Engine, warned: &mut HashMap<i64, i64>) {
+    let now = now_ms();
+    let Ok(locations) = engine.store.locations().await else {
+        return;
+    };
+    for loc in locations {
+        let Some(exp) = loc.expires_at else { continue };
+        let left = exp - now / 1000;
+        if left < 15 * 86_400 && warned.get(&loc.id).is_none_or(|t| now - t > 86_400_000) {
+            warned.insert(loc.id, now);
+            tracing::warn!(location = loc.id, name = loc.name, days_left = left / 86_400, "the sToken expires soon: download a new one from Apple Business or School Manager and add it");
+        }
+    }
+}
 
 async fn tick(engine: &Engine, last_sync: &mut HashMap<i64, i64>) -> Result<(), Error> {
     let now = now_ms();
@@ -131,15 +149,17 @@ pub(crate) async fn sync(engine: &Engine, loc: &Location, full: bool) -> Result<
         since_version_id: since.clone(),
         ..Default::default()
     };
-    let (users, version) = match client.all_users(&q, 5).await {
+    let (users, version, meta) = match client.all_users_with_meta(&q, 5).await {
         Err(e) if e.apple_number() == Some(9721) => {
             tracing::warn!(location = loc.id, "versionId refused (9721); full import");
-            client.all_users(&UsersQuery::default(), 5).await?
+            client
+                .all_users_with_meta(&UsersQuery::default(), 5)
+                .await?
         }
         r => r?,
     };
     engine.store.upsert_mirror(loc.id, &users, now_ms()).await?;
-    let uid = client.client_config().await.ok().and_then(|c| c.meta.u_id);
+    let uid = meta.u_id;
     engine
         .store
         .location_synced(loc.id, &version, since.is_none(), uid.as_deref(), now_ms())
