@@ -1,7 +1,7 @@
 //! `cloudvpp invite`, `cloudvpp invitations` and `cloudvpp serve` (both services at once).
 
 use crate::mdm_cmd::{call, print, ApiArgs, MdmOptions};
-use crate::{open_sqlite, serve_app, DbArg};
+use crate::{open_db, serve_app, DbArg};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
@@ -268,7 +268,7 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
         eprintln!("no --api-key: using a new one for this run: export CLOUDVPP_API_KEY={key}");
         a.mdm.api_key = Some(key);
     }
-    let store = open_sqlite(&a.db.database).await?;
+    let store = open_db(&a.db.database).await?;
     for (k, v) in &a.limits {
         cloudvpp_store::AppsBooksStore::set_limit(&*store, k, *v).await?;
     }

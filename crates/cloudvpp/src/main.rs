@@ -50,7 +50,7 @@ enum Command {
 
 #[derive(Args, Clone)]
 pub(crate) struct DbArg {
-    /// Database URL: sqlite://PATH (created if missing).
+    /// Database URL: sqlite://PATH (created if missing) or postgres://USER@HOST/DB.
     #[arg(
         long,
         env = "CLOUDVPP_DATABASE",
@@ -172,20 +172,23 @@ pub(crate) fn parse_limit(s: &str) -> Result<(String, i64), String> {
 }
 
 async fn open_store(url: &str) -> Result<Arc<dyn AppsBooksStore>> {
-    Ok(open_sqlite(url).await?)
+    Ok(open_db(url).await?)
 }
 
 /// Opens the database named by `--database`: the one place a backend is chosen.
-pub(crate) async fn open_sqlite(url: &str) -> Result<Arc<cloudvpp_store_sqlite::SqliteStore>> {
+pub(crate) async fn open_db(url: &str) -> Result<Arc<dyn cloudvpp_store::Store>> {
     if url.starts_with("sqlite:") {
         let store = cloudvpp_store_sqlite::SqliteStore::connect(url)
             .await
-            .with_context(|| "opening the SQLite database")?;
+            .context("opening the SQLite database")?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        bail!("PostgreSQL is not supported yet; use sqlite://PATH")
+        let store = cloudvpp_store_postgres::PgStore::connect(url)
+            .await
+            .context("opening the PostgreSQL database")?;
+        Ok(Arc::new(store))
     } else {
-        bail!("--database must start with sqlite:// (got {url:?})")
+        bail!("--database must start with sqlite:// or postgres:// (got {url:?})")
     }
 }
 
@@ -206,7 +209,7 @@ async fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLOUDVPP_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -1,11 +1,10 @@
 //! `cloudvpp mdm ...`: the MDM service and a client of its admin API.
 
-use crate::{open_sqlite, serve_app, DbArg};
+use crate::{open_db, serve_app, DbArg};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use cloudvpp_identity::CaPool;
 use cloudvpp_mdm::{Config, MdmState};
-use cloudvpp_store_sqlite::SqliteStore;
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -308,7 +307,7 @@ pub async fn run(cmd: MdmCommand) -> Result<()> {
 
 /// Builds the MDM service with its engine on `store`: the router and the background tasks.
 pub async fn build(
-    store: Arc<SqliteStore>,
+    store: Arc<dyn cloudvpp_store::Store>,
     opts: &MdmOptions,
     default_public_url: String,
     stop: tokio::sync::watch::Receiver<bool>,
@@ -368,7 +367,7 @@ pub async fn build(
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
-    let store = open_sqlite(&args.db.database).await?;
+    let store = open_db(&args.db.database).await?;
     let (listener, base) = crate::bind(args.listen, args.tls_cert.is_some())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (router, tasks) = build(store, &args.opts, base.clone(), stop_rx).await?;

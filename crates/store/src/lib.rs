@@ -376,3 +376,8 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     /// Sets one limit.
     async fn set_limit(&self, name: &str, value: i64) -> Result<()>;
 }
+
+/// Every store of cloudvpp: what a backend implements and the binary hands out.
+pub trait Store: AppsBooksStore + mdm::MdmStore + engine::EngineStore {}
+
+impl<T: AppsBooksStore + mdm::MdmStore + engine::EngineStore> Store for T {}

@@ -11,19 +11,63 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cloudvpp");
 
-/// A temp dir holding one database.
+/// A temp dir and one database: a SQLite file in the dir, or, when
+/// `CLOUDVPP_TEST_POSTGRES_URL` names a PostgreSQL server, a fresh database on it that is
+/// dropped afterwards.
 pub struct Env {
     pub dir: tempfile::TempDir,
+    postgres: Option<(String, String)>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some((server, name)) = &self.postgres {
+            let _ = psql(
+                server,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+fn psql(server: &str, sql: &str) -> std::process::Output {
+    Command::new("psql")
+        .args([&format!("{server}/postgres"), "-q", "-c", sql])
+        .output()
+        .expect("psql")
 }
 
 impl Env {
     pub fn new() -> Env {
-        Env {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        let dir = tempfile::tempdir().unwrap();
+        let postgres = std::env::var("CLOUDVPP_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(|server| {
+                let server = server.trim_end_matches('/').to_string();
+                let tag = dir
+                    .path()
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_lowercase()
+                    .replace(|c: char| !c.is_ascii_alphanumeric(), "");
+                let name = format!("cloudvpp_t_{tag}_{}", std::process::id());
+                let out = psql(&server, &format!("CREATE DATABASE {name}"));
+                assert!(
+                    out.status.success(),
+                    "creating {name}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                (server, name)
+            });
+        Env { dir, postgres }
     }
     pub fn db(&self) -> String {
-        format!("sqlite://{}/ab.db", self.dir.path().display())
+        match &self.postgres {
+            Some((server, name)) => format!("{server}/{name}"),
+            None => format!("sqlite://{}/ab.db", self.dir.path().display()),
+        }
     }
     /// Runs a CLI command and returns stdout; panics on failure.
     pub fn cli(&self, args: &[&str]) -> String {
