@@ -42,6 +42,9 @@ pub struct Config {
     pub drop_notifications_percent: u8,
     /// Name of this instance, used as lease owner.
     pub instance_id: String,
+    /// How long an event or a notification batch stays with the instance that took it
+    /// (renewed at every step); after a crash another instance takes it over then.
+    pub lease: Duration,
 }
 
 impl Default for Config {
@@ -55,6 +58,7 @@ impl Default for Config {
             notification_timeout: Duration::from_secs(10),
             drop_notifications_percent: 0,
             instance_id: format!("appsbooks-{}", uuid::Uuid::new_v4().simple()),
+            lease: Duration::from_secs(30),
         }
     }
 }

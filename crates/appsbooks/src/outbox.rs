@@ -31,7 +31,6 @@ pub async fn deliver(
     }
 }
 
-const LEASE_MS: i64 = 60_000;
 const BATCH: i64 = 64;
 
 /// Runs until `shutdown` turns true.
@@ -44,7 +43,7 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
         let now = crate::now_ms();
         let items = match state
             .store
-            .claim_notifications(&owner, now, LEASE_MS, BATCH)
+            .claim_notifications(&owner, now, state.config.lease.as_millis() as i64, BATCH)
             .await
         {
             Ok(items) => items,

@@ -10,7 +10,6 @@ use crate::AppState;
 use cloudvpp_store::{EventClaim, StoreError, UserOp};
 use std::time::Duration;
 
-const LEASE_MS: i64 = 30_000;
 /// Users per step when there is no processing delay (a notification's worth).
 const STEP: usize = 100;
 
@@ -23,7 +22,11 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
         }
         match state
             .store
-            .claim_event(&owner, crate::now_ms(), LEASE_MS)
+            .claim_event(
+                &owner,
+                crate::now_ms(),
+                state.config.lease.as_millis() as i64,
+            )
             .await
         {
             Ok(Some(claim)) => {
@@ -84,7 +87,12 @@ async fn process(
             .collect();
         match state
             .store
-            .process_event_step(&claim, &ops, crate::now_ms(), LEASE_MS)
+            .process_event_step(
+                &claim,
+                &ops,
+                crate::now_ms(),
+                state.config.lease.as_millis() as i64,
+            )
             .await
         {
             Ok(_) => claim.cursor = end,

@@ -106,6 +106,10 @@ struct ServeArgs {
     /// Fault setting: percentage of notifications dropped on purpose.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     drop_notifications_percent: u8,
+    /// Milliseconds an event or notification stays with this instance after it took it;
+    /// another instance sharing the database takes it over after a crash.
+    #[arg(long, default_value_t = 30_000)]
+    lease_ms: u64,
     /// Set a limit at start-up, NAME=VALUE (repeatable), e.g. maxRequestPerSecond=1000.
     #[arg(long = "limit", value_parser = parse_limit)]
     limits: Vec<(String, i64)>,
@@ -309,6 +313,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .map(|ms| Duration::from_millis(*ms))
             .collect(),
         drop_notifications_percent: args.drop_notifications_percent,
+        lease: Duration::from_millis(args.lease_ms),
         ..Config::default()
     };
     let state = AppState::new(store, config);

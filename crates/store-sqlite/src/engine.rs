@@ -163,7 +163,11 @@ impl EngineStore for SqliteStore {
                 }
             }
         }
-        let mut tx = self.writer.begin().await.map_err(err)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err)?;
         for u in best.values() {
             let status = match u.status {
                 UserStatus::Deleted => "Retired",
@@ -231,7 +235,11 @@ impl EngineStore for SqliteStore {
     }
 
     async fn create_invitations(&self, invitations: &[Invitation]) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(err)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err)?;
         for i in invitations {
             write_invitation(&mut tx, i, true).await?;
         }

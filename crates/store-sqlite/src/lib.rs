@@ -4,7 +4,9 @@
 //! single writer, so funnelling writes through one connection avoids `SQLITE_BUSY` churn,
 //! while readers (Get Users pages) run beside it. `synchronous=NORMAL` in WAL mode keeps
 //! every committed transaction across a process crash (`kill -9`); only an OS crash or
-//! power loss may lose the last commits.
+//! power loss may lose the last commits. Write transactions start with `BEGIN IMMEDIATE`: when
+//! another process shares the file, a transaction that read before writing would otherwise
+//! fail with `SQLITE_BUSY_SNAPSHOT` instead of waiting its turn.
 
 mod engine;
 mod mdm;
@@ -188,7 +190,11 @@ impl AppsBooksStore for SqliteStore {
         expires_at: i64,
     ) -> Result<Org> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await.map_err(err)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err)?;
         let id: i64 = sqlx::query(
             "INSERT INTO orgs (uid, name, secret, created_at) VALUES (?, ?, ?, ?) RETURNING id",
         )
@@ -247,7 +253,11 @@ impl AppsBooksStore for SqliteStore {
 
     async fn renew_token(&self, org_id: i64, stoken: &str, expires_at: i64) -> Result<()> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await.map_err(err)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err)?;
         sqlx::query("UPDATE tokens SET revoked_at = ? WHERE org_id = ? AND revoked_at IS NULL")
             .bind(now)
             .bind(org_id)
@@ -442,7 +452,11 @@ impl AppsBooksStore for SqliteStore {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<UserOutcome>> {
-        let mut tx = self.writer.begin().await.map_err(err)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err)?;
         let ev = sqlx::query(
             "SELECT lease_owner, status, progress, num_requested FROM events WHERE id = ?",
         )
@@ -628,7 +642,11 @@ impl AppsBooksStore for SqliteStore {
 
     async fn accept_invitation(&self, invite_code: &str, id_hash: &str) -> Result<AcceptOutcome> {
         let now = now_ms();
-        let mut tx = self.writer.begin().await.map_err(err)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err)?;
         let Some(row) = sqlx::query(&format!(
             "SELECT {USER_COLS}, org_id, id FROM users WHERE invite_code = ?"
         ))

@@ -84,7 +84,11 @@ impl MdmStore for SqliteStore {
     }
 
     async fn authenticate(&self, info: &AuthenticateInfo, now: i64) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(err)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err)?;
         sqlx::query(
             "INSERT INTO mdm_devices (id, kind, platform, serial_number, topic, authenticate, created_at, updated_at)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -125,7 +129,11 @@ impl MdmStore for SqliteStore {
     }
 
     async fn token_update(&self, info: &TokenUpdateInfo, now: i64) -> Result<()> {
-        let mut tx = self.writer.begin().await.map_err(err)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err)?;
         let device = sqlx::query("SELECT 1 FROM mdm_devices WHERE id = ?")
             .bind(&info.device_id)
             .fetch_optional(&mut *tx)
@@ -209,7 +217,11 @@ impl MdmStore for SqliteStore {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self.writer.begin().await.map_err(err)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err)?;
         for (id, at) in seen {
             sqlx::query("UPDATE mdm_enrollments SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?) WHERE id = ?")
                 .bind(at)
@@ -222,7 +234,11 @@ impl MdmStore for SqliteStore {
     }
 
     async fn enqueue(&self, ids: &[String], cmd: &QueuedCommand, now: i64) -> Result<Vec<String>> {
-        let mut tx = self.writer.begin().await.map_err(err)?;
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(err)?;
         sqlx::query("INSERT INTO mdm_commands (command_uuid, request_type, command, created_at) VALUES (?, ?, ?, ?)")
             .bind(&cmd.command_uuid)
             .bind(&cmd.request_type)

@@ -1,0 +1,338 @@
+//! Several instances of a service on one database (issue 5): work is handed out once, a
+//! crashed instance's work is finished by the other, and `sinceVersionId` stays exact.
+//! Runs on SQLite by default and on PostgreSQL with `CLOUDVPP_TEST_POSTGRES_URL`.
+
+mod common;
+
+use cloudvpp_abclient::{Client, UsersQuery};
+use common::{users, Env, Receiver};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+const FLAGS: &[&str] = &[
+    "--processing-delay-ms",
+    "15",
+    "--lease-ms",
+    "1500",
+    "--notification-retry-ms",
+    "300,300",
+    "--limit",
+    "maxRequestPerSecond=100000",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_appsbooks_instances_share_the_work_and_survive_kill_9() {
+    let env = Env::new();
+    let token = env.org("Shared");
+    let a = env.serve(FLAGS);
+    let b = env.serve(FLAGS);
+    let rx = Receiver::default();
+    let running = rx.start().await;
+    let (status, body) = a
+        .post(&token, "/mdm/v2/client/config", json!({"notificationUrl": running.url, "notificationAuthToken": "t", "notificationTypes": ["USER_MANAGEMENT"]}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    // Phase 1, both alive: 10 events of 10 users, accepted by either instance.
+    let mut events = Vec::new();
+    for e in 0..10 {
+        let srv = if e % 2 == 0 { &a } else { &b };
+        events.push(
+            srv.manage(&token, "create", users(e * 10..e * 10 + 10, "u"))
+                .await,
+        );
+    }
+    for ev in &events {
+        assert_eq!(b.wait_event(&token, ev).await["numCompleted"], 10);
+    }
+    let first = rx.wait_for("USER_MANAGEMENT", 10).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let ids: Vec<String> = rx
+        .of_type("USER_MANAGEMENT")
+        .iter()
+        .map(|n| n.body["notificationId"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        10,
+        "each notification sent once while both instances run: {}",
+        first.len()
+    );
+
+    // Phase 2: 10 more events, then instance A dies with work in its hands.
+    let mut more = Vec::new();
+    for e in 10..20 {
+        let srv = if e % 2 == 0 { &a } else { &b };
+        more.push(
+            srv.manage(&token, "create", users(e * 10..e * 10 + 10, "u"))
+                .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a.kill9();
+    for ev in &more {
+        let st = b.wait_event(&token, ev).await;
+        assert_eq!(
+            (st["eventStatus"].as_str(), st["numCompleted"].as_u64()),
+            (Some("COMPLETE"), Some(10)),
+            "{st}"
+        );
+    }
+    let (all, _) = b.all_users(&token, "").await;
+    let unique: HashSet<&str> = all
+        .iter()
+        .map(|u| u["clientUserId"].as_str().unwrap())
+        .collect();
+    assert_eq!((all.len(), unique.len()), (200, 200), "every user once");
+    // Every event's notification arrives (a send cut by the crash may arrive twice).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got: HashSet<String> = rx
+            .of_type("USER_MANAGEMENT")
+            .iter()
+            .map(|n| {
+                n.body["notification"]["eventId"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        if events.iter().chain(more.iter()).all(|e| got.contains(e)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "notifications lost: {} of 20 events reported",
+            got.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn since_version_syncs_miss_nothing_while_two_instances_write() {
+    let env = Env::new();
+    let token = env.org("Racing");
+    let a = env.serve(&[
+        "--limit",
+        "maxRequestPerSecond=100000",
+        "--limit",
+        "maxUsers=1000",
+    ]);
+    let b = env.serve(&[
+        "--limit",
+        "maxRequestPerSecond=100000",
+        "--limit",
+        "maxUsers=1000",
+    ]);
+    let ev = a.manage(&token, "create", users(0..300, "r")).await;
+    a.wait_event(&token, &ev).await;
+    let (_, first) = a.get(&token, "/mdm/v2/users").await;
+    let mut version = first["versionId"].as_str().unwrap().to_string();
+    let mut mirror: HashMap<String, Value> = HashMap::new();
+    let (all, _) = a.all_users(&token, "").await;
+    for u in all {
+        mirror.insert(u["clientUserId"].as_str().unwrap().to_string(), u);
+    }
+    // Writers on both instances: email updates, and people accepting invitations.
+    let writers = {
+        let (a_url, b_url, token) = (a.base.clone(), b.base.clone(), token.clone());
+        let codes: Vec<String> = mirror
+            .values()
+            .filter_map(|u| u["inviteCode"].as_str().map(str::to_string))
+            .take(100)
+            .collect();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for round in 0..10 {
+                for (i, base) in [&a_url, &b_url].iter().enumerate() {
+                    let users: Vec<Value> = (0..30).map(|k| json!({"clientUserId": format!("r-{}", (round * 30 + k) % 300), "email": format!("round{round}-{i}@example.com")})).collect();
+                    let _ = http
+                        .post(format!("{base}/mdm/v2/users/update"))
+                        .bearer_auth(&token)
+                        .json(&json!({"users": users}))
+                        .send()
+                        .await;
+                }
+                for (k, code) in codes.iter().enumerate().skip(round * 10).take(10) {
+                    let base = if k % 2 == 0 { &a_url } else { &b_url };
+                    let _ = http
+                        .post(format!("{base}/invite/accept"))
+                        .json(&json!({"inviteCode": code, "appleId": format!("p{k}@icloud.com")}))
+                        .send()
+                        .await;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        })
+    };
+    // A client syncing with sinceVersionId the whole time, from either instance.
+    let clients = [
+        Client::new(&format!("{}/mdm/v2", a.base), &token),
+        Client::new(&format!("{}/mdm/v2", b.base), &token),
+    ];
+    let mut round = 0;
+    loop {
+        let done = writers.is_finished();
+        let c = &clients[round % 2];
+        round += 1;
+        let (changed, next) = c
+            .all_users(
+                &UsersQuery {
+                    since_version_id: Some(version.clone()),
+                    ..Default::default()
+                },
+                3,
+            )
+            .await
+            .unwrap();
+        for u in changed {
+            let u = serde_json::to_value(u).unwrap();
+            mirror.insert(u["clientUserId"].as_str().unwrap().to_string(), u);
+        }
+        version = next;
+        if done {
+            // Let the last events finish, then one final sync below.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (changed, _) = clients[0]
+        .all_users(
+            &UsersQuery {
+                since_version_id: Some(version),
+                ..Default::default()
+            },
+            3,
+        )
+        .await
+        .unwrap();
+    for u in changed {
+        let u = serde_json::to_value(u).unwrap();
+        mirror.insert(u["clientUserId"].as_str().unwrap().to_string(), u);
+    }
+    assert!(round > 3, "the syncs raced the writers");
+    let (truth, _) = b.all_users(&token, "").await;
+    assert_eq!(truth.len(), 300);
+    let associated = truth.iter().filter(|u| u["status"] == "Associated").count();
+    assert_eq!(associated, 100);
+    for u in &truth {
+        let id = u["clientUserId"].as_str().unwrap();
+        assert_eq!(
+            &mirror[id], u,
+            "the sinceVersionId chain missed a change of {id}"
+        );
+    }
+}
+
+fn pki() -> &'static cloudvpp_simulator::Pki {
+    static PKI: std::sync::OnceLock<cloudvpp_simulator::Pki> = std::sync::OnceLock::new();
+    PKI.get_or_init(|| cloudvpp_simulator::Pki::generate().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_mdm_instances_hand_each_command_out_once_and_survive_kill_9() {
+    use cloudvpp_simulator::{SimDevice, SimPlatform};
+    let env = Env::new();
+    let ca = env.dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki().ca_cert_pem).unwrap();
+    let args = [
+        "mdm",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key",
+        "k",
+        "--ca",
+        ca.to_str().unwrap(),
+    ];
+    let a = env.spawn(&args);
+    let b = env.spawn(&args);
+    let http = reqwest::Client::new();
+    let specs: Vec<_> = (0..10)
+        .map(|_| pki().new_device(SimPlatform::Ios).unwrap())
+        .collect();
+    let on = |spec: &cloudvpp_simulator::DeviceSpec, base: &str| {
+        SimDevice::new(spec.clone(), &pki().device_key_pem, base, http.clone()).unwrap()
+    };
+    for s in &specs {
+        on(s, &a.base).enroll().await.unwrap();
+    }
+    let ids: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
+    for i in 0..5 {
+        let body = format!(
+            r#"<?xml version="1.0"?><plist version="1.0"><dict><key>Command</key><dict><key>RequestType</key><string>DeviceInformation</string></dict><key>CommandUUID</key><string>C{i}</string></dict></plist>"#
+        );
+        let r = http
+            .put(format!(
+                "{}/api/v1/enqueue/{}?nopush=1",
+                b.base,
+                ids.join(",")
+            ))
+            .bearer_auth("k")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // Each device alternates between the instances for every message; halfway A dies.
+    let mut received: HashMap<String, Vec<String>> = HashMap::new();
+    let mut a = Some(a);
+    for (n, spec) in specs.iter().enumerate() {
+        if n == 5 {
+            a.take().unwrap().kill9();
+        }
+        let bases: Vec<String> = match &a {
+            Some(a) => vec![a.base.clone(), b.base.clone()],
+            None => vec![b.base.clone()],
+        };
+        let mut turn = n;
+        let mut next = on(spec, &bases[turn % bases.len()])
+            .report(
+                false,
+                on(spec, &b.base).report_body(false, "Idle", None, &[]),
+            )
+            .await
+            .unwrap();
+        while let Some(cmd) = next {
+            let uuid = cmd["CommandUUID"].as_string().unwrap().to_string();
+            received
+                .entry(spec.id.clone())
+                .or_default()
+                .push(uuid.clone());
+            turn += 1;
+            let dev = on(spec, &bases[turn % bases.len()]);
+            next = dev
+                .report(
+                    false,
+                    dev.report_body(false, "Acknowledged", Some(&uuid), &[]),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let want: Vec<String> = (0..5).map(|i| format!("C{i}")).collect();
+    for id in &ids {
+        assert_eq!(received[id], want, "{id}: every command once, in order");
+        let v: Value = http
+            .get(format!("{}/api/v1/enrollments/{id}/commands", b.base))
+            .bearer_auth("k")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            v["commands"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["status"] == "Acknowledged"),
+            "{v}"
+        );
+    }
+}
