@@ -7,10 +7,13 @@
 # Usage: bench/appsbooks.sh [TOTAL_USERS] [CREATE_USERS]   (defaults 1000000 100000)
 # Loopback only; every phase is bounded; the server is stopped at the end.
 # BENCH_PG=postgres://postgres@127.0.0.1:5432 runs it on a fresh PostgreSQL database.
+# INSTANCES=2 runs two appsbooks instances on the one database; the client sends its
+# requests round-robin over them (so a full sync alternates instances page by page).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOTAL=${1:-1000000}
 CREATE=${2:-100000}
+INSTANCES=${INSTANCES:-1}
 cargo build --release -q -p cloudvpp -p cloudvpp-bench
 OUT=bench/out; mkdir -p "$OUT"
 if [ -n "${BENCH_PG:-}" ]; then
@@ -23,12 +26,16 @@ fi
 BIN=target/release/cloudvpp
 TOKEN=$($BIN appsbooks org create --database "$URL" --name Bench)
 # Apple's example rate limit (15/s) would make this a benchmark of the limiter.
-$BIN appsbooks serve --listen 127.0.0.1:0 --database "$URL" \
-  --limit maxRequestPerSecond=1000000 > "$OUT/serve.out" 2> "$OUT/serve.err" &
-PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
-for _ in $(seq 100); do grep -q listening "$OUT/serve.out" 2>/dev/null && break; sleep 0.1; done
-BASE=$(awk '/listening/ {print $NF; exit}' "$OUT/serve.out")
-echo "server $BASE (pid $PID), database $URL"
+PIDS=(); BASES=()
+trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+for i in $(seq "$INSTANCES"); do
+  $BIN appsbooks serve --listen 127.0.0.1:0 --database "$URL" \
+    --limit maxRequestPerSecond=1000000 > "$OUT/serve$i.out" 2> "$OUT/serve$i.err" &
+  PIDS+=($!)
+  for _ in $(seq 100); do grep -q listening "$OUT/serve$i.out" 2>/dev/null && break; sleep 0.1; done
+  BASES+=("$(awk '/listening/ {print $NF; exit}' "$OUT/serve$i.out")")
+done
+BASE=$(IFS=,; echo "${BASES[*]}")
+echo "servers $BASE (pids ${PIDS[*]}), database $URL"
 timeout 1800 target/release/cloudvpp-bench appsbooks --base "$BASE" --token "$TOKEN" --total "$TOTAL" --create "$CREATE"
 [ -n "${BENCH_PG:-}" ] || ls -l "$DB"

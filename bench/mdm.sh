@@ -15,8 +15,9 @@ INSTANCES=${INSTANCES:-1}
 for tool in wrk sqlite3; do
   command -v $tool >/dev/null || { apt-get update -qq && apt-get install -y -qq $tool; }
 done
-cargo build --release -q -p cloudvpp
-BIN=$PWD/target/release/cloudvpp
+# CLOUDVPP_BIN=path compares another build of the binary (A/B runs) on the same script.
+if [ -z "${CLOUDVPP_BIN:-}" ]; then cargo build --release -q -p cloudvpp; fi
+BIN=${CLOUDVPP_BIN:-$PWD/target/release/cloudvpp}
 OUT=bench/out/mdm; rm -rf "$OUT"; mkdir -p "$OUT"
 if [ -n "${BENCH_PG:-}" ]; then
   psql "$BENCH_PG/postgres" -qc "DROP DATABASE IF EXISTS cloudvpp_bench_mdm WITH (FORCE)" -c "CREATE DATABASE cloudvpp_bench_mdm"

@@ -68,7 +68,7 @@ impl FromRequestParts<AppState> for OrgContext {
             .await?
             .ok_or(errors::LOGIN_REQUIRED)?;
         let per_second = state.limits.get("maxRequestPerSecond").await;
-        if !state.rate.allow(org.id, per_second) {
+        if !state.rate.allow(org.id, per_second).await {
             return Err(ApiError {
                 error: errors::TOO_MANY_REQUESTS,
                 info: None,

@@ -72,7 +72,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Limits (Apple defaults overridden by the store), cached.
     pub limits: Arc<limits::Limits>,
-    /// Per-organisation request rate limiter.
+    /// Per-organisation request rate limiter, shared by every instance on the database.
     pub rate: Arc<limits::RateLimiter>,
     /// Wakes the event worker when an event is stored.
     pub events_waiting: Arc<Notify>,
@@ -92,7 +92,7 @@ impl AppState {
             .expect("http client");
         AppState {
             limits: Arc::new(limits::Limits::new(store.clone())),
-            rate: Arc::new(limits::RateLimiter::default()),
+            rate: Arc::new(limits::RateLimiter::new(store.clone())),
             store,
             config: Arc::new(config),
             events_waiting: Arc::new(Notify::new()),

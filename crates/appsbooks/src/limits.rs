@@ -2,7 +2,7 @@
 //! per-organisation rate limiter behind 9646.
 
 use cloudvpp_store::AppsBooksStore;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -67,26 +67,28 @@ impl Limits {
     }
 }
 
-/// Fixed one-second windows per organisation. Per instance: behind a load balancer each
-/// instance enforces the limit on its own share (documented in docs/ARCHITECTURE.md).
-#[derive(Default)]
+/// Fixed one-second windows per organisation, counted in the database so that instances
+/// behind a load balancer share one budget (docs/appsbooks-behaviour.md).
 pub struct RateLimiter {
-    windows: Mutex<HashMap<i64, (u64, i64)>>,
+    store: Arc<dyn AppsBooksStore>,
 }
 
 impl RateLimiter {
-    /// Counts one request; `false` when the organisation is over `per_second`.
-    pub fn allow(&self, org_id: i64, per_second: i64) -> bool {
-        let second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut w = self.windows.lock().expect("lock");
-        let entry = w.entry(org_id).or_insert((second, 0));
-        if entry.0 != second {
-            *entry = (second, 0);
+    /// A limiter counting in `store`.
+    pub fn new(store: Arc<dyn AppsBooksStore>) -> Self {
+        RateLimiter { store }
+    }
+
+    /// Counts one request; `false` when the organisation is over `per_second`. When the
+    /// count cannot be stored the request is let through: the limit protects the service,
+    /// and a database that cannot count will fail the request on its own anyway.
+    pub async fn allow(&self, org_id: i64, per_second: i64) -> bool {
+        match self.store.count_request(org_id).await {
+            Ok(n) => n <= per_second,
+            Err(e) => {
+                tracing::warn!(error = %e, org_id, "counting a request; letting it through");
+                true
+            }
         }
-        entry.1 += 1;
-        entry.1 <= per_second
     }
 }

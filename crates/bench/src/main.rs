@@ -36,9 +36,10 @@ struct InvArgs {
 
 #[derive(Parser)]
 struct Args {
-    /// Base URL of the service (must be loopback).
-    #[arg(long)]
-    base: String,
+    /// Base URL of the service (must be loopback); several, comma-separated, for several
+    /// instances on one database: requests go round-robin over them.
+    #[arg(long, value_delimiter = ',', required = true)]
+    base: Vec<String>,
     /// sToken.
     #[arg(long)]
     token: String,
@@ -58,15 +59,22 @@ struct Args {
 
 struct Client {
     http: reqwest::Client,
-    base: String,
+    bases: Vec<String>,
+    next: std::sync::atomic::AtomicUsize,
     token: String,
 }
 
 impl Client {
+    /// `path` on the next instance, round-robin.
+    fn url(&self, path: &str) -> String {
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}{}", self.bases[i % self.bases.len()], path)
+    }
+
     async fn get(&self, path: &str) -> Result<Value> {
         let r = self
             .http
-            .get(format!("{}{}", self.base, path))
+            .get(self.url(path))
             .bearer_auth(&self.token)
             .send()
             .await?;
@@ -83,7 +91,7 @@ impl Client {
             .collect();
         let r = self
             .http
-            .post(format!("{}/mdm/v2/users/create", self.base))
+            .post(self.url("/mdm/v2/users/create"))
             .bearer_auth(&self.token)
             .json(&json!({ "users": users }))
             .send()
@@ -288,16 +296,18 @@ async fn invitations(a: InvArgs) -> Result<()> {
 }
 
 async fn appsbooks(a: Args) -> Result<()> {
-    let host = reqwest::Url::parse(&a.base)?
-        .host_str()
-        .unwrap_or("")
-        .to_string();
-    if host != "127.0.0.1" && host != "localhost" && host != "[::1]" {
-        bail!("benchmarks only target loopback");
+    for b in &a.base {
+        loopback(b)?;
     }
+    println!("{} instance(s): {}", a.base.len(), a.base.join(" "));
     let c = Arc::new(Client {
         http: reqwest::Client::new(),
-        base: a.base.trim_end_matches('/').into(),
+        bases: a
+            .base
+            .iter()
+            .map(|b| b.trim_end_matches('/').to_string())
+            .collect(),
+        next: Default::default(),
         token: a.token,
     });
     let deadline = Instant::now() + Duration::from_secs(1800);
@@ -327,7 +337,7 @@ async fn appsbooks(a: Args) -> Result<()> {
         bail!("time limit");
     }
 
-    println!("== full sync: every page of GET users, one client");
+    println!("== full sync: every page of GET users, one client (round-robin over the instances)");
     let t0 = Instant::now();
     let (mut page, mut count, mut pages) = (0u64, 0usize, 0usize);
     let mut first_version = None;
@@ -372,7 +382,7 @@ async fn appsbooks(a: Args) -> Result<()> {
         (0..100).map(|i| json!({"clientUserId": format!("bench-{}", i * stride), "email": format!("changed-{i}@example.com")})).collect();
     let r: Value = c
         .http
-        .post(format!("{}/mdm/v2/users/update", c.base))
+        .post(c.url("/mdm/v2/users/update"))
         .bearer_auth(&c.token)
         .json(&json!({"users": users}))
         .send()

@@ -182,12 +182,12 @@ async fn open_store(url: &str) -> Result<Arc<dyn AppsBooksStore>> {
 /// Opens the database named by `--database`: the one place a backend is chosen.
 pub(crate) async fn open_db(url: &str) -> Result<Arc<dyn cloudvpp_store::Store>> {
     if url.starts_with("sqlite:") {
-        let store = cloudvpp_store_sqlite::SqliteStore::connect(url)
+        let store = cloudvpp_store_sqlite::connect(url)
             .await
             .context("opening the SQLite database")?;
         Ok(Arc::new(store))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let store = cloudvpp_store_postgres::PgStore::connect(url)
+        let store = cloudvpp_store_postgres::connect(url)
             .await
             .context("opening the PostgreSQL database")?;
         Ok(Arc::new(store))

@@ -336,3 +336,110 @@ async fn two_mdm_instances_hand_each_command_out_once_and_survive_kill_9() {
         );
     }
 }
+
+/// `maxRequestPerSecond` is the organisation's budget whichever instance a request reaches:
+/// a burst split over two instances within one second gets exactly the budget, not twice it.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_appsbooks_instances_share_one_request_budget() {
+    const BUDGET: usize = 4;
+    let env = Env::new();
+    let token = env.org("Budget");
+    let flags = ["--limit", "maxRequestPerSecond=4"];
+    let servers = [env.serve(&flags), env.serve(&flags)];
+    let clock = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    };
+    for attempt in 0.. {
+        assert!(attempt < 10, "no burst fitted in one second in 10 attempts");
+        // Start just after a second begins, so the burst fits in that second.
+        let into = clock().subsec_millis() as u64;
+        tokio::time::sleep(Duration::from_millis(1000 - into + 20)).await;
+        let started = clock().as_secs();
+        let mut burst = tokio::task::JoinSet::new();
+        for i in 0..16 {
+            let srv = &servers[i % 2];
+            let req = srv.http.get(srv.url("/mdm/v2/users")).bearer_auth(&token);
+            burst.spawn(async move {
+                let r = req.send().await.unwrap();
+                let status = r.status().as_u16();
+                (status, r.json::<Value>().await.unwrap())
+            });
+        }
+        let answers = burst.join_all().await;
+        if clock().as_secs() != started {
+            continue; // the burst crossed into the next second: its count is split
+        }
+        let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+        for (status, body) in &answers {
+            assert!(
+                *status == 200 || (*status == 429 && body["errorNumber"] == 9646),
+                "{status} {body}"
+            );
+        }
+        assert_eq!(ok, BUDGET, "16 requests over two instances in one second");
+        return;
+    }
+}
+
+/// PostgreSQL over TLS, set in the URL as libpq does: with `sslmode=require` every connection
+/// the service holds is encrypted; with `sslmode=verify-full` and a root certificate that did
+/// not sign the server's, the service refuses to start and says why.
+/// Needs the PostgreSQL run of the suite (`CLOUDVPP_TEST_POSTGRES_URL`); on SQLite it says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_connections_use_tls_when_the_url_asks() {
+    let env = Env::new();
+    let Some(db) = env.postgres_db() else {
+        eprintln!("not run: PostgreSQL TLS needs CLOUDVPP_TEST_POSTGRES_URL");
+        return;
+    };
+    let token = env.org("Tls");
+    let srv = env.spawn_on(
+        &format!("{db}?sslmode=require"),
+        &["appsbooks", "serve", "--listen", "127.0.0.1:0"],
+    );
+    let (status, body) = srv.get(&token, "/mdm/v2/users").await;
+    assert_eq!(status, 200, "{body}");
+    let others = "a.datname = current_database() AND a.pid <> pg_backend_pid()";
+    let counts = env.psql_rows(&format!(
+        "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+         FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE {others}"
+    ));
+    let (tls, plain) = counts.split_once('|').unwrap();
+    assert!(
+        tls.parse::<u32>().unwrap() >= 1,
+        "no TLS connection: {counts}"
+    );
+    assert_eq!(plain, "0", "a plain connection remains: {counts}");
+    drop(srv);
+
+    let ca = rcgen::generate_simple_self_signed(vec!["not-this-server".to_string()]).unwrap();
+    let ca_path = env.dir.path().join("wrong-root.pem");
+    std::fs::write(&ca_path, ca.cert.pem()).unwrap();
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "appsbooks",
+            "org",
+            "create",
+            "--name",
+            "Refused",
+            "--database",
+        ])
+        .arg(format!(
+            "{db}?sslmode=verify-full&sslrootcert={}",
+            ca_path.display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "connected without a trusted certificate"
+    );
+    assert!(stderr.contains("certificate"), "unclear error: {stderr}");
+    assert_eq!(
+        env.psql_rows("SELECT count(*) FROM orgs WHERE name = 'Refused'"),
+        "0"
+    );
+}

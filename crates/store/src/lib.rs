@@ -1,6 +1,7 @@
 //! Storage traits and domain rows of cloudvpp.
 //!
-//! Backends (`cloudvpp-store-sqlite`, later PostgreSQL) implement [`AppsBooksStore`]; the
+//! The SQL backends (`cloudvpp-store-sql`, opened by `cloudvpp-store-sqlite` or
+//! `cloudvpp-store-postgres`) implement [`AppsBooksStore`]; the
 //! services hold it as `Arc<dyn AppsBooksStore>` and never see SQL. Decisions that do not
 //! need SQL (how an event step folds into notifications, how failures group) live in
 //! [`logic`] so that every backend makes them the same way inside its own transaction.
@@ -375,6 +376,12 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     async fn get_limits(&self) -> Result<Vec<(String, i64)>>;
     /// Sets one limit.
     async fn set_limit(&self, name: &str, value: i64) -> Result<()>;
+
+    /// Counts one request of the organisation in the current second of the database's
+    /// clock and returns how many it has made in that second, this one included. Every
+    /// instance on the database counts into the same window, so `maxRequestPerSecond` is
+    /// the organisation's budget whichever instance a request reaches.
+    async fn count_request(&self, org_id: i64) -> Result<i64>;
 }
 
 /// Every store of cloudvpp: what a backend implements and the binary hands out.

@@ -102,11 +102,35 @@ impl Env {
         self.spawn(&args)
     }
 
+    /// This env's PostgreSQL database URL, when the suite runs on PostgreSQL.
+    pub fn postgres_db(&self) -> Option<String> {
+        self.postgres.as_ref().map(|_| self.db())
+    }
+
+    /// Rows of one query run by psql on this env's PostgreSQL database.
+    pub fn psql_rows(&self, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([&self.db(), "-qtA", "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
     /// Starts `cloudvpp ARGS --database <this env's db>` and waits for its "listening on" line.
     pub fn spawn(&self, args: &[&str]) -> Server {
+        self.spawn_on(&self.db(), args)
+    }
+
+    /// Starts `cloudvpp ARGS --database DB` and waits for its "listening on" line.
+    pub fn spawn_on(&self, db: &str, args: &[&str]) -> Server {
         let mut child = Command::new(BIN)
             .args(args)
-            .args(["--database", &self.db()])
+            .args(["--database", db])
             .env("CLOUDVPP_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,19 +1,19 @@
-//! SQLite implementation of [`EngineStore`].
+//! PostgreSQL implementation of [`EngineStore`].
 
-use crate::{err, SqliteStore};
+use crate::{err, SqlStore};
 use async_trait::async_trait;
 use cloudvpp_abwire::{ResponseUser, UserStatus};
 use cloudvpp_store::engine::{
     DeliveryState, EngineStore, Invitation, InvitationFilter, Location, MirrorUser,
 };
 use cloudvpp_store::Result;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::collections::HashMap;
 
 const LOC_COLS: &str = "id, name, stoken, base_url, uid, notify_token, version_id, expires_at_secs, conflict, last_full_sync_at, last_sync_at";
 
-fn location_from_row(r: &SqliteRow) -> Location {
+fn location_from_row(r: &AnyRow) -> Location {
     Location {
         id: r.get(0),
         name: r.get(1),
@@ -32,7 +32,7 @@ fn location_from_row(r: &SqliteRow) -> Location {
 const INV_COLS: &str = "i.id, i.location_id, i.client_user_id, i.email, i.enrollment_id, i.channel, i.state, i.reason, i.invite_code, \
      i.invitation_url, i.event_id, i.command_uuid, i.invitation_result, i.attempts, i.created_at, i.updated_at, i.next_action_at";
 
-fn invitation_from_row(r: &SqliteRow) -> Invitation {
+fn invitation_from_row(r: &AnyRow) -> Invitation {
     Invitation {
         id: r.get(0),
         location_id: r.get(1),
@@ -55,7 +55,7 @@ fn invitation_from_row(r: &SqliteRow) -> Invitation {
 }
 
 #[async_trait]
-impl EngineStore for SqliteStore {
+impl EngineStore for SqlStore {
     async fn add_location(
         &self,
         name: &str,
@@ -66,7 +66,7 @@ impl EngineStore for SqliteStore {
     ) -> Result<Location> {
         let now = crate::now_ms();
         let row = sqlx::query(&format!(
-            "INSERT INTO engine_locations (name, stoken, base_url, notify_token, expires_at_secs, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING {LOC_COLS}"
+            "INSERT INTO engine_locations (name, stoken, base_url, notify_token, expires_at_secs, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {LOC_COLS}"
         ))
         .bind(name)
         .bind(stoken)
@@ -92,7 +92,7 @@ impl EngineStore for SqliteStore {
 
     async fn location(&self, id: i64) -> Result<Option<Location>> {
         let row = sqlx::query(&format!(
-            "SELECT {LOC_COLS} FROM engine_locations WHERE id = ?"
+            "SELECT {LOC_COLS} FROM engine_locations WHERE id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.reader)
@@ -110,8 +110,8 @@ impl EngineStore for SqliteStore {
         now: i64,
     ) -> Result<()> {
         sqlx::query(
-            "UPDATE engine_locations SET version_id = ?, last_sync_at = ?, uid = COALESCE(?, uid),
-               last_full_sync_at = CASE WHEN ? THEN ? ELSE last_full_sync_at END WHERE id = ?",
+            "UPDATE engine_locations SET version_id = $1, last_sync_at = $2, uid = COALESCE($3, uid),
+               last_full_sync_at = CASE WHEN $4 THEN $5 ELSE last_full_sync_at END WHERE id = $6",
         )
         .bind(version_id)
         .bind(now)
@@ -126,7 +126,7 @@ impl EngineStore for SqliteStore {
     }
 
     async fn reset_location_version(&self, id: i64) -> Result<()> {
-        sqlx::query("UPDATE engine_locations SET version_id = NULL WHERE id = ?")
+        sqlx::query("UPDATE engine_locations SET version_id = NULL WHERE id = $1")
             .bind(id)
             .execute(&self.writer)
             .await
@@ -135,7 +135,7 @@ impl EngineStore for SqliteStore {
     }
 
     async fn set_location_conflict(&self, id: i64, conflict: bool) -> Result<()> {
-        sqlx::query("UPDATE engine_locations SET conflict = ? WHERE id = ?")
+        sqlx::query("UPDATE engine_locations SET conflict = $1 WHERE id = $2")
             .bind(conflict as i64)
             .bind(id)
             .execute(&self.writer)
@@ -163,11 +163,7 @@ impl EngineStore for SqliteStore {
                 }
             }
         }
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
+        let mut tx = self.begin_write().await?;
         for u in best.values() {
             let status = match u.status {
                 UserStatus::Deleted => "Retired",
@@ -175,7 +171,7 @@ impl EngineStore for SqliteStore {
             };
             sqlx::query(
                 "INSERT INTO engine_mirror (location_id, client_user_id, status, invite_code, id_hash, email, updated_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
                  ON CONFLICT(location_id, client_user_id) DO UPDATE SET status = excluded.status,
                    invite_code = CASE WHEN excluded.status = 'Retired' THEN engine_mirror.invite_code ELSE excluded.invite_code END,
                    id_hash = COALESCE(excluded.id_hash, CASE WHEN excluded.status = 'Retired' THEN engine_mirror.id_hash END),
@@ -200,7 +196,7 @@ impl EngineStore for SqliteStore {
         location_id: i64,
         client_user_id: &str,
     ) -> Result<Option<MirrorUser>> {
-        let row = sqlx::query("SELECT client_user_id, status, invite_code, id_hash, email FROM engine_mirror WHERE location_id = ? AND client_user_id = ?")
+        let row = sqlx::query("SELECT client_user_id, status, invite_code, id_hash, email FROM engine_mirror WHERE location_id = $1 AND client_user_id = $2")
             .bind(location_id)
             .bind(client_user_id)
             .fetch_optional(&self.reader)
@@ -216,7 +212,7 @@ impl EngineStore for SqliteStore {
     }
 
     async fn mirror_count(&self, location_id: i64) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM engine_mirror WHERE location_id = ?")
+        let row = sqlx::query("SELECT COUNT(*) FROM engine_mirror WHERE location_id = $1")
             .bind(location_id)
             .fetch_one(&self.reader)
             .await
@@ -225,7 +221,7 @@ impl EngineStore for SqliteStore {
     }
 
     async fn notification_first_seen(&self, notification_id: &str, now: i64) -> Result<bool> {
-        let r = sqlx::query("INSERT INTO engine_notifications_seen (notification_id, received_at) VALUES (?, ?) ON CONFLICT DO NOTHING")
+        let r = sqlx::query("INSERT INTO engine_notifications_seen (notification_id, received_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(notification_id)
             .bind(now)
             .execute(&self.writer)
@@ -235,11 +231,7 @@ impl EngineStore for SqliteStore {
     }
 
     async fn create_invitations(&self, invitations: &[Invitation]) -> Result<()> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
+        let mut tx = self.begin_write().await?;
         for i in invitations {
             write_invitation(&mut tx, i, true).await?;
         }
@@ -248,7 +240,7 @@ impl EngineStore for SqliteStore {
 
     async fn invitation(&self, id: &str) -> Result<Option<Invitation>> {
         let row = sqlx::query(&format!(
-            "SELECT {INV_COLS} FROM engine_invitations i WHERE i.id = ?"
+            "SELECT {INV_COLS} FROM engine_invitations i WHERE i.id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.reader)
@@ -259,16 +251,24 @@ impl EngineStore for SqliteStore {
 
     async fn invitations(&self, f: &InvitationFilter) -> Result<Vec<Invitation>> {
         let mut sql = format!("SELECT {INV_COLS} FROM engine_invitations i WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
         if f.state.is_some() {
-            sql.push_str(" AND i.state = ?");
+            sql.push_str(&format!(" AND i.state = {}", next()));
         }
         if f.location_id.is_some() {
-            sql.push_str(" AND i.location_id = ?");
+            sql.push_str(&format!(" AND i.location_id = {}", next()));
         }
         if f.client_user_id.is_some() {
-            sql.push_str(" AND i.client_user_id = ?");
+            sql.push_str(&format!(" AND i.client_user_id = {}", next()));
         }
-        sql.push_str(" ORDER BY i.created_at DESC, i.id LIMIT ?");
+        sql.push_str(&format!(
+            " ORDER BY i.created_at DESC, i.id LIMIT {}",
+            next()
+        ));
         let mut q = sqlx::query(&sql);
         if let Some(s) = &f.state {
             q = q.bind(s);
@@ -304,8 +304,8 @@ impl EngineStore for SqliteStore {
 
     async fn due_invitations(&self, now: i64, limit: i64) -> Result<Vec<Invitation>> {
         let rows = sqlx::query(&format!(
-            "SELECT {INV_COLS} FROM engine_invitations i WHERE i.state NOT IN ('associated', 'failed', 'retired') AND i.next_action_at <= ?
-             ORDER BY i.next_action_at LIMIT ?"
+            "SELECT {INV_COLS} FROM engine_invitations i WHERE i.state NOT IN ('associated', 'failed', 'retired') AND i.next_action_at <= $1
+             ORDER BY i.next_action_at LIMIT $2"
         ))
         .bind(now)
         .bind(limit)
@@ -320,7 +320,7 @@ impl EngineStore for SqliteStore {
             "SELECT {INV_COLS}, q.status, q.invitation_result, q.active FROM engine_invitations i
              JOIN mdm_queue q ON q.enrollment_id = i.channel AND q.command_uuid = i.command_uuid
              WHERE i.state = 'queued' AND (q.status IS NOT NULL OR q.active = 0) AND q.updated_at >= i.updated_at - 1
-             LIMIT ?"
+             LIMIT $1"
         ))
         .bind(limit)
         .fetch_all(&self.reader)
@@ -339,10 +339,10 @@ impl EngineStore for SqliteStore {
 
     async fn associate_from_mirror(&self, location_id: i64, now: i64) -> Result<u64> {
         let r = sqlx::query(
-            "UPDATE engine_invitations SET state = 'associated', reason = NULL, updated_at = ?,
+            "UPDATE engine_invitations SET state = 'associated', reason = NULL, updated_at = $1,
                invitation_result = COALESCE(invitation_result, (SELECT q.invitation_result FROM mdm_queue q
                  WHERE q.enrollment_id = engine_invitations.channel AND q.command_uuid = engine_invitations.command_uuid))
-             WHERE location_id = ? AND state NOT IN ('associated', 'failed', 'retired')
+             WHERE location_id = $2 AND state NOT IN ('associated', 'failed', 'retired')
                AND EXISTS (SELECT 1 FROM engine_mirror m WHERE m.location_id = engine_invitations.location_id
                  AND m.client_user_id = engine_invitations.client_user_id AND m.status = 'Associated')",
         )
@@ -356,18 +356,18 @@ impl EngineStore for SqliteStore {
 }
 
 async fn write_invitation(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     i: &Invitation,
     insert: bool,
 ) -> Result<()> {
     let sql = if insert {
         "INSERT INTO engine_invitations (location_id, client_user_id, email, enrollment_id, channel, state, reason, invite_code,
            invitation_url, event_id, command_uuid, invitation_result, attempts, created_at, updated_at, next_action_at, id)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
     } else {
-        "UPDATE engine_invitations SET location_id = ?, client_user_id = ?, email = ?, enrollment_id = ?, channel = ?, state = ?,
-           reason = ?, invite_code = ?, invitation_url = ?, event_id = ?, command_uuid = ?, invitation_result = ?, attempts = ?,
-           created_at = ?, updated_at = ?, next_action_at = ? WHERE id = ?"
+        "UPDATE engine_invitations SET location_id = $1, client_user_id = $2, email = $3, enrollment_id = $4, channel = $5, state = $6,
+           reason = $7, invite_code = $8, invitation_url = $9, event_id = $10, command_uuid = $11, invitation_result = $12, attempts = $13,
+           created_at = $14, updated_at = $15, next_action_at = $16 WHERE id = $17"
     };
     sqlx::query(sql)
         .bind(i.location_id)

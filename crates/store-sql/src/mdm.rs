@@ -1,20 +1,20 @@
-//! SQLite implementation of [`MdmStore`].
+//! PostgreSQL implementation of [`MdmStore`].
 
-use crate::{err, SqliteStore};
+use crate::{err, SqlStore};
 use async_trait::async_trait;
 use cloudvpp_store::mdm::{
     AuthenticateInfo, CommandState, EnrollmentRecord, MdmStore, QueuedCommand, ReportOutcome,
     TokenUpdateInfo,
 };
 use cloudvpp_store::{Result, StoreError};
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 const ENROLLMENT_COLS: &str =
     "e.id, e.device_id, e.kind, COALESCE(d.platform, 'unknown'), e.user_short_name, e.topic, \
      e.push_magic, e.token_hex, e.enabled, e.token_update_tally, e.last_seen_at";
 
-fn enrollment_from_row(r: &SqliteRow) -> EnrollmentRecord {
+fn enrollment_from_row(r: &AnyRow) -> EnrollmentRecord {
     EnrollmentRecord {
         id: r.get(0),
         device_id: r.get(1),
@@ -34,7 +34,7 @@ const STATE_COLS: &str =
     "q.enrollment_id, q.command_uuid, c.request_type, q.status, q.result, q.invitation_result, \
      q.not_now_tally, q.active, q.created_at, q.updated_at";
 
-fn state_from_row(r: &SqliteRow) -> CommandState {
+fn state_from_row(r: &AnyRow) -> CommandState {
     CommandState {
         enrollment_id: r.get(0),
         command_uuid: r.get(1),
@@ -50,10 +50,10 @@ fn state_from_row(r: &SqliteRow) -> CommandState {
 }
 
 #[async_trait]
-impl MdmStore for SqliteStore {
+impl MdmStore for SqlStore {
     async fn cert_owner(&self, sha256: &str) -> Result<Option<String>> {
         let row = sqlx::query(
-            "SELECT device_id FROM mdm_cert_auth WHERE sha256 = ? ORDER BY created_at LIMIT 1",
+            "SELECT device_id FROM mdm_cert_auth WHERE sha256 = $1 ORDER BY created_at LIMIT 1",
         )
         .bind(sha256)
         .fetch_optional(&self.reader)
@@ -63,7 +63,7 @@ impl MdmStore for SqliteStore {
     }
 
     async fn cert_associated(&self, device_id: &str, sha256: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM mdm_cert_auth WHERE device_id = ? AND sha256 = ?")
+        let row = sqlx::query("SELECT 1 FROM mdm_cert_auth WHERE device_id = $1 AND sha256 = $2")
             .bind(device_id)
             .bind(sha256)
             .fetch_optional(&self.reader)
@@ -73,7 +73,7 @@ impl MdmStore for SqliteStore {
     }
 
     async fn associate_cert(&self, device_id: &str, sha256: &str, now: i64) -> Result<()> {
-        sqlx::query("INSERT INTO mdm_cert_auth (device_id, sha256, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        sqlx::query("INSERT INTO mdm_cert_auth (device_id, sha256, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(device_id)
             .bind(sha256)
             .bind(now)
@@ -84,14 +84,10 @@ impl MdmStore for SqliteStore {
     }
 
     async fn authenticate(&self, info: &AuthenticateInfo, now: i64) -> Result<()> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO mdm_devices (id, kind, platform, serial_number, topic, authenticate, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, platform = excluded.platform,
                serial_number = excluded.serial_number, topic = excluded.topic,
                authenticate = excluded.authenticate, updated_at = excluded.updated_at",
@@ -110,8 +106,8 @@ impl MdmStore for SqliteStore {
         // A re-enrolled device starts with empty queues: a leftover RemoveProfile must not
         // unenroll it again (micromdm#646).
         sqlx::query(
-            "UPDATE mdm_queue SET active = 0, updated_at = ? WHERE active = 1 AND (status IS NULL OR status = 'NotNow')
-               AND enrollment_id IN (SELECT id FROM mdm_enrollments WHERE device_id = ? UNION SELECT ?)",
+            "UPDATE mdm_queue SET active = 0, updated_at = $1 WHERE active = 1 AND (status IS NULL OR status = 'NotNow')
+               AND enrollment_id IN (SELECT id FROM mdm_enrollments WHERE device_id = $2 UNION SELECT $3)",
         )
         .bind(now)
         .bind(&info.device_id)
@@ -119,7 +115,7 @@ impl MdmStore for SqliteStore {
         .execute(&mut *tx)
         .await
         .map_err(err)?;
-        sqlx::query("UPDATE mdm_enrollments SET enabled = 0, token_update_tally = 0, updated_at = ? WHERE device_id = ?")
+        sqlx::query("UPDATE mdm_enrollments SET enabled = 0, token_update_tally = 0, updated_at = $1 WHERE device_id = $2")
             .bind(now)
             .bind(&info.device_id)
             .execute(&mut *tx)
@@ -129,12 +125,8 @@ impl MdmStore for SqliteStore {
     }
 
     async fn token_update(&self, info: &TokenUpdateInfo, now: i64) -> Result<()> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
-        let device = sqlx::query("SELECT 1 FROM mdm_devices WHERE id = ?")
+        let mut tx = self.begin_write().await?;
+        let device = sqlx::query("SELECT 1 FROM mdm_devices WHERE id = $1")
             .bind(&info.device_id)
             .fetch_optional(&mut *tx)
             .await
@@ -148,7 +140,7 @@ impl MdmStore for SqliteStore {
         sqlx::query(
             "INSERT INTO mdm_enrollments (id, device_id, kind, user_short_name, topic, push_magic, token_hex, enabled,
                token_update_tally, awaiting_configuration, token_update, last_seen_at, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, 1, 1, ?, ?, ?, ?, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 1, 1, $8, $9, $10, $11, $12)
              ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, user_short_name = excluded.user_short_name,
                topic = excluded.topic, push_magic = excluded.push_magic, token_hex = excluded.token_hex, enabled = 1,
                token_update_tally = mdm_enrollments.token_update_tally + 1,
@@ -174,7 +166,7 @@ impl MdmStore for SqliteStore {
     }
 
     async fn check_out(&self, device_id: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE mdm_enrollments SET enabled = 0, updated_at = ? WHERE device_id = ?")
+        sqlx::query("UPDATE mdm_enrollments SET enabled = 0, updated_at = $1 WHERE device_id = $2")
             .bind(now)
             .bind(device_id)
             .execute(&self.writer)
@@ -185,7 +177,7 @@ impl MdmStore for SqliteStore {
 
     async fn enrollment(&self, id: &str) -> Result<Option<EnrollmentRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {ENROLLMENT_COLS} FROM mdm_enrollments e LEFT JOIN mdm_devices d ON d.id = e.device_id WHERE e.id = ?"
+            "SELECT {ENROLLMENT_COLS} FROM mdm_enrollments e LEFT JOIN mdm_devices d ON d.id = e.device_id WHERE e.id = $1"
         ))
         .bind(id)
         .fetch_optional(&self.reader)
@@ -198,7 +190,7 @@ impl MdmStore for SqliteStore {
         let rows = match device_id {
             Some(d) => sqlx::query(&format!(
                 "SELECT {ENROLLMENT_COLS} FROM mdm_enrollments e LEFT JOIN mdm_devices d ON d.id = e.device_id
-                 WHERE e.device_id = ? ORDER BY e.id"
+                 WHERE e.device_id = $1 ORDER BY e.id"
             ))
             .bind(d)
             .fetch_all(&self.reader)
@@ -217,13 +209,9 @@ impl MdmStore for SqliteStore {
         if seen.is_empty() {
             return Ok(());
         }
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
+        let mut tx = self.begin_write().await?;
         for (id, at) in seen {
-            sqlx::query("UPDATE mdm_enrollments SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?) WHERE id = ?")
+            sqlx::query("UPDATE mdm_enrollments SET last_seen_at = GREATEST(COALESCE(last_seen_at, 0), $1) WHERE id = $2")
                 .bind(at)
                 .bind(id)
                 .execute(&mut *tx)
@@ -234,12 +222,8 @@ impl MdmStore for SqliteStore {
     }
 
     async fn enqueue(&self, ids: &[String], cmd: &QueuedCommand, now: i64) -> Result<Vec<String>> {
-        let mut tx = self
-            .writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(err)?;
-        sqlx::query("INSERT INTO mdm_commands (command_uuid, request_type, command, created_at) VALUES (?, ?, ?, ?)")
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO mdm_commands (command_uuid, request_type, command, created_at) VALUES ($1, $2, $3, $4)")
             .bind(&cmd.command_uuid)
             .bind(&cmd.request_type)
             .bind(&cmd.command)
@@ -249,7 +233,7 @@ impl MdmStore for SqliteStore {
             .map_err(err)?;
         let mut queued = Vec::with_capacity(ids.len());
         for id in ids {
-            let exists = sqlx::query("SELECT 1 FROM mdm_enrollments WHERE id = ?")
+            let exists = sqlx::query("SELECT 1 FROM mdm_enrollments WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *tx)
                 .await
@@ -258,7 +242,7 @@ impl MdmStore for SqliteStore {
                 continue;
             }
             sqlx::query(
-                "INSERT INTO mdm_queue (enrollment_id, command_uuid, created_at) VALUES (?, ?, ?)",
+                "INSERT INTO mdm_queue (enrollment_id, command_uuid, created_at) VALUES ($1, $2, $3)",
             )
             .bind(id)
             .bind(&cmd.command_uuid)
@@ -282,14 +266,14 @@ impl MdmStore for SqliteStore {
         now: i64,
     ) -> Result<ReportOutcome> {
         let sql = if status == "NotNow" {
-            "UPDATE mdm_queue SET status = ?, result = ?, invitation_result = COALESCE(?, invitation_result),
-               not_now_at = COALESCE(not_now_at, ?), not_now_tally = not_now_tally + 1, updated_at = ?
-             WHERE enrollment_id = ? AND command_uuid = ? AND (status IS NULL OR status = 'NotNow')"
+            "UPDATE mdm_queue SET status = $1, result = $2, invitation_result = COALESCE($3, invitation_result),
+               not_now_at = COALESCE(not_now_at, $4), not_now_tally = not_now_tally + 1, updated_at = $5
+             WHERE enrollment_id = $6 AND command_uuid = $7 AND (status IS NULL OR status = 'NotNow')"
         } else {
             // A final status is never overwritten by a later NotNow, and is idempotent.
-            "UPDATE mdm_queue SET status = ?, result = ?, invitation_result = COALESCE(?, invitation_result),
-               updated_at = ?
-             WHERE enrollment_id = ? AND command_uuid = ?"
+            "UPDATE mdm_queue SET status = $1, result = $2, invitation_result = COALESCE($3, invitation_result),
+               updated_at = $4
+             WHERE enrollment_id = $5 AND command_uuid = $6"
         };
         let mut q = sqlx::query(sql)
             .bind(status)
@@ -310,7 +294,7 @@ impl MdmStore for SqliteStore {
         }
         // A late NotNow for a command already answered changes nothing, but is not foreign.
         let exists =
-            sqlx::query("SELECT 1 FROM mdm_queue WHERE enrollment_id = ? AND command_uuid = ?")
+            sqlx::query("SELECT 1 FROM mdm_queue WHERE enrollment_id = $1 AND command_uuid = $2")
                 .bind(id)
                 .bind(command_uuid)
                 .fetch_optional(&self.writer)
@@ -326,11 +310,11 @@ impl MdmStore for SqliteStore {
     async fn next_command(&self, id: &str, skip_not_now: bool) -> Result<Option<QueuedCommand>> {
         let sql = if skip_not_now {
             "SELECT q.command_uuid, c.request_type, c.command FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
-             WHERE q.enrollment_id = ? AND q.active = 1 AND (q.status IS NULL OR q.status = 'NotNow') AND q.status IS NULL
+             WHERE q.enrollment_id = $1 AND q.active = 1 AND (q.status IS NULL OR q.status = 'NotNow') AND q.status IS NULL
              ORDER BY q.seq LIMIT 1"
         } else {
             "SELECT q.command_uuid, c.request_type, c.command FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
-             WHERE q.enrollment_id = ? AND q.active = 1 AND (q.status IS NULL OR q.status = 'NotNow')
+             WHERE q.enrollment_id = $1 AND q.active = 1 AND (q.status IS NULL OR q.status = 'NotNow')
              ORDER BY q.seq LIMIT 1"
         };
         let row = sqlx::query(sql)
@@ -348,7 +332,7 @@ impl MdmStore for SqliteStore {
     async fn command_state(&self, id: &str, command_uuid: &str) -> Result<Option<CommandState>> {
         let row = sqlx::query(&format!(
             "SELECT {STATE_COLS} FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
-             WHERE q.enrollment_id = ? AND q.command_uuid = ?"
+             WHERE q.enrollment_id = $1 AND q.command_uuid = $2"
         ))
         .bind(id)
         .bind(command_uuid)
@@ -366,7 +350,7 @@ impl MdmStore for SqliteStore {
         };
         let rows = sqlx::query(&format!(
             "SELECT {STATE_COLS} FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
-             WHERE q.enrollment_id = ?{filter} ORDER BY q.seq"
+             WHERE q.enrollment_id = $1{filter} ORDER BY q.seq"
         ))
         .bind(id)
         .fetch_all(&self.reader)
