@@ -332,13 +332,18 @@ async fn get_invitation(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     authorize(&engine.mdm, &headers)?;
-    let inv = engine
+    let inv = find_invitation(&engine, &id).await?;
+    Ok(Json(invitation_json(&inv)))
+}
+
+/// The invitation `id`, or 404.
+async fn find_invitation(engine: &Engine, id: &str) -> ApiResult<Invitation> {
+    engine
         .store
-        .invitation(&id)
+        .invitation(id)
         .await
         .map_err(internal)?
-        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such invitation"))?;
-    Ok(Json(invitation_json(&inv)))
+        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such invitation"))
 }
 
 /// Sends the invitation again: a new InviteToProgram on the same channel, or a fresh
@@ -349,12 +354,7 @@ async fn resend(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     authorize(&engine.mdm, &headers)?;
-    let mut inv = engine
-        .store
-        .invitation(&id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such invitation"))?;
+    let mut inv = find_invitation(&engine, &id).await?;
     if inv.state == states::ASSOCIATED || inv.state == states::RETIRED {
         return Err(fail(
             StatusCode::CONFLICT,
@@ -402,12 +402,7 @@ async fn retire(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     authorize(&engine.mdm, &headers)?;
-    let mut inv = engine
-        .store
-        .invitation(&id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such invitation"))?;
+    let mut inv = find_invitation(&engine, &id).await?;
     let loc = engine
         .store
         .location(inv.location_id)

@@ -27,43 +27,70 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Keys that identify the enrollment a message comes from.
-#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
-pub struct EnrollmentKeys {
-    /// Device UDID (absent on User Enrollment).
-    #[serde(rename = "UDID", default, skip_serializing_if = "Option::is_none")]
-    pub udid: Option<String>,
-    /// User Enrollment device id.
-    #[serde(
-        rename = "EnrollmentID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enrollment_id: Option<String>,
-    /// User Enrollment user id.
-    #[serde(
-        rename = "EnrollmentUserID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enrollment_user_id: Option<String>,
-    /// macOS user GUID; all-F on Shared iPad.
-    #[serde(rename = "UserID", default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    /// macOS short name; Shared iPad Managed Apple Account.
-    #[serde(
-        rename = "UserShortName",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub user_short_name: Option<String>,
-    /// macOS long name.
-    #[serde(
-        rename = "UserLongName",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub user_long_name: Option<String>,
+/// Declares a message struct that carries the enrollment keys, with a `keys()` accessor.
+/// The six keys are written once, here: `#[serde(flatten)]` would say the same, but the
+/// plist deserializer cannot feed flattened structs (it fails with `UnexpectedEventType`).
+macro_rules! with_enrollment_keys {
+    ($(#[$meta:meta])* pub struct $name:ident { $($rest:tt)* }) => {
+        $(#[$meta])*
+        pub struct $name {
+            /// Device UDID (absent on User Enrollment).
+            #[serde(rename = "UDID", default, skip_serializing_if = "Option::is_none")]
+            pub udid: Option<String>,
+            /// User Enrollment device id.
+            #[serde(
+                rename = "EnrollmentID",
+                default,
+                skip_serializing_if = "Option::is_none"
+            )]
+            pub enrollment_id: Option<String>,
+            /// User Enrollment user id.
+            #[serde(
+                rename = "EnrollmentUserID",
+                default,
+                skip_serializing_if = "Option::is_none"
+            )]
+            pub enrollment_user_id: Option<String>,
+            /// macOS user GUID; all-F on Shared iPad.
+            #[serde(rename = "UserID", default, skip_serializing_if = "Option::is_none")]
+            pub user_id: Option<String>,
+            /// macOS short name; Shared iPad Managed Apple Account.
+            #[serde(
+                rename = "UserShortName",
+                default,
+                skip_serializing_if = "Option::is_none"
+            )]
+            pub user_short_name: Option<String>,
+            /// macOS long name.
+            #[serde(
+                rename = "UserLongName",
+                default,
+                skip_serializing_if = "Option::is_none"
+            )]
+            pub user_long_name: Option<String>,
+            $($rest)*
+        }
+
+        impl $name {
+            /// The enrollment keys of the message.
+            pub fn keys(&self) -> EnrollmentKeys {
+                EnrollmentKeys {
+                    udid: self.udid.clone(),
+                    enrollment_id: self.enrollment_id.clone(),
+                    enrollment_user_id: self.enrollment_user_id.clone(),
+                    user_id: self.user_id.clone(),
+                    user_short_name: self.user_short_name.clone(),
+                    user_long_name: self.user_long_name.clone(),
+                }
+            }
+        }
+    };
+}
+
+with_enrollment_keys! {
+    /// Keys that identify the enrollment a message comes from.
+    #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+    pub struct EnrollmentKeys {}
 }
 
 /// Kind of channel an enrollment ID names.
@@ -174,6 +201,7 @@ impl EnrollmentKeys {
     }
 }
 
+with_enrollment_keys! {
 /// A check-in message, decoded by `MessageType`.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct CheckinMessage {
@@ -183,40 +211,6 @@ pub struct CheckinMessage {
     /// APNs topic.
     #[serde(rename = "Topic", default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
-    /// Device UDID (absent on User Enrollment).
-    #[serde(rename = "UDID", default, skip_serializing_if = "Option::is_none")]
-    pub udid: Option<String>,
-    /// User Enrollment device id.
-    #[serde(
-        rename = "EnrollmentID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enrollment_id: Option<String>,
-    /// User Enrollment user id.
-    #[serde(
-        rename = "EnrollmentUserID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enrollment_user_id: Option<String>,
-    /// macOS user GUID; all-F on Shared iPad.
-    #[serde(rename = "UserID", default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    /// macOS short name; Shared iPad Managed Apple Account.
-    #[serde(
-        rename = "UserShortName",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub user_short_name: Option<String>,
-    /// macOS long name.
-    #[serde(
-        rename = "UserLongName",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub user_long_name: Option<String>,
     /// Authenticate: serial number.
     #[serde(
         rename = "SerialNumber",
@@ -258,21 +252,9 @@ pub struct CheckinMessage {
     )]
     pub awaiting_configuration: Option<bool>,
 }
+}
 
-// Keys are repeated in each message type rather than `#[serde(flatten)]`ed: the plist
-// deserializer cannot feed flattened structs.
 impl CheckinMessage {
-    /// The enrollment keys of the message.
-    pub fn keys(&self) -> EnrollmentKeys {
-        EnrollmentKeys {
-            udid: self.udid.clone(),
-            enrollment_id: self.enrollment_id.clone(),
-            enrollment_user_id: self.enrollment_user_id.clone(),
-            user_id: self.user_id.clone(),
-            user_short_name: self.user_short_name.clone(),
-            user_long_name: self.user_long_name.clone(),
-        }
-    }
     /// Decodes an XML or binary plist.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
         plist::from_bytes(body).map_err(|e| DecodeError(format!("check-in plist: {e}")))
@@ -384,43 +366,10 @@ impl ReportStatus {
     }
 }
 
+with_enrollment_keys! {
 /// A command report (`PUT /mdm`).
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 pub struct Report {
-    /// Device UDID (absent on User Enrollment).
-    #[serde(rename = "UDID", default, skip_serializing_if = "Option::is_none")]
-    pub udid: Option<String>,
-    /// User Enrollment device id.
-    #[serde(
-        rename = "EnrollmentID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enrollment_id: Option<String>,
-    /// User Enrollment user id.
-    #[serde(
-        rename = "EnrollmentUserID",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub enrollment_user_id: Option<String>,
-    /// macOS user GUID; all-F on Shared iPad.
-    #[serde(rename = "UserID", default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    /// macOS short name; Shared iPad Managed Apple Account.
-    #[serde(
-        rename = "UserShortName",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub user_short_name: Option<String>,
-    /// macOS long name.
-    #[serde(
-        rename = "UserLongName",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub user_long_name: Option<String>,
     /// `Status`.
     #[serde(rename = "Status")]
     pub status: String,
@@ -439,19 +388,9 @@ pub struct Report {
     )]
     pub invitation_result: Option<String>,
 }
+}
 
 impl Report {
-    /// The enrollment keys of the message.
-    pub fn keys(&self) -> EnrollmentKeys {
-        EnrollmentKeys {
-            udid: self.udid.clone(),
-            enrollment_id: self.enrollment_id.clone(),
-            enrollment_user_id: self.enrollment_user_id.clone(),
-            user_id: self.user_id.clone(),
-            user_short_name: self.user_short_name.clone(),
-            user_long_name: self.user_long_name.clone(),
-        }
-    }
     /// Decodes an XML or binary plist, checking `Status`.
     pub fn decode(body: &[u8]) -> Result<(Self, ReportStatus), DecodeError> {
         let r: Report =
