@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Invitation engine benchmark (issue 4), on SQLite: N invitations (default 10,000), one per
+# Invitation engine benchmark (issue 4), on SQLite (or PostgreSQL, below): N invitations (default 10,000), one per
 # simulated iPhone, from the API request to `associated` (registration at the Apps and
 # Books service, InviteToProgram delivered, the person accepts). `cloudvpp serve` runs both
 # services with the Apps and Books processing delay at zero. Devices check in when they
 # have a queued invitation, as an APNs push would make them; people accept at once.
 # Usage: bench/invitations.sh [N]. Loopback only; stops by itself.
+# BENCH_PG=postgres://postgres@127.0.0.1:5432 runs it on a fresh PostgreSQL database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
 cargo build --release -q -p cloudvpp -p cloudvpp-bench
 BIN=$PWD/target/release/cloudvpp
 OUT=bench/out/invitations; rm -rf "$OUT"; mkdir -p "$OUT"
-DB="sqlite://$OUT/all.db"
+if [ -n "${BENCH_PG:-}" ]; then
+  psql "$BENCH_PG/postgres" -qc "DROP DATABASE IF EXISTS cloudvpp_bench_inv WITH (FORCE)" -c "CREATE DATABASE cloudvpp_bench_inv"
+  DB="$BENCH_PG/cloudvpp_bench_inv"
+else
+  DB="sqlite://$OUT/all.db"
+fi
 export CLOUDVPP_API_KEY=bench
 $BIN simulate pki --state "$OUT/sim.json" --ca-out "$OUT/ca.pem"
 # Apple's example rate limit (15/s) would make this a benchmark of the limiter; the engine

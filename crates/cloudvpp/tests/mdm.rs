@@ -272,12 +272,24 @@ async fn command_queue_follows_the_nanomdm_contract() {
     let id = d.spec.id.as_str();
     let idle = || d.report_body(false, "Idle", None, &[]);
     let ack = |u: &str| d.report_body(false, "Acknowledged", Some(u), &[]);
+    let last_seen = || async { m.enrollment(id).await.1["last_seen_at"].as_i64() };
 
+    let enrolled_seen = last_seen().await.unwrap_or(0);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     assert_eq!(
         d.report(false, idle()).await.unwrap(),
         None,
         "empty queue: zero-byte 200"
     );
+    // An idle check-in moves last_seen_at on, in the next batched write (once a second).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while last_seen().await.unwrap_or(0) <= enrolled_seen {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last_seen_at not written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     m.enqueue(&[id], "CMD1", "DeviceInformation").await;
     m.enqueue(&[id], "CMD2", "ProfileList").await;
     assert_eq!(

@@ -50,12 +50,20 @@ impl Dialect {
         }
     }
 
-    /// Appended to the choice of rows to lease: another instance skips rows being leased
-    /// instead of waiting for them.
-    fn skip_locked(self) -> &'static str {
+    /// Appended to the choice of rows of `table` to lease: another instance skips rows
+    /// being leased instead of waiting for them.
+    fn skip_locked(self, table: &str) -> String {
         match self {
-            Dialect::Sqlite => "",
-            Dialect::Postgres => " FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => String::new(),
+            Dialect::Postgres => format!(" FOR UPDATE OF {table} SKIP LOCKED"),
+        }
+    }
+
+    /// The two-argument maximum: SQLite's scalar `MAX`, PostgreSQL's `GREATEST`.
+    fn greatest(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "MAX",
+            Dialect::Postgres => "GREATEST",
         }
     }
 
@@ -444,14 +452,18 @@ impl AppsBooksStore for SqlStore {
         now: i64,
         lease_ms: i64,
     ) -> Result<Option<EventClaim>> {
+        // Candidates are each organisation's oldest PENDING event only (events of one
+        // organisation run in order). Testing every pending event against "no older one"
+        // instead cost 0.1 to 2 s per claim on PostgreSQL with 9,000 queued behind a head
+        // leased by another instance.
         let row = sqlx::query(&format!(
             "UPDATE events SET lease_owner = $1, lease_until = $2 WHERE id = (
-                SELECT e.id FROM events e WHERE e.status = 'PENDING'
-                  AND (e.lease_until IS NULL OR e.lease_until < $3)
-                  AND NOT EXISTS (SELECT 1 FROM events p WHERE p.status = 'PENDING' AND p.org_id = e.org_id AND p.id < e.id)
+                SELECT e.id FROM (SELECT MIN(id) AS id FROM events WHERE status = 'PENDING' GROUP BY org_id) head
+                JOIN events e ON e.id = head.id
+                WHERE e.lease_until IS NULL OR e.lease_until < $3
                 ORDER BY e.id LIMIT 1{})
              RETURNING id, org_id, event_id, event_type, users, progress",
-            self.dialect.skip_locked()
+            self.dialect.skip_locked("e")
         ))
         .bind(owner)
         .bind(now + lease_ms)
@@ -743,7 +755,7 @@ impl AppsBooksStore for SqlStore {
                 SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= $3
                   AND (lease_until IS NULL OR lease_until < $4) ORDER BY next_attempt_at, id LIMIT $5{})
              RETURNING id, org_id, body, attempts",
-            self.dialect.skip_locked()
+            self.dialect.skip_locked("outbox")
         ))
         .bind(owner)
         .bind(now + lease_ms)

@@ -209,9 +209,13 @@ impl MdmStore for SqlStore {
         if seen.is_empty() {
             return Ok(());
         }
+        let sql = format!(
+            "UPDATE mdm_enrollments SET last_seen_at = {}(COALESCE(last_seen_at, 0), $1) WHERE id = $2",
+            self.dialect.greatest()
+        );
         let mut tx = self.begin_write().await?;
         for (id, at) in seen {
-            sqlx::query("UPDATE mdm_enrollments SET last_seen_at = GREATEST(COALESCE(last_seen_at, 0), $1) WHERE id = $2")
+            sqlx::query(&sql)
                 .bind(at)
                 .bind(id)
                 .execute(&mut *tx)
