@@ -394,6 +394,11 @@ async fn postgres_connections_use_tls_when_the_url_asks() {
         eprintln!("not run: PostgreSQL TLS needs CLOUDVPP_TEST_POSTGRES_URL");
         return;
     };
+    assert_eq!(
+        env.psql_rows("SHOW ssl"),
+        "on",
+        "this test needs a PostgreSQL server with ssl = on (Debian's default)"
+    );
     let token = env.org("Tls");
     let srv = env.spawn_on(
         &format!("{db}?sslmode=require"),

@@ -59,6 +59,15 @@ impl Dialect {
         }
     }
 
+    /// `col` is one of the values `sub` selects. On PostgreSQL as an array, so that the
+    /// planner probes the primary key for each value instead of merging with a scan of it.
+    fn in_subquery(self, col: &str, sub: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("{col} IN ({sub})"),
+            Dialect::Postgres => format!("{col} = ANY(ARRAY({sub}))"),
+        }
+    }
+
     /// The two-argument maximum: SQLite's scalar `MAX`, PostgreSQL's `GREATEST`.
     fn greatest(self) -> &'static str {
         match self {
@@ -453,16 +462,26 @@ impl AppsBooksStore for SqlStore {
         lease_ms: i64,
     ) -> Result<Option<EventClaim>> {
         // Candidates are each organisation's oldest PENDING event only (events of one
-        // organisation run in order). Testing every pending event against "no older one"
-        // instead cost 0.1 to 2 s per claim on PostgreSQL with 9,000 queued behind a head
-        // leased by another instance.
+        // organisation run in order), found by a loose scan of the partial index
+        // `events_pending_org`: two probes per organisation with work, whatever the depth
+        // of its queue. Testing every pending event against "no older one" instead cost
+        // 0.1 to 2 s per claim on PostgreSQL with 9,000 queued behind a head leased by
+        // another instance; grouping all pending events cost 10 ms per claim.
         let row = sqlx::query(&format!(
             "UPDATE events SET lease_owner = $1, lease_until = $2 WHERE id = (
-                SELECT e.id FROM (SELECT MIN(id) AS id FROM events WHERE status = 'PENDING' GROUP BY org_id) head
-                JOIN events e ON e.id = head.id
-                WHERE e.lease_until IS NULL OR e.lease_until < $3
+                WITH RECURSIVE heads(org_id, id) AS (
+                    SELECT o.org_id, (SELECT MIN(h.id) FROM events h WHERE h.status = 'PENDING' AND h.org_id = o.org_id)
+                    FROM (SELECT MIN(org_id) AS org_id FROM events WHERE status = 'PENDING') o
+                    UNION ALL
+                    SELECT (SELECT MIN(p.org_id) FROM events p WHERE p.status = 'PENDING' AND p.org_id > heads.org_id),
+                           (SELECT MIN(h.id) FROM events h WHERE h.status = 'PENDING' AND h.org_id =
+                               (SELECT MIN(p.org_id) FROM events p WHERE p.status = 'PENDING' AND p.org_id > heads.org_id))
+                    FROM heads WHERE heads.org_id IS NOT NULL)
+                SELECT e.id FROM events e
+                WHERE {} AND (e.lease_until IS NULL OR e.lease_until < $3)
                 ORDER BY e.id LIMIT 1{})
              RETURNING id, org_id, event_id, event_type, users, progress",
+            self.dialect.in_subquery("e.id", "SELECT id FROM heads"),
             self.dialect.skip_locked("e")
         ))
         .bind(owner)
