@@ -938,7 +938,8 @@ async fn invitation_page_associates_the_person() {
 async fn accepted_events_survive_kill_9() {
     let env = Env::new();
     let token = env.org("O");
-    let srv = env.serve(&["--processing-delay-ms", "20"]);
+    // A short lease: the restarted instance takes the dead one's event when it runs out.
+    let srv = env.serve(&["--processing-delay-ms", "20", "--lease-ms", "2000"]);
     let ev = srv.manage(&token, "create", users(0..100, "k")).await;
     // Let it get part of the way.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -957,7 +958,7 @@ async fn accepted_events_survive_kill_9() {
     }
     srv.kill9();
 
-    let srv = env.serve(&[]);
+    let srv = env.serve(&["--lease-ms", "2000"]);
     let st = srv.wait_event(&token, &ev).await;
     assert_eq!(st["eventStatus"], "COMPLETE");
     assert_eq!(st["numCompleted"], 100);
@@ -973,7 +974,7 @@ async fn undelivered_notifications_are_sent_after_restart() {
         srv,
         rx,
         running,
-    } = subscribed(&["--notification-retry-ms", "1500,1500"]).await;
+    } = subscribed(&["--notification-retry-ms", "1500,1500", "--lease-ms", "2000"]).await;
     let addr = running.addr;
     *rx.fail_always.lock().unwrap() = true;
     let ev = srv.manage(&token, "create", users(0..2, "z")).await;
@@ -988,7 +989,9 @@ async fn undelivered_notifications_are_sent_after_restart() {
     drop(running);
     *rx.fail_always.lock().unwrap() = false;
     let _running = rx.start_on(&addr.to_string()).await;
-    let _srv = env.serve(&["--notification-retry-ms", "1500,1500"]);
+    // The crash may come while an attempt is in flight: that notification stays leased to
+    // the dead instance until its lease (2 s here) runs out, then the new one sends it.
+    let _srv = env.serve(&["--notification-retry-ms", "1500,1500", "--lease-ms", "2000"]);
     let got = rx.wait_for("USER_MANAGEMENT", 1).await;
     assert_eq!(got[0].body["notification"]["eventId"], ev.as_str());
     assert_eq!(
