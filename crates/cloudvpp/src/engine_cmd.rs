@@ -236,10 +236,14 @@ pub struct ServeBothArgs {
     /// Apps and Books limits, NAME=VALUE (repeatable).
     #[arg(long = "limit", value_parser = crate::parse_limit)]
     limits: Vec<(String, i64)>,
+    /// Apps and Books: milliseconds an event or notification stays with this instance after
+    /// it took it; another instance (or this one, restarted) takes it over after a crash.
+    #[arg(long, default_value_t = 30_000)]
+    lease_ms: u64,
 }
 
 /// `cloudvpp serve`: the Apps and Books service and the MDM service (with its engine) in
-/// one process, on one SQLite database, wired to each other.
+/// one process, on one database (SQLite by default), wired to each other.
 pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
     if a.mdm.ca.is_none() {
         // A development convenience: a throwaway CA whose devices `cloudvpp simulate` can mint.
@@ -283,6 +287,7 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
             // Both services run on loopback: notifications go over plain HTTP.
             allow_http_notifications: true,
             drop_notifications_percent: a.drop_notifications_percent,
+            lease: Duration::from_millis(a.lease_ms),
             ..Default::default()
         },
     );

@@ -58,6 +58,9 @@ fn spawn(
             "200",
             "--sync-interval-ms",
             "1000",
+            // After kill -9 the restarted process takes over the dead one's events soon.
+            "--lease-ms",
+            "3000",
         ])
         .args(extra)
         .env("CLOUDVPP_LOG", "warn")
