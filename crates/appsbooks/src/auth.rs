@@ -62,19 +62,20 @@ impl FromRequestParts<AppState> for OrgContext {
         if record.expires_at <= crate::now_ms() / 1000 {
             return Err(errors::TOKEN_EXPIRED.into());
         }
-        let org = state
-            .store
-            .get_org(record.org_id)
-            .await?
-            .ok_or(errors::LOGIN_REQUIRED)?;
+        // Counted before the organisation is loaded: a refused request skips that read.
         let per_second = state.limits.get("maxRequestPerSecond").await;
-        if !state.rate.allow(org.id, per_second).await {
+        if !state.rate.allow(record.org_id, per_second).await {
             return Err(ApiError {
                 error: errors::TOO_MANY_REQUESTS,
                 info: None,
                 retry_after: Some(1),
             });
         }
+        let org = state
+            .store
+            .get_org(record.org_id)
+            .await?
+            .ok_or(errors::LOGIN_REQUIRED)?;
         Ok(OrgContext {
             org,
             token_expires_at: record.expires_at,

@@ -114,18 +114,13 @@ async fn two_appsbooks_instances_share_the_work_and_survive_kill_9() {
 async fn since_version_syncs_miss_nothing_while_two_instances_write() {
     let env = Env::new();
     let token = env.org("Racing");
-    let a = env.serve(&[
+    let flags = [
         "--limit",
         "maxRequestPerSecond=100000",
         "--limit",
         "maxUsers=1000",
-    ]);
-    let b = env.serve(&[
-        "--limit",
-        "maxRequestPerSecond=100000",
-        "--limit",
-        "maxUsers=1000",
-    ]);
+    ];
+    let (a, b) = (env.serve(&flags), env.serve(&flags));
     let ev = a.manage(&token, "create", users(0..300, "r")).await;
     a.wait_event(&token, &ev).await;
     let (_, first) = a.get(&token, "/mdm/v2/users").await;

@@ -12,7 +12,7 @@ use cloudvpp_abclient::Client;
 use cloudvpp_abwire::notification::{
     types, NotificationEnvelope, UserAssociatedNotification, UserManagementNotification,
 };
-use cloudvpp_mdm::api::{authorize, fail, ApiResult};
+use cloudvpp_mdm::api::{authorize, fail, json_body, ApiResult};
 use cloudvpp_store::engine::{states, Invitation, InvitationFilter, Location};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -67,8 +67,7 @@ async fn add_location(
     body: Bytes,
 ) -> ApiResult<Response> {
     authorize(&engine.mdm, &headers)?;
-    let req: AddLocation = serde_json::from_slice(&body)
-        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+    let req: AddLocation = json_body(&body)?;
     let base = req
         .base_url
         .unwrap_or_else(|| cloudvpp_abclient::APPLE_BASE_URL.to_string());
@@ -195,8 +194,7 @@ async fn create_invitations(
     body: Bytes,
 ) -> ApiResult<Response> {
     authorize(&engine.mdm, &headers)?;
-    let req: InvitationsBody = serde_json::from_slice(&body)
-        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+    let req: InvitationsBody = json_body(&body)?;
     let wanted = match req {
         InvitationsBody::Many { invitations } => invitations,
         InvitationsBody::One(one) => vec![one],

@@ -257,6 +257,28 @@ async fn create_users(engine: &Engine, loc: &Location, invs: Vec<Invitation>) ->
     Ok(())
 }
 
+/// Asks Apps and Books for one person and mirrors what it says. A failed lookup is left to
+/// the next sync.
+async fn mirror_person(
+    engine: &Engine,
+    client: &cloudvpp_abclient::Client,
+    location_id: i64,
+    client_user_id: &str,
+) -> Result<(), Error> {
+    let q = UsersQuery {
+        client_user_id: Some(client_user_id.to_string()),
+        active_only: true,
+        ..Default::default()
+    };
+    if let Ok(page) = client.get_users(&q, 0).await {
+        engine
+            .store
+            .upsert_mirror(location_id, &page.users, now_ms())
+            .await?;
+    }
+    Ok(())
+}
+
 /// Polls one event for the invitations waiting on it.
 async fn check_event(
     engine: &Engine,
@@ -304,17 +326,7 @@ async fn check_event(
         match failed.get(inv.client_user_id.as_str()) {
             Some(err) if err.error_number == 9716 => {
                 // Already registered (created elsewhere, or a lost answer): reuse that user.
-                let q = UsersQuery {
-                    client_user_id: Some(inv.client_user_id.clone()),
-                    active_only: true,
-                    ..Default::default()
-                };
-                if let Ok(page) = client.get_users(&q, 0).await {
-                    engine
-                        .store
-                        .upsert_mirror(loc.id, &page.users, now_ms())
-                        .await?;
-                }
+                mirror_person(engine, &client, loc.id, &inv.client_user_id).await?;
                 inv.event_id = None;
                 inv.next_action_at = now_ms();
                 engine.store.update_invitation(&inv).await?;
@@ -336,17 +348,7 @@ async fn check_event(
                 let waited = now_ms() - inv.updated_at;
                 if waited > 60_000 {
                     // Sync has not shown the user for a minute: ask for this person directly.
-                    let q = UsersQuery {
-                        client_user_id: Some(inv.client_user_id.clone()),
-                        active_only: true,
-                        ..Default::default()
-                    };
-                    if let Ok(page) = client.get_users(&q, 0).await {
-                        engine
-                            .store
-                            .upsert_mirror(loc.id, &page.users, now_ms())
-                            .await?;
-                    }
+                    mirror_person(engine, &client, loc.id, &inv.client_user_id).await?;
                 }
                 inv.reason =
                     Some("registered at Apps and Books; waiting for the invite code".into());

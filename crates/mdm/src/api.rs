@@ -32,6 +32,12 @@ pub fn fail(status: StatusCode, msg: impl Into<String>) -> ApiFailure {
     ApiFailure(status, msg.into())
 }
 
+/// Parses a JSON request body; 400 with serde's reason when it is not the expected shape.
+pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
+}
+
 fn internal(e: impl std::fmt::Display) -> ApiFailure {
     tracing::error!(error = %e, "admin API storage failure");
     fail(StatusCode::INTERNAL_SERVER_ERROR, "storage failure")
@@ -239,8 +245,7 @@ pub async fn invite_to_program(
     body: Bytes,
 ) -> ApiResult<Response> {
     authorize(&state, &headers)?;
-    let req: InviteRequest = serde_json::from_slice(&body)
-        .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))?;
+    let req: InviteRequest = json_body(&body)?;
     let url = reqwest::Url::parse(&req.invitation_url)
         .map_err(|_| fail(StatusCode::BAD_REQUEST, "invitation_url is not a URL"))?;
     if !matches!(url.scheme(), "https" | "http") {
