@@ -170,23 +170,8 @@ async fn since_version_syncs_miss_nothing_while_two_instances_write() {
     let mut round = 0;
     loop {
         let done = writers.is_finished();
-        let c = &clients[round % 2];
+        version = sync_since(&clients[round % 2], version, &mut mirror).await;
         round += 1;
-        let (changed, next) = c
-            .all_users(
-                &UsersQuery {
-                    since_version_id: Some(version.clone()),
-                    ..Default::default()
-                },
-                3,
-            )
-            .await
-            .unwrap();
-        for u in changed {
-            let u = serde_json::to_value(u).unwrap();
-            mirror.insert(u["clientUserId"].as_str().unwrap().to_string(), u);
-        }
-        version = next;
         if done {
             // Let the last events finish, then one final sync below.
             tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -194,20 +179,7 @@ async fn since_version_syncs_miss_nothing_while_two_instances_write() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (changed, _) = clients[0]
-        .all_users(
-            &UsersQuery {
-                since_version_id: Some(version),
-                ..Default::default()
-            },
-            3,
-        )
-        .await
-        .unwrap();
-    for u in changed {
-        let u = serde_json::to_value(u).unwrap();
-        mirror.insert(u["clientUserId"].as_str().unwrap().to_string(), u);
-    }
+    sync_since(&clients[0], version, &mut mirror).await;
     assert!(round > 3, "the syncs raced the writers");
     let (truth, _) = b.all_users(&token, "").await;
     assert_eq!(truth.len(), 300);
@@ -220,6 +192,20 @@ async fn since_version_syncs_miss_nothing_while_two_instances_write() {
             "the sinceVersionId chain missed a change of {id}"
         );
     }
+}
+
+/// Applies every change since `version` to `mirror`, as an MDM does; returns the next version.
+async fn sync_since(c: &Client, version: String, mirror: &mut HashMap<String, Value>) -> String {
+    let q = UsersQuery {
+        since_version_id: Some(version),
+        ..Default::default()
+    };
+    let (changed, next) = c.all_users(&q, 3).await.unwrap();
+    for u in changed {
+        let u = serde_json::to_value(u).unwrap();
+        mirror.insert(u["clientUserId"].as_str().unwrap().to_string(), u);
+    }
+    next
 }
 
 fn pki() -> &'static cloudvpp_simulator::Pki {
