@@ -240,6 +240,8 @@ pub struct ServeBothArgs {
     /// it took it; another instance (or this one, restarted) takes it over after a crash.
     #[arg(long, default_value_t = 30_000)]
     lease_ms: u64,
+    #[command(flatten)]
+    conn: crate::listener::ConnLimits,
 }
 
 /// `cloudvpp serve`: the Apps and Books service and the MDM service (with its engine) in
@@ -272,6 +274,7 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
         eprintln!("no --api-key: using a new one for this run: export CLOUDVPP_API_KEY={key}");
         a.mdm.api_key = Some(key);
     }
+    let proxy = crate::mdm_cmd::proxy_trust(&a.mdm, a.mdm_listen)?;
     let store = open_db(&a.db.database).await?;
     for (k, v) in &a.limits {
         cloudvpp_store::AppsBooksStore::set_limit(&*store, k, *v).await?;
@@ -293,7 +296,7 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
     );
     let mut tasks = cloudvpp_appsbooks::spawn_workers(ab_state.clone(), stop_rx.clone());
     let (mdm_router, mdm_tasks) =
-        crate::mdm_cmd::build(store, &a.mdm, mdm_base.clone(), stop_rx).await?;
+        crate::mdm_cmd::build(store, &a.mdm, proxy, mdm_base.clone(), stop_rx).await?;
     tasks.extend(mdm_tasks);
     println!("appsbooks listening on {ab_base}");
     println!("mdm listening on {mdm_base}");
@@ -301,8 +304,13 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
         "Apps and Books base URL for `cloudvpp mdm location add --appsbooks-url`: {ab_base}/mdm/v2"
     );
     tokio::try_join!(
-        serve_app(ab_listener, None, cloudvpp_appsbooks::router(ab_state)),
-        serve_app(mdm_listener, None, mdm_router),
+        serve_app(
+            ab_listener,
+            None,
+            cloudvpp_appsbooks::router(ab_state),
+            &a.conn
+        ),
+        serve_app(mdm_listener, None, mdm_router, &a.conn),
     )?;
     let _ = stop_tx.send(true);
     for t in tasks {

@@ -1,6 +1,7 @@
 //! `cloudvpp`: the Apps and Books service and (later) the MDM, in one binary.
 
 mod engine_cmd;
+mod listener;
 mod mdm_cmd;
 mod simulate_cmd;
 
@@ -113,6 +114,8 @@ struct ServeArgs {
     /// Set a limit at start-up, NAME=VALUE (repeatable), e.g. maxRequestPerSecond=1000.
     #[arg(long = "limit", value_parser = parse_limit)]
     limits: Vec<(String, i64)>,
+    #[command(flatten)]
+    conn: listener::ConnLimits,
 }
 
 #[derive(Subcommand)]
@@ -327,6 +330,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         listener,
         args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
         app,
+        &args.conn,
     )
     .await?;
     let _ = stop_tx.send(true);
@@ -346,11 +350,13 @@ pub(crate) fn bind(addr: SocketAddr, tls: bool) -> Result<(std::net::TcpListener
 }
 
 /// Serves `app` on `listener` (HTTPS with rustls when a certificate and key are given)
-/// until SIGINT/SIGTERM, then drains for up to 5 s.
+/// until SIGINT/SIGTERM, then drains for up to 5 s. Every connection is held to `limits`
+/// (see [`listener`]); handlers can read the peer address (`ConnectInfo<SocketAddr>`).
 pub(crate) async fn serve_app(
     listener: std::net::TcpListener,
     tls: Option<(&str, &str)>,
     app: axum::Router,
+    limits: &listener::ConnLimits,
 ) -> Result<()> {
     let handle = axum_server::Handle::new();
     let h = handle.clone();
@@ -358,21 +364,42 @@ pub(crate) async fn serve_app(
         shutdown_signal().await;
         h.graceful_shutdown(Some(Duration::from_secs(5)));
     });
+    let app = app
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            limits.body_timeout(),
+        ))
+        .into_make_service_with_connect_info::<SocketAddr>();
+    fn tune<A>(server: &mut axum_server::Server<A>, limits: &listener::ConnLimits) {
+        let builder = server.http_builder();
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(limits.header_timeout());
+        // An HTTP/2 peer that stops answering pings is closed; a live idle one holds one
+        // of the capped connection slots.
+        builder
+            .http2()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(limits.header_timeout());
+    }
     match tls {
         Some((cert, key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
                 .context("loading --tls-cert/--tls-key")?;
-            axum_server::from_tcp_rustls(listener, tls)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?;
+            let acceptor =
+                listener::Limited::new(axum_server::tls_rustls::RustlsAcceptor::new(tls), limits);
+            let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
+            tune(&mut server, limits);
+            server.handle(handle).serve(app).await?;
         }
         None => {
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?;
+            let acceptor =
+                listener::Limited::new(axum_server::accept::DefaultAcceptor::new(), limits);
+            let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
+            tune(&mut server, limits);
+            server.handle(handle).serve(app).await?;
         }
     }
     Ok(())

@@ -108,6 +108,8 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<String>,
+    #[command(flatten)]
+    conn: crate::listener::ConnLimits,
 }
 
 /// Settings of the MDM service and its invitation engine.
@@ -121,6 +123,19 @@ pub struct MdmOptions {
     /// TLS-terminating proxy, instead of Mdm-Signature.
     #[arg(long)]
     pub cert_header: Option<String>,
+    /// Address or network (CIDR) of the proxy allowed to set --cert-header (repeatable).
+    /// Without it (and without --proxy-secret) only loopback peers may, and the service
+    /// refuses to start on a non-loopback address.
+    #[arg(long = "trusted-proxy", requires = "cert_header")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Shared secret the proxy sends in the Cloudvpp-Proxy-Secret header, in addition to
+    /// or instead of --trusted-proxy.
+    #[arg(long, env = "CLOUDVPP_PROXY_SECRET", requires = "cert_header")]
+    pub proxy_secret: Option<String>,
+    /// Authenticate only device certificates that name the device (its UDID, serial
+    /// number or EnrollmentID in the subject or subjectAltName), for CAs that attest devices.
+    #[arg(long)]
+    pub require_device_id_in_cert: bool,
     /// APNs base URL, e.g. https://api.push.apple.com.
     #[arg(long, requires_all = ["push_cert", "push_key"])]
     pub apns_url: Option<String>,
@@ -305,10 +320,42 @@ pub async fn run(cmd: MdmCommand) -> Result<()> {
     }
 }
 
+/// Who may set --cert-header. A header anyone can set would let anyone name any
+/// device's certificate, so without a named proxy only loopback peers are trusted, and
+/// only while the service itself listens on loopback.
+pub fn proxy_trust(
+    opts: &MdmOptions,
+    listen: SocketAddr,
+) -> Result<Option<cloudvpp_mdm::ProxyTrust>> {
+    let Some(header) = &opts.cert_header else {
+        return Ok(None);
+    };
+    let mut addresses = opts.trusted_proxies.clone();
+    if addresses.is_empty() && opts.proxy_secret.is_none() {
+        if !listen.ip().is_loopback() {
+            bail!(
+                "--cert-header on {listen}: name the proxy allowed to set it with --trusted-proxy \
+                 or --proxy-secret, or anyone who reaches this port can act as any device"
+            );
+        }
+        tracing::warn!(
+            header = header.as_str(),
+            "--cert-header without --trusted-proxy or --proxy-secret: trusting loopback peers only"
+        );
+        addresses = vec!["127.0.0.0/8".parse()?, "::1/128".parse()?];
+    }
+    Ok(Some(cloudvpp_mdm::ProxyTrust {
+        header: header.clone(),
+        addresses,
+        secret: opts.proxy_secret.clone(),
+    }))
+}
+
 /// Builds the MDM service with its engine on `store`: the router and the background tasks.
 pub async fn build(
     store: Arc<dyn cloudvpp_store::Store>,
     opts: &MdmOptions,
+    proxy: Option<cloudvpp_mdm::ProxyTrust>,
     default_public_url: String,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(axum::Router, Vec<tokio::task::JoinHandle<()>>)> {
@@ -343,7 +390,8 @@ pub async fn build(
         store.clone(),
         Config {
             ca,
-            cert_header: opts.cert_header.clone(),
+            cert_header: proxy,
+            require_device_id_in_cert: opts.require_device_id_in_cert,
             api_key: opts.api_key.clone(),
             pusher,
         },
@@ -367,16 +415,18 @@ pub async fn build(
 }
 
 async fn serve(args: ServeArgs) -> Result<()> {
+    let proxy = proxy_trust(&args.opts, args.listen)?;
     let store = open_db(&args.db.database).await?;
     let (listener, base) = crate::bind(args.listen, args.tls_cert.is_some())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let (router, tasks) = build(store, &args.opts, base.clone(), stop_rx).await?;
+    let (router, tasks) = build(store, &args.opts, proxy, base.clone(), stop_rx).await?;
     println!("mdm listening on {base}");
     tracing::info!(%base, admin_api = args.opts.api_key.is_some(), push = args.opts.apns_url.is_some(), "mdm service started");
     serve_app(
         listener,
         args.tls_cert.as_deref().zip(args.tls_key.as_deref()),
         router,
+        &args.conn,
     )
     .await?;
     let _ = stop_tx.send(true);

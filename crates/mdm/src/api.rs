@@ -352,7 +352,23 @@ pub async fn get_enrollment(
         .await
         .map_err(internal)?
         .ok_or_else(|| fail(StatusCode::NOT_FOUND, "unknown enrollment"))?;
-    Ok(Json(enrollment_json(&e)))
+    let bindings = state
+        .store
+        .cert_bindings(&e.device_id)
+        .await
+        .map_err(internal)?;
+    let mut v = enrollment_json(&e);
+    // Every certificate the device authenticated with; re-enrollments show as replaced ones.
+    v["certificates"] = bindings
+        .iter()
+        .map(|b| {
+            json!({
+                "sha256": b.sha256, "subject": b.subject, "bound_at": b.bound_at,
+                "replaced_at": b.replaced_at, "current": b.replaced_at.is_none(),
+            })
+        })
+        .collect();
+    Ok(Json(v))
 }
 
 /// `GET /api/v1/enrollments/{id}/commands[?pending=1]`: the queue and the results.

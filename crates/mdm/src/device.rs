@@ -2,31 +2,69 @@
 //! report, then (for reports) the next command.
 
 use crate::error::MdmError;
-use crate::{now_ms, MdmState};
+use crate::{now_ms, MdmState, BOUND_TTL};
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use cloudvpp_identity::{cert_from_header, verify_mdm_signature, DeviceCert};
+use cloudvpp_identity::{cert_from_header, chain_from_header, verify_mdm_signature, DeviceCert};
 use cloudvpp_mdmwire::{
     CheckinMessage, EnrollmentType, Platform, Report, ReportStatus, CHECKIN_CONTENT_TYPE,
 };
 use cloudvpp_store::mdm::{AuthenticateInfo, ReportOutcome, TokenUpdateInfo};
 use cloudvpp_store::StoreError;
+use std::net::SocketAddr;
+use subtle::ConstantTimeEq;
 
 /// Largest body accepted (a report can carry large query answers).
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
-/// Checks the device certificate: from the proxy header when configured, otherwise from
-/// `Mdm-Signature` over the exact body; then against the CAs.
-fn identify(state: &MdmState, headers: &HeaderMap, body: &[u8]) -> Result<DeviceCert, MdmError> {
-    let (cert, dc) = match &state.config.cert_header {
-        Some(name) => {
+/// Checks the device certificate: from the proxy header when configured (and only from
+/// the proxy), otherwise from `Mdm-Signature` over the exact body; then against the CAs.
+/// The certificate returned is the one whose key signed (or that the proxy saw).
+fn identify(
+    state: &MdmState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<DeviceCert, MdmError> {
+    let presented = match &state.config.cert_header {
+        Some(proxy) => {
+            if !proxy.addresses.is_empty()
+                && !proxy.addresses.iter().any(|n| n.contains(&peer.ip()))
+            {
+                return Err(MdmError::bad(format!(
+                    "{} set by {}, which is not a trusted proxy",
+                    proxy.header,
+                    peer.ip()
+                )));
+            }
+            if let Some(secret) = &proxy.secret {
+                let given = headers
+                    .get(crate::PROXY_SECRET_HEADER)
+                    .map(|v| v.as_bytes())
+                    .unwrap_or_default();
+                if !bool::from(given.ct_eq(secret.as_bytes())) {
+                    return Err(MdmError::bad(format!(
+                        "request from {} without the proxy's shared secret",
+                        peer.ip()
+                    )));
+                }
+            }
             let value = headers
-                .get(name.as_str())
+                .get(proxy.header.as_str())
                 .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| MdmError::bad(format!("no {name} certificate header")))?;
-            cert_from_header(value).map_err(|e| MdmError::bad(e.to_string()))?
+                .ok_or_else(|| MdmError::bad(format!("no {} certificate header", proxy.header)))?;
+            let mut presented =
+                cert_from_header(value).map_err(|e| MdmError::bad(e.to_string()))?;
+            if let Some(chain) = headers.get("client-cert-chain") {
+                let chain = chain
+                    .to_str()
+                    .map_err(|_| MdmError::bad("Client-Cert-Chain is not ASCII"))?;
+                presented.others =
+                    chain_from_header(chain).map_err(|e| MdmError::bad(e.to_string()))?;
+            }
+            presented
         }
         None => {
             let sig = headers
@@ -39,30 +77,51 @@ fn identify(state: &MdmState, headers: &HeaderMap, body: &[u8]) -> Result<Device
     state
         .config
         .ca
-        .verify(&cert, &dc)
-        .map_err(|e| MdmError::bad(e.to_string()))?;
-    Ok(dc)
+        .verify(&presented)
+        .map_err(|e| MdmError::bad(e.to_string()))
 }
 
 /// Every message after Authenticate must come with the certificate the device
-/// authenticated with (user channels present the device's certificate).
+/// authenticated with last (user channels present the device's certificate).
 async fn require_bound(state: &MdmState, device_id: &str, dc: &DeviceCert) -> Result<(), MdmError> {
-    let key = format!("{device_id}\u{0}{}", dc.sha256);
-    if state.bound.lock().expect("lock").contains(&key) {
-        return Ok(());
-    }
-    if state
-        .store
-        .cert_associated(device_id, &dc.sha256)
-        .await
-        .map_err(MdmError::internal)?
-    {
-        state.bound.lock().expect("lock").insert(key);
+    let cached = state
+        .bound
+        .lock()
+        .expect("lock")
+        .get(device_id)
+        .filter(|(_, at)| at.elapsed() < BOUND_TTL)
+        .map(|(sha, _)| sha == &dc.sha256);
+    let bound = match cached {
+        Some(b) => b,
+        None => {
+            let b = state
+                .store
+                .cert_associated(device_id, &dc.sha256)
+                .await
+                .map_err(MdmError::internal)?;
+            if b {
+                remember_binding(state, device_id, &dc.sha256);
+            }
+            b
+        }
+    };
+    if bound {
         Ok(())
     } else {
         Err(MdmError::bad("certificate is not the one this enrollment authenticated with, or the enrollment is unknown")
             .for_enrollment(device_id))
     }
+}
+
+fn remember_binding(state: &MdmState, device_id: &str, sha256: &str) {
+    let mut bound = state.bound.lock().expect("lock");
+    if bound.len() >= 1_000_000 {
+        bound.clear();
+    }
+    bound.insert(
+        device_id.to_string(),
+        (sha256.to_string(), std::time::Instant::now()),
+    );
 }
 
 fn is_checkin(headers: &HeaderMap) -> bool {
@@ -75,10 +134,11 @@ fn is_checkin(headers: &HeaderMap) -> bool {
 /// `PUT /checkin` (CheckInURL).
 pub async fn checkin_endpoint(
     State(state): State<MdmState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match checkin(&state, &headers, &body).await {
+    match checkin(&state, peer, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -87,13 +147,14 @@ pub async fn checkin_endpoint(
 /// `PUT /mdm` (ServerURL): command reports, and check-ins when no CheckInURL is set.
 pub async fn mdm_endpoint(
     State(state): State<MdmState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let result = if is_checkin(&headers) {
-        checkin(&state, &headers, &body).await
+        checkin(&state, peer, &headers, &body).await
     } else {
-        report(&state, &headers, &body).await
+        report(&state, peer, &headers, &body).await
     };
     match result {
         Ok(r) => r,
@@ -105,8 +166,13 @@ fn empty() -> Response {
     StatusCode::OK.into_response()
 }
 
-async fn checkin(state: &MdmState, headers: &HeaderMap, body: &[u8]) -> Result<Response, MdmError> {
-    let dc = identify(state, headers, body)?;
+async fn checkin(
+    state: &MdmState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, MdmError> {
+    let dc = identify(state, peer, headers, body)?;
     let msg = CheckinMessage::decode(body).map_err(|e| MdmError::bad(e.to_string()))?;
     let who = msg
         .keys()
@@ -128,6 +194,19 @@ async fn checkin(state: &MdmState, headers: &HeaderMap, body: &[u8]) -> Result<R
                 );
             }
             let topic = topic()?;
+            if state.config.require_device_id_in_cert {
+                let ids = [
+                    who.device_id.as_str(),
+                    msg.serial_number.as_deref().unwrap_or(""),
+                ];
+                if !dc.names_any(&ids) {
+                    return Err(MdmError::bad(format!(
+                        "certificate {} names neither this device's ID nor its serial number",
+                        dc.subject
+                    ))
+                    .for_enrollment(&who.id));
+                }
+            }
             if let Some(owner) = state
                 .store
                 .cert_owner(&dc.sha256)
@@ -141,11 +220,30 @@ async fn checkin(state: &MdmState, headers: &HeaderMap, body: &[u8]) -> Result<R
                     .for_enrollment(&who.id));
                 }
             }
-            state
+            let replaced = match state
                 .store
-                .associate_cert(&who.device_id, &dc.sha256, now)
+                .associate_cert(&who.device_id, &dc.sha256, &dc.subject, now)
                 .await
-                .map_err(MdmError::internal)?;
+            {
+                Ok(r) => r,
+                Err(StoreError::Conflict(_)) => {
+                    return Err(MdmError::bad(
+                        "another Authenticate for this device is binding a certificate; retry",
+                    )
+                    .for_enrollment(&who.id))
+                }
+                Err(e) => return Err(MdmError::internal(e)),
+            };
+            if let Some(old) = replaced {
+                tracing::warn!(
+                    enrollment = who.id,
+                    old_cert = old,
+                    new_cert = dc.sha256,
+                    subject = dc.subject,
+                    "re-enrollment: certificate binding replaced; the old certificate no longer works"
+                );
+            }
+            remember_binding(state, &who.device_id, &dc.sha256);
             let platform = Platform::detect(msg.product_name.as_deref(), msg.model.as_deref());
             state
                 .store
@@ -232,8 +330,13 @@ async fn checkin(state: &MdmState, headers: &HeaderMap, body: &[u8]) -> Result<R
     }
 }
 
-async fn report(state: &MdmState, headers: &HeaderMap, body: &[u8]) -> Result<Response, MdmError> {
-    let dc = identify(state, headers, body)?;
+async fn report(
+    state: &MdmState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, MdmError> {
+    let dc = identify(state, peer, headers, body)?;
     let (r, status) = Report::decode(body).map_err(|e| MdmError::bad(e.to_string()))?;
     let who = r
         .keys()

@@ -16,22 +16,44 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use cloudvpp_identity::CaPool;
 use cloudvpp_store::mdm::MdmStore;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Who may set the certificate header: the TLS-terminating proxy, known by its address,
+/// a shared secret it adds, or both. Anyone else could name any device's certificate.
+#[derive(Debug, Clone)]
+pub struct ProxyTrust {
+    /// Header carrying the device certificate (RFC 9440 or escaped PEM).
+    pub header: String,
+    /// Peer addresses allowed to set it; empty means any address (then `secret` is required).
+    pub addresses: Vec<ipnet::IpNet>,
+    /// Value the proxy sends in [`PROXY_SECRET_HEADER`], when configured.
+    pub secret: Option<String>,
+}
+
+/// Header in which the proxy proves itself with the shared secret.
+pub const PROXY_SECRET_HEADER: &str = "cloudvpp-proxy-secret";
 
 /// Settings of the MDM service.
 pub struct Config {
     /// Trusted CAs of device identity certificates.
     pub ca: CaPool,
-    /// Read the device certificate from this header (RFC 9440 or escaped PEM) instead of
-    /// `Mdm-Signature`.
-    pub cert_header: Option<String>,
+    /// Read the device certificate from a proxy's header instead of `Mdm-Signature`.
+    pub cert_header: Option<ProxyTrust>,
+    /// Authenticate only certificates that name the device (UDID, serial number or
+    /// EnrollmentID in the subject or subjectAltName): for CAs that attest devices.
+    pub require_device_id_in_cert: bool,
     /// Admin API key; without one the admin API is off.
     pub api_key: Option<String>,
     /// APNs client; without one pushes are reported as not configured.
     pub pusher: Option<push::Pusher>,
 }
+
+/// How long a certificate binding read from the database is trusted without reading it
+/// again: the longest an instance accepts a certificate that a re-enrollment elsewhere
+/// replaced.
+pub const BOUND_TTL: Duration = Duration::from_secs(5);
 
 /// Shared state.
 #[derive(Clone)]
@@ -40,9 +62,9 @@ pub struct MdmState {
     pub store: Arc<dyn MdmStore>,
     /// Settings.
     pub config: Arc<Config>,
-    /// (device ID, certificate hash) pairs known to be bound: a binding is never removed,
-    /// so a positive answer can be kept.
-    bound: Arc<Mutex<HashSet<String>>>,
+    /// Device ID → (certificate hash bound to it, when read). Kept for [`BOUND_TTL`]: a
+    /// re-enrollment on another instance replaces the binding, and this one must notice.
+    bound: Arc<Mutex<HashMap<String, (String, std::time::Instant)>>>,
     /// `last_seen_at` waiting to be written in the next batch.
     seen: Arc<Mutex<HashMap<String, i64>>>,
 }

@@ -3,8 +3,8 @@
 use crate::{err, SqlStore};
 use async_trait::async_trait;
 use cloudvpp_store::mdm::{
-    AuthenticateInfo, CommandState, EnrollmentRecord, MdmStore, QueuedCommand, ReportOutcome,
-    TokenUpdateInfo,
+    AuthenticateInfo, CertBinding, CommandState, EnrollmentRecord, MdmStore, QueuedCommand,
+    ReportOutcome, TokenUpdateInfo,
 };
 use cloudvpp_store::{Result, StoreError};
 use sqlx::any::AnyRow;
@@ -63,24 +63,80 @@ impl MdmStore for SqlStore {
     }
 
     async fn cert_associated(&self, device_id: &str, sha256: &str) -> Result<bool> {
-        let row = sqlx::query("SELECT 1 FROM mdm_cert_auth WHERE device_id = $1 AND sha256 = $2")
-            .bind(device_id)
-            .bind(sha256)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(err)?;
+        let row = sqlx::query(
+            "SELECT 1 FROM mdm_cert_auth WHERE device_id = $1 AND sha256 = $2 AND replaced_at IS NULL",
+        )
+        .bind(device_id)
+        .bind(sha256)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(err)?;
         Ok(row.is_some())
     }
 
-    async fn associate_cert(&self, device_id: &str, sha256: &str, now: i64) -> Result<()> {
-        sqlx::query("INSERT INTO mdm_cert_auth (device_id, sha256, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-            .bind(device_id)
-            .bind(sha256)
-            .bind(now)
-            .execute(&self.writer)
-            .await
-            .map_err(err)?;
-        Ok(())
+    async fn associate_cert(
+        &self,
+        device_id: &str,
+        sha256: &str,
+        subject: &str,
+        now: i64,
+    ) -> Result<Option<String>> {
+        let mut tx = self.begin_write().await?;
+        let previous: Option<String> = sqlx::query(
+            "SELECT sha256 FROM mdm_cert_auth WHERE device_id = $1 AND replaced_at IS NULL AND sha256 <> $2",
+        )
+        .bind(device_id)
+        .bind(sha256)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?
+        .map(|r| r.get(0));
+        sqlx::query(
+            "UPDATE mdm_cert_auth SET replaced_at = $1 WHERE device_id = $2 AND sha256 <> $3 AND replaced_at IS NULL",
+        )
+        .bind(now)
+        .bind(device_id)
+        .bind(sha256)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        // A partial unique index keeps one current certificate per device: of two racing
+        // Authenticates with different certificates, the second fails and is retried.
+        sqlx::query(
+            "INSERT INTO mdm_cert_auth (device_id, sha256, created_at, subject) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (device_id, sha256) DO UPDATE SET replaced_at = NULL,
+               created_at = CASE WHEN mdm_cert_auth.replaced_at IS NULL THEN mdm_cert_auth.created_at ELSE excluded.created_at END,
+               subject = excluded.subject",
+        )
+        .bind(device_id)
+        .bind(sha256)
+        .bind(now)
+        .bind(subject)
+        .execute(&mut *tx)
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(previous)
+    }
+
+    async fn cert_bindings(&self, device_id: &str) -> Result<Vec<CertBinding>> {
+        let rows = sqlx::query(
+            "SELECT sha256, subject, created_at, replaced_at FROM mdm_cert_auth WHERE device_id = $1
+             ORDER BY replaced_at IS NULL DESC, created_at DESC, sha256",
+        )
+        .bind(device_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
+        Ok(rows
+            .iter()
+            .map(|r| CertBinding {
+                sha256: r.get(0),
+                subject: r.get(1),
+                bound_at: r.get(2),
+                replaced_at: r.get(3),
+            })
+            .collect())
     }
 
     async fn authenticate(&self, info: &AuthenticateInfo, now: i64) -> Result<()> {

@@ -71,6 +71,19 @@ pub struct EnrollmentRecord {
     pub last_seen_at: Option<i64>,
 }
 
+/// A certificate bound to a device; the current one has no `replaced_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertBinding {
+    /// Hex SHA-256 of the certificate.
+    pub sha256: String,
+    /// Its subject, when recorded.
+    pub subject: Option<String>,
+    /// When it was bound, Unix ms.
+    pub bound_at: i64,
+    /// When a re-enrollment replaced it, Unix ms.
+    pub replaced_at: Option<i64>,
+}
+
 /// A command as enqueued.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueuedCommand {
@@ -121,10 +134,19 @@ pub enum ReportOutcome {
 pub trait MdmStore: Send + Sync + 'static {
     /// The device-channel ID a certificate hash is bound to, if any.
     async fn cert_owner(&self, sha256: &str) -> Result<Option<String>>;
-    /// Whether `sha256` is bound to `device_id`.
+    /// Whether `sha256` is the certificate currently bound to `device_id`.
     async fn cert_associated(&self, device_id: &str, sha256: &str) -> Result<bool>;
-    /// Binds a certificate hash to a device-channel ID.
-    async fn associate_cert(&self, device_id: &str, sha256: &str, now: i64) -> Result<()>;
+    /// Binds a certificate to a device-channel ID, replacing the one bound before (which
+    /// then stops working for it). Returns the hash of the replaced certificate, if any.
+    async fn associate_cert(
+        &self,
+        device_id: &str,
+        sha256: &str,
+        subject: &str,
+        now: i64,
+    ) -> Result<Option<String>>;
+    /// Every certificate ever bound to a device, newest first.
+    async fn cert_bindings(&self, device_id: &str) -> Result<Vec<CertBinding>>;
 
     /// Authenticate: upserts the device, clears the queues of all its channels and
     /// disables them until the next TokenUpdate.

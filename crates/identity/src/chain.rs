@@ -1,0 +1,230 @@
+//! Which certificates are device identities: a leaf for client authentication, valid
+//! now, that chains to one of the configured CAs, possibly through intermediates the
+//! device sent in its CMS.
+
+use crate::verify::verify_signature;
+use crate::{DeviceCert, IdentityError, Presented};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::GeneralName;
+use x509_parser::prelude::FromDer;
+use x509_parser::time::ASN1Time;
+
+/// Intermediates between a device certificate and a configured CA.
+const MAX_INTERMEDIATES: usize = 4;
+/// Verified chains remembered; cleared whole when full.
+const CACHE_SIZE: usize = 1_000_000;
+
+fn parse(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
+    match X509Certificate::from_der(der) {
+        Ok((rest, c)) if rest.is_empty() => Ok(c),
+        _ => Err(IdentityError::Malformed(
+            "a certificate that is not DER X.509".into(),
+        )),
+    }
+}
+
+fn check_dates(c: &X509Certificate, whose: &str, now: ASN1Time) -> Result<(), IdentityError> {
+    let v = c.validity();
+    if now < v.not_before {
+        return Err(IdentityError::NotYetValid(format!(
+            "{whose} is valid from {}",
+            v.not_before
+        )));
+    }
+    if now > v.not_after {
+        return Err(IdentityError::Expired(format!(
+            "{whose} expired {}",
+            v.not_after
+        )));
+    }
+    Ok(())
+}
+
+fn signed_by(child: &X509Certificate, issuer: &X509Certificate) -> Result<(), IdentityError> {
+    verify_signature(
+        issuer.public_key(),
+        child.signature_algorithm.algorithm.as_bytes(),
+        None,
+        child.tbs_certificate.as_ref(),
+        &child.signature_value.data,
+    )
+}
+
+/// A device identity must be an end-entity certificate usable for client authentication.
+fn leaf_policy(c: &X509Certificate) -> Result<(), IdentityError> {
+    match c.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => {
+            return Err(IdentityError::NotALeaf(
+                "a CA certificate (basicConstraints cA) is not a device identity".into(),
+            ))
+        }
+        Ok(_) => {}
+        Err(_) => return Err(IdentityError::Malformed("basicConstraints".into())),
+    }
+    match c.extended_key_usage() {
+        Ok(Some(eku)) if !(eku.value.client_auth || eku.value.any) => Err(
+            IdentityError::WrongUsage("extendedKeyUsage without clientAuth".into()),
+        ),
+        Ok(_) => Ok(()),
+        Err(_) => Err(IdentityError::Malformed("extendedKeyUsage".into())),
+    }
+}
+
+/// Subject attribute values and subjectAltName strings, lower-cased, for the
+/// "certificate names this device" option.
+fn names(c: &X509Certificate) -> Vec<String> {
+    let mut out: Vec<String> = c
+        .subject()
+        .iter_attributes()
+        .filter_map(|a| a.as_str().ok())
+        .map(str::to_lowercase)
+        .collect();
+    if let Ok(Some(san)) = c.subject_alternative_name() {
+        for n in &san.value.general_names {
+            let s = match n {
+                GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                    Some(s.to_string())
+                }
+                // otherName [0] EXPLICIT value: take it when it is a string.
+                GeneralName::OtherName(_, v) => other_name_string(v),
+                _ => None,
+            };
+            out.extend(s.map(|s| s.to_lowercase()));
+        }
+    }
+    out
+}
+
+fn other_name_string(v: &[u8]) -> Option<String> {
+    use x509_parser::der_parser::asn1_rs::{Any, FromBer};
+    let (_, outer) = Any::from_ber(v).ok()?;
+    let (_, inner) = Any::from_ber(outer.data).ok()?;
+    std::str::from_utf8(inner.data).ok().map(str::to_string)
+}
+
+/// The CAs device certificates must come from.
+pub struct CaPool {
+    anchors: Vec<Vec<u8>>,
+    /// Leaf fingerprint → when the verified chain stops being valid (Unix seconds); the
+    /// same devices come back all day, and a chain walk is several signature checks.
+    cache: Mutex<HashMap<String, i64>>,
+}
+
+impl CaPool {
+    /// Reads every certificate of a PEM bundle. Any certificate there is a trust anchor:
+    /// a root, or an intermediate the operator chose to trust directly.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, IdentityError> {
+        let mut anchors = Vec::new();
+        for item in x509_parser::pem::Pem::iter_from_buffer(pem) {
+            let item = item.map_err(|e| IdentityError::Malformed(format!("CA file: {e}")))?;
+            if item.label != "CERTIFICATE" {
+                continue;
+            }
+            parse(&item.contents)?;
+            anchors.push(item.contents);
+        }
+        if anchors.is_empty() {
+            return Err(IdentityError::Malformed(
+                "no certificate in the CA file".into(),
+            ));
+        }
+        Ok(CaPool {
+            anchors,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Checks a presented certificate (and the intermediates that came with it) and
+    /// returns the device identity: always the presented leaf itself.
+    pub fn verify(&self, presented: &Presented) -> Result<DeviceCert, IdentityError> {
+        let leaf = parse(&presented.leaf)?;
+        let now = ASN1Time::now();
+        let sha256 = crate::fingerprint(&presented.leaf);
+        let cached = self.cache.lock().expect("lock").get(&sha256).copied();
+        if cached.is_none_or(|until| until <= now.timestamp()) {
+            let until = self.walk(&leaf, presented, now)?;
+            let mut cache = self.cache.lock().expect("lock");
+            if cache.len() >= CACHE_SIZE {
+                cache.clear();
+            }
+            cache.insert(sha256.clone(), until);
+        }
+        Ok(DeviceCert {
+            der: presented.leaf.clone(),
+            sha256,
+            subject: leaf.subject().to_string(),
+            names: names(&leaf),
+        })
+    }
+
+    /// Walks from the leaf to an anchor; returns the earliest expiry on the way.
+    fn walk(
+        &self,
+        leaf: &X509Certificate,
+        presented: &Presented,
+        now: ASN1Time,
+    ) -> Result<i64, IdentityError> {
+        leaf_policy(leaf)?;
+        check_dates(leaf, "the certificate", now)?;
+        let anchors: Vec<X509Certificate> = self
+            .anchors
+            .iter()
+            .map(|d| parse(d))
+            .collect::<Result<_, _>>()?;
+        let intermediates: Vec<X509Certificate> = presented
+            .others
+            .iter()
+            .filter_map(|d| parse(d).ok())
+            .collect();
+        let mut used = vec![false; intermediates.len()];
+        let mut until = leaf.validity().not_after.timestamp();
+        let mut current = leaf;
+        for _ in 0..=MAX_INTERMEDIATES {
+            let issuer_name = current.issuer().as_raw();
+            let mut last_failure = None;
+            for anchor in anchors
+                .iter()
+                .filter(|a| a.subject().as_raw() == issuer_name)
+            {
+                match signed_by(current, anchor) {
+                    Ok(()) => {
+                        check_dates(anchor, "the issuing CA", now)?;
+                        return Ok(until.min(anchor.validity().not_after.timestamp()));
+                    }
+                    Err(e) => last_failure = Some(e),
+                }
+            }
+            let next = intermediates.iter().enumerate().find(|(n, c)| {
+                !used[*n]
+                    && c.subject().as_raw() == issuer_name
+                    && c.is_ca()
+                    && check_dates(c, "", now).is_ok()
+                    && signed_by(current, c).is_ok()
+            });
+            match next {
+                Some((n, c)) => {
+                    used[n] = true;
+                    until = until.min(c.validity().not_after.timestamp());
+                    current = c;
+                }
+                None => {
+                    return Err(match last_failure {
+                        Some(IdentityError::BadSignature(_)) => IdentityError::Untrusted(
+                            "the issuing CA's signature on the certificate does not verify".into(),
+                        ),
+                        Some(e) => e,
+                        None => IdentityError::Untrusted(format!(
+                            "not issued by a configured CA (issuer {})",
+                            current.issuer()
+                        )),
+                    })
+                }
+            }
+        }
+        Err(IdentityError::Untrusted(format!(
+            "more than {MAX_INTERMEDIATES} intermediates"
+        )))
+    }
+}
