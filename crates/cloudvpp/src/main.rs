@@ -219,6 +219,8 @@ async fn main() {
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only on a terminal: logs sent to files and collectors stay plain.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = run(Cli::parse()).await {
         eprintln!("cloudvpp: {e:#}");

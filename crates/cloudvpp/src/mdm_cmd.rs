@@ -126,7 +126,7 @@ pub struct MdmOptions {
     /// Address or network (CIDR) of the proxy allowed to set --cert-header (repeatable).
     /// Without it (and without --proxy-secret) only loopback peers may, and the service
     /// refuses to start on a non-loopback address.
-    #[arg(long = "trusted-proxy", requires = "cert_header")]
+    #[arg(long = "trusted-proxy", requires = "cert_header", value_parser = parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Shared secret the proxy sends in the Cloudvpp-Proxy-Secret header, in addition to
     /// or instead of --trusted-proxy.
@@ -318,6 +318,13 @@ pub async fn run(cmd: MdmCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// An address (`10.0.0.5`) or a network (`10.0.0.0/24`).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR network"))
 }
 
 /// Who may set --cert-header. A header anyone can set would let anyone name any

@@ -392,6 +392,31 @@ mod tests {
     }
 
     #[test]
+    fn a_certificate_before_its_validity_is_refused() {
+        let (ca_pem, ca_key) = devpki::new_ca("Test CA").unwrap();
+        let ca_kp =
+            rcgen::KeyPair::from_pem_and_sign_algo(&ca_key, &rcgen::PKCS_RSA_SHA256).unwrap();
+        let ca = rcgen::CertificateParams::from_ca_cert_pem(&ca_pem)
+            .unwrap()
+            .self_signed(&ca_kp)
+            .unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.not_before = rcgen::date_time_ymd(2999, 1, 1);
+        params.not_after = rcgen::date_time_ymd(3000, 1, 1);
+        let cert = params.signed_by(&key, &ca, &ca_kp).unwrap();
+        let pool = CaPool::from_pem(ca_pem.as_bytes()).unwrap();
+        let presented = Presented {
+            leaf: cert.der().to_vec(),
+            others: vec![],
+        };
+        assert!(matches!(
+            pool.verify(&presented),
+            Err(IdentityError::NotYetValid(_))
+        ));
+    }
+
+    #[test]
     fn rfc9440_and_escaped_pem_headers_read_the_same_certificate() {
         let (_, _, dev_pem, _) = ca_and_device();
         let cert = pem::cert(dev_pem.as_bytes()).unwrap();

@@ -128,12 +128,23 @@ impl Env {
 
     /// Starts `cloudvpp ARGS --database DB` and waits for its "listening on" line.
     pub fn spawn_on(&self, db: &str, args: &[&str]) -> Server {
+        self.spawn_with_stderr(db, args, Stdio::inherit())
+    }
+
+    /// As [`Env::spawn`], with the server's log (warnings and up) written to `log`.
+    pub fn spawn_logged(&self, args: &[&str], log: &std::path::Path) -> Server {
+        let file = std::fs::File::create(log).unwrap();
+        self.spawn_with_stderr(&self.db(), args, Stdio::from(file))
+    }
+
+    fn spawn_with_stderr(&self, db: &str, args: &[&str], stderr: Stdio) -> Server {
         let mut child = Command::new(BIN)
             .args(args)
             .args(["--database", db])
             .env("CLOUDVPP_LOG", "warn")
+            .env("NO_COLOR", "1")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
