@@ -105,7 +105,10 @@ pub async fn push_many(state: &MdmState, ids: &[String]) -> BTreeMap<String, Val
                 },
                 Ok(Some(_)) => json!({ "push_error": "enrollment is disabled (checked out or awaiting TokenUpdate)" }),
                 Ok(None) => json!({ "push_error": "unknown enrollment" }),
-                Err(e) => json!({ "push_error": format!("storage: {e}") }),
+                Err(e) => {
+                    tracing::error!(error = %e, enrollment = id, "push: reading the enrollment");
+                    json!({ "push_error": "storage failure" })
+                }
             };
             (id, r)
         });

@@ -13,6 +13,8 @@ pub struct MdmError {
     pub reason: String,
     /// Enrollment concerned, when known.
     pub enrollment: Option<String>,
+    /// Whether `reason` may be shown to the device; storage failures are only logged.
+    pub public: bool,
 }
 
 impl MdmError {
@@ -22,6 +24,7 @@ impl MdmError {
             status: StatusCode::BAD_REQUEST,
             reason: reason.into(),
             enrollment: None,
+            public: true,
         }
     }
     /// Attaches the enrollment ID for the log line.
@@ -29,12 +32,15 @@ impl MdmError {
         self.enrollment = Some(id.to_string());
         self
     }
-    /// 500 for a storage failure.
+    /// 500 for a storage failure (503 when the database cannot be reached, so the device
+    /// retries later). The database's words go to the log only: they can name tables,
+    /// queries and values, none of which a device should see.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         MdmError {
             status: StatusCode::INTERNAL_SERVER_ERROR,
             reason: format!("storage: {e}"),
             enrollment: None,
+            public: false,
         }
     }
 }
@@ -43,6 +49,10 @@ impl IntoResponse for MdmError {
     fn into_response(self) -> Response {
         debug_assert_ne!(self.status, StatusCode::UNAUTHORIZED);
         tracing::warn!(status = self.status.as_u16(), enrollment = self.enrollment.as_deref().unwrap_or("-"), reason = %self.reason, "MDM request refused");
-        (self.status, format!("{}\n", self.reason)).into_response()
+        if self.public {
+            (self.status, format!("{}\n", self.reason)).into_response()
+        } else {
+            (self.status, "internal error: see the server log\n").into_response()
+        }
     }
 }
