@@ -16,8 +16,9 @@ use cloudvpp_store::StoreError;
 use std::net::SocketAddr;
 use subtle::ConstantTimeEq;
 
-/// Largest body accepted (a report can carry large query answers).
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Largest body accepted (a report can carry large query answers): the plist decoders'
+/// own input limit, so a body the router lets through is never refused for its size alone.
+pub const MAX_BODY: usize = cloudvpp_mdmwire::PlistLimits::DEFAULT.max_input;
 
 /// Checks the device certificate: from the proxy header when configured (and only from
 /// the proxy), otherwise from `Mdm-Signature` over the exact body; then against the CAs.

@@ -1,10 +1,14 @@
 //! Apple MDM protocol messages as plists: check-in messages (`PUT /checkin`), command
 //! reports (`PUT /mdm`), commands, and the typed `InviteToProgram`.
 //!
-//! Bodies arrive as XML or binary plists; [`plist::from_bytes`] reads both. Only the keys
-//! the server acts on are typed; the raw bytes are kept by the caller for storage.
+//! Bodies arrive as XML or binary plists and are read within [`PlistLimits`] (see
+//! [`bounded`]): never `plist::from_bytes` on untrusted bytes. Only the keys the server
+//! acts on are typed; the raw bytes are kept by the caller for storage.
 
 use serde::{Deserialize, Serialize};
+
+pub mod bounded;
+pub use bounded::{from_bytes_bounded, parse_bounded, PlistLimits};
 
 /// Content type of check-in messages.
 pub const CHECKIN_CONTENT_TYPE: &str = "application/x-apple-aspen-mdm-checkin";
@@ -16,7 +20,7 @@ pub const CLOUDVPP_PROGRAM_ID: &str = "com.apple.cloudvpp";
 pub const SHARED_IPAD_USER_ID: &str = "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF";
 
 /// Decoding failure.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeError(pub String);
 
 impl std::fmt::Display for DecodeError {
@@ -257,7 +261,8 @@ pub struct CheckinMessage {
 impl CheckinMessage {
     /// Decodes an XML or binary plist.
     pub fn decode(body: &[u8]) -> Result<Self, DecodeError> {
-        plist::from_bytes(body).map_err(|e| DecodeError(format!("check-in plist: {e}")))
+        from_bytes_bounded(body, &PlistLimits::DEFAULT)
+            .map_err(|e| DecodeError(format!("check-in {e}")))
     }
 }
 
@@ -393,8 +398,8 @@ pub struct Report {
 impl Report {
     /// Decodes an XML or binary plist, checking `Status`.
     pub fn decode(body: &[u8]) -> Result<(Self, ReportStatus), DecodeError> {
-        let r: Report =
-            plist::from_bytes(body).map_err(|e| DecodeError(format!("report plist: {e}")))?;
+        let r: Report = from_bytes_bounded(body, &PlistLimits::DEFAULT)
+            .map_err(|e| DecodeError(format!("report {e}")))?;
         let status = ReportStatus::parse(&r.status)
             .ok_or_else(|| DecodeError(format!("unknown Status {:?}", r.status)))?;
         if status != ReportStatus::Idle && r.command_uuid.as_deref().is_none_or(|u| u.is_empty()) {
@@ -432,8 +437,8 @@ struct RawInner {
 
 /// Checks a raw command plist: it must carry `CommandUUID` and `Command.RequestType`.
 pub fn decode_command(body: &[u8]) -> Result<CommandInfo, DecodeError> {
-    let c: RawCommand =
-        plist::from_bytes(body).map_err(|e| DecodeError(format!("command plist: {e}")))?;
+    let c: RawCommand = from_bytes_bounded(body, &PlistLimits::DEFAULT)
+        .map_err(|e| DecodeError(format!("command {e}")))?;
     if c.command_uuid.trim().is_empty() || c.command.request_type.trim().is_empty() {
         return Err(DecodeError("empty CommandUUID or RequestType".into()));
     }

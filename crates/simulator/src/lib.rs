@@ -8,7 +8,9 @@
 
 use anyhow::{bail, Context, Result};
 use cloudvpp_identity::{devpki, pem, sign_detached};
-use cloudvpp_mdmwire::{CHECKIN_CONTENT_TYPE, MDM_CONTENT_TYPE, SHARED_IPAD_USER_ID};
+use cloudvpp_mdmwire::{
+    parse_bounded, PlistLimits, CHECKIN_CONTENT_TYPE, MDM_CONTENT_TYPE, SHARED_IPAD_USER_ID,
+};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -384,7 +386,9 @@ impl SimDevice {
             return Ok(None);
         }
         let _ = user_channel;
-        let v: plist::Value = plist::from_bytes(&resp).context("command plist from the server")?;
+        // Bounded: the simulator may be pointed at any server.
+        let v =
+            parse_bounded(&resp, &PlistLimits::DEFAULT).context("command plist from the server")?;
         Ok(v.into_dictionary())
     }
 

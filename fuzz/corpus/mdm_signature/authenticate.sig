@@ -1,0 +1,23 @@
+MIIE4QYJKoZIhvcNAQcCoIIE0jCCBM4CAQExDzANBglghkgBZQMEAgEFADALBgkqhkiG9w0BBwKgggLjMIIC3zCCAcegAwIBAgIRAJhKuw3UCGuqEQvr8HFjBKEwDQYJKoZIhvcNAQELBQAwFzEVMBMGA1UEAwwMRnV6eiBTZWVkIENBMCAXDTc1MDEwMTAwMDAwMFoYDzQwOTYwMTAxMDAwMDAwWjAkMSIwIAYDVQQDDBkwMDAwODExMC0wMDBBMUIyQzNENEU1RjYwMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA6WP477Qrxnm4ZCnvR0taGQH9s7WCjFete+/0hS0+rdV+Hd/sNVw3Ajkt/gHxT2daZ0su5m7FKyV5zPNPiPh3qfnIVXT9OsynQfhFRvujFLP+/Kr5IZJKBxT3yB+2+kLnN25DIfC+AH6Rv5vfCuaFhl8pzIzL5eTQNV6tsL1Vli8a/6gx3tOxFfJ4SMpKBQ9jZTJlo/oHqvp83lW0yKbCIf0YLfCFuRPCHmjnW5qm502rMXv+8q7EyTngl3GLMvlK+cljP8BVDdeBvHlJQUI/87x4WpyhqtlXQK5Ym5VF5seQTIAC7hIgFh85WCw4xPZHqM/6XuuKZ74YFh2AklcXCQIDAQABoxcwFTATBgNVHSUEDDAKBggrBgEFBQcDAjANBgkqhkiG9w0BAQsFAAOCAQEAaH0v5c27G783s6zfTleau5gnOVQa2jrnRKTpRzy1qz2XJd7HWxoNRHr5+ON83XNkDq7xkwMxkwjJM8IdqY76FW3mpPZl0rWfBumEkTpe3WtRNJA+itXHlZfhIryMYaI5PY258RgtiPzUqMhz1AR4WG2dR+L7j782SvV02P/M7pjlx7VOVy46mMse92srMoYxpwzGmln97gjF7YGkbvNgS79xRgNOEq5ybvLqJiIIRSpEHH9G6zwFUPtUUvZc3NsOge/Ee0g4gPexj0mA5/d18hO/FZdDSZ8Gxcgwf7Bs4daBAAK1y/eD3FLQMxcBNrN6Zs65bZgMTXBh1dTV8jzNVjGCAcIwggG+AgEBMCwwFzEVMBMGA1UEAwwMRnV6eiBTZWVkIENBAhEAmEq7DdQIa6oRC+vwcWMEoTANBglghkgBZQMEAgEFAKBpMBgGCSqGSIb3DQEJAzELBgkqhkiG9w0BBwEwHAYJKoZIhvcNAQkFMQ8XDTI2MTEzMDIxMDMxNFowLwYJKoZIhvcNAQkEMSIEIL1BmsDXbMF/f2JwpfU5hQqKJofx2wvNqS6Wd8dWzf2NMA0GCSqGSIb3DQEBCwUABIIBABoMkV3/kNju0BtN4nyJ9cr2RK+0yzgBSAqd7rZB96ZV/vKs0Z4KNfIhJuO32Hy4hC0rrD89Mu1vYDvSvPzkcrknThdRf3G+h5OCZJkNG1sCcVJVrHQfZ2uoYTeWagNZErpY5N8IqS7mvsa4sm1a603eCc7PvfVAAWe2Z0gQHKzaSFjbCX40fcfy1FYNjj9ZgzBedelc+fBT2/XA02oJcvlJSQCwgHVVyu/AP/utBMz+iuvLQ/hq7N6FRzOJskfas61punTzoExGLKLQZw+75U7kCJMRLdoaYnrBje/vT0jgPZVpzVyNARGey5BouVXxy2jvELGjVUAnzfgJkqEwuw8=
+<?xml version="1.0" encoding="UTF-8"?>
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<dict>
+	<key>BuildVersion</key>
+	<string>22A3354</string>
+	<key>MessageType</key>
+	<string>Authenticate</string>
+	<key>OSVersion</key>
+	<string>17.0</string>
+	<key>ProductName</key>
+	<string>iPhone14,2</string>
+	<key>SerialNumber</key>
+	<string>F2LX1234ABCD</string>
+	<key>Topic</key>
+	<string>com.apple.mgmt.External.2f6c3a1e-7b4d-4e8a-9c0f-5d2e1b3a4c6f</string>
+	<key>UDID</key>
+	<string>00008110-000A1B2C3D4E5F60</string>
+	<key>DeviceName</key>
+	<string>Pat&apos;s iPhone</string>
+</dict>
+</plist>
