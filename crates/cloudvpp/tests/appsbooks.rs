@@ -1061,3 +1061,76 @@ async fn public_url_is_what_service_config_advertises() {
         "https://vpp.example.test/invite?inviteCode=%25inviteCode%25&mt=8"
     );
 }
+
+/// A database the service cannot reach is answered at once (not after a long pool wait)
+/// with Apple's 503 body and `Retry-After`, and no database text; when the database is
+/// back the service serves again by itself. PostgreSQL only: the database is closed to
+/// connections and the service's connections are ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_database_gets_503_at_once_and_the_service_recovers() {
+    let env = Env::new();
+    let Some(name) = env.postgres_name() else {
+        eprintln!("not run: an unreachable database needs CLOUDVPP_TEST_POSTGRES_URL");
+        return;
+    };
+    let token = env.org("O");
+    let srv = env.serve(&[]);
+    assert_eq!(srv.get(&token, "/mdm/v2/users").await.0, 200);
+
+    env.pg_admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    env.pg_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    let requests = [
+        srv.http.get(srv.url("/mdm/v2/users")),
+        srv.http.get(srv.url("/mdm/v2/status?eventId=e")),
+        srv.http.get(srv.url("/mdm/v2/client/config")),
+        srv.http
+            .post(srv.url("/mdm/v2/users/create"))
+            .json(&json!({"users": [{"clientUserId": "a"}]})),
+    ];
+    for req in requests {
+        let started = std::time::Instant::now();
+        let r = req.bearer_auth(&token).send().await.unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "answered after {took:?}");
+        assert_eq!(r.status(), 503);
+        let after: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&after));
+        let text = r.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["errorNumber"], 9729, "{text}");
+        assert_eq!(
+            body["errorMessage"],
+            "The service is temporarily unavailable. Try again later."
+        );
+        let lower = text.to_lowercase();
+        for leak in ["database", "sql", "postgres", "pool", "connection", &name] {
+            assert!(!lower.contains(leak), "{leak:?} in {text}");
+        }
+    }
+
+    env.pg_admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = srv
+            .http
+            .get(srv.url("/mdm/v2/users"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {}", r.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Writes and the event worker are back too.
+    let ev = srv.manage(&token, "create", users(0..2, "back")).await;
+    assert_eq!(srv.wait_event(&token, &ev).await["eventStatus"], "COMPLETE");
+}

@@ -96,12 +96,44 @@ pub struct SqlStore {
 }
 
 pub(crate) fn err(e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &e {
-        if db.is_unique_violation() {
-            return StoreError::Conflict(db.message().to_string());
+    match &e {
+        sqlx::Error::Database(db) => {
+            if db.is_unique_violation() {
+                return StoreError::Conflict(db.message().to_string());
+            }
+            if db.code().is_some_and(|c| unavailable_code(&c)) {
+                return StoreError::Unavailable(e.to_string());
+            }
         }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => return StoreError::Unavailable(e.to_string()),
+        _ => {}
     }
     StoreError::Other(e.to_string())
+}
+
+/// Whether a database error code means "cannot be reached now" rather than "this statement
+/// failed". PostgreSQL codes are 5-character SQLSTATEs; SQLite's are (extended) result codes
+/// in decimal, never 5 characters long.
+fn unavailable_code(code: &str) -> bool {
+    if code.len() == 5 {
+        // 08: connection exception; 28: authentication; 53: out of connections, memory or
+        // disk; 57P: shutting down, backend terminated, cannot connect now; 55000: the
+        // database does not accept connections; 3D000: no such database; 42501: CONNECT
+        // revoked (or a privilege taken away: the operator's problem, not the client's).
+        ["08", "28", "53", "57P"]
+            .iter()
+            .any(|p| code.starts_with(p))
+            || ["55000", "3D000", "42501"].contains(&code)
+    } else {
+        // SQLITE_BUSY, _LOCKED (after the busy timeout), _IOERR, _FULL, _CANTOPEN.
+        code.parse::<u32>()
+            .is_ok_and(|n| [5, 6, 10, 13, 14].contains(&(n & 0xff)))
+    }
 }
 
 impl SqlStore {

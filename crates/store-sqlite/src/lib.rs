@@ -32,7 +32,9 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .acquire_slow_threshold(Duration::from_secs(30))
         .max_connections(1)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(60))
+        // Queueing for the one writer is normal under load, but a request that waits longer
+        // than this is better answered 503 with Retry-After than left hanging.
+        .acquire_timeout(Duration::from_secs(5))
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute(
@@ -52,7 +54,7 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .map_err(err)?;
     let reader = AnyPoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(Duration::from_secs(60))
+        .acquire_timeout(Duration::from_secs(3))
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -65536;")

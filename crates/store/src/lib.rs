@@ -12,6 +12,7 @@
 pub mod engine;
 pub mod logic;
 pub mod mdm;
+pub mod secret;
 
 use async_trait::async_trait;
 use cloudvpp_abwire::{MdmInfo, RequestUser, ResponseUser, UserStatus};
@@ -26,6 +27,10 @@ pub enum StoreError {
     /// The caller no longer holds the lease it acted under.
     #[error("lease lost")]
     LeaseLost,
+    /// The database cannot be reached now (down, refusing connections, no connection free
+    /// within the pool's short wait): worth trying again later, unlike [`StoreError::Other`].
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// Anything else the backend reports.
     #[error("storage: {0}")]
     Other(String),

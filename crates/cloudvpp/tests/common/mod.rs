@@ -107,6 +107,23 @@ impl Env {
         self.postgres.as_ref().map(|_| self.db())
     }
 
+    /// This env's PostgreSQL database name, when the suite runs on PostgreSQL.
+    pub fn postgres_name(&self) -> Option<String> {
+        self.postgres.as_ref().map(|(_, name)| name.clone())
+    }
+
+    /// Runs one statement as the server's administrator, from the `postgres` database (to
+    /// change this env's database from outside it).
+    pub fn pg_admin(&self, sql: &str) {
+        let (server, _) = self.postgres.as_ref().expect("a PostgreSQL run");
+        let out = psql(server, sql);
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Rows of one query run by psql on this env's PostgreSQL database.
     pub fn psql_rows(&self, sql: &str) -> String {
         let out = Command::new("psql")
