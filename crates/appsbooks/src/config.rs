@@ -124,6 +124,10 @@ pub async fn post_client_config(
             if url.chars().count() > max || token.chars().count() > max {
                 return Err(errors::NOTIFICATION_TOO_LONG.into());
             }
+            // The token travels as `Authorization: Bearer <token>`: visible ASCII only.
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(errors::INVALID_ARGUMENT.into());
+            }
             check_notification_url(url, state.config.allow_http_notifications)?;
             let test = logic::envelope(
                 &ctx.org.uid,
@@ -157,6 +161,10 @@ pub async fn post_client_config(
 }
 
 fn check_notification_url(url: &str, allow_http: bool) -> Result<(), AppleError> {
+    // The URL is stored as given: no control character (the parser would drop some).
+    if url.chars().any(char::is_control) {
+        return Err(errors::NOTIFICATION_URL_NOT_HTTPS);
+    }
     let parsed = reqwest::Url::parse(url).map_err(|_| errors::NOTIFICATION_URL_NOT_HTTPS)?;
     let scheme_ok = parsed.scheme() == "https" || (allow_http && parsed.scheme() == "http");
     if !scheme_ok || parsed.host_str().is_none() {

@@ -74,6 +74,12 @@ fn refusal(outcome: &AcceptOutcome) -> (StatusCode, &'static str, &'static str) 
     }
 }
 
+/// Whether `code` can be an invite code at all (ours are 32 hex digits): anything else is
+/// unknown without asking the database, which need not be able to hold it (NUL).
+fn plausible_code(code: &str) -> bool {
+    code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// The page for one code.
 async fn page_handler(state: &AppState, code: Option<&str>) -> Response {
     let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
@@ -83,7 +89,12 @@ async fn page_handler(state: &AppState, code: Option<&str>) -> Response {
             "<p>The link has no invitation code.</p>",
         );
     };
-    let found = match state.store.find_invitation(code).await {
+    let found = if !plausible_code(code) {
+        Ok(None)
+    } else {
+        state.store.find_invitation(code).await
+    };
+    let found = match found {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(error = %e, "invitation lookup");
@@ -154,6 +165,9 @@ async fn accept(
             "Something went wrong. Try again later.".to_string(),
         )
     };
+    if !plausible_code(code) {
+        return Ok(AcceptOutcome::Unknown);
+    }
     let Some((org_id, _)) = state.store.find_invitation(code).await.map_err(internal)? else {
         return Ok(AcceptOutcome::Unknown);
     };

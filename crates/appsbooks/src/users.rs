@@ -65,6 +65,9 @@ pub async fn get_users(
     let size = state.config.page_size.max(1);
     let pages_for = |span: i64| ((span + size - 1) / size).max(1);
     let (users, total_pages) = if let Some(cuid) = q.get("clientUserId").filter(|s| !s.is_empty()) {
+        if !storable(cuid, MAX_CLIENT_USER_ID_CHARS) {
+            return Err(errors::INVALID_ARGUMENT.into());
+        }
         // One person's records: a single page.
         if page != 0 {
             return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
@@ -160,14 +163,28 @@ pub fn require_json(headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
+/// Longest `clientUserId`, in characters (Apple states none; docs/appsbooks-behaviour.md).
+pub const MAX_CLIENT_USER_ID_CHARS: usize = 256;
+/// Longest `email`, in characters: RFC 5321's limit on an address in a mail path.
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// Longest `managedAppleId`, in characters: an account name is an email-shaped string, and
+/// this leaves room over RFC 5321's 254 for the local part and domain at their RFC limits.
+pub const MAX_MANAGED_APPLE_ID_CHARS: usize = 320;
+
+/// Text every database can hold and every log line and header can carry: no control
+/// character (NUL, which PostgreSQL refuses, included), at most `max_chars` characters.
+pub fn storable(s: &str, max_chars: usize) -> bool {
+    !s.chars().any(char::is_control) && s.chars().nth(max_chars).is_none()
+}
+
 /// A plausible email address: what Apple's 9717 guards against is garbage, not RFC 5322.
 pub fn valid_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else {
         return false;
     };
     !local.is_empty()
-        && s.len() <= 254
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        && storable(s, MAX_EMAIL_CHARS)
+        && !s.chars().any(char::is_whitespace)
         && !domain.contains('@')
         && domain.contains('.')
         && !domain.starts_with('.')
@@ -191,7 +208,9 @@ pub fn validate_manage_request(
     };
     let users: Vec<RequestUser> =
         serde_json::from_value(users).map_err(|_| errors::INVALID_ARGUMENT)?;
-    if users.iter().any(|u| u.client_user_id.trim().is_empty()) {
+    if users.iter().any(|u| {
+        u.client_user_id.trim().is_empty() || !storable(&u.client_user_id, MAX_CLIENT_USER_ID_CHARS)
+    }) {
         return Err(errors::INVALID_ARGUMENT);
     }
     if users.len() as i64 > max_users {
@@ -211,7 +230,7 @@ pub fn validate_manage_request(
     if users
         .iter()
         .filter_map(|u| u.managed_apple_id.as_deref())
-        .any(|m| m.trim().is_empty())
+        .any(|m| m.trim().is_empty() || !storable(m, MAX_MANAGED_APPLE_ID_CHARS))
     {
         return Err(errors::INVALID_ARGUMENT);
     }
@@ -247,6 +266,9 @@ async fn manage(
     }))
 }
 
+/// Longest `eventId` looked up.
+const MAX_EVENT_ID_CHARS: usize = 128;
+
 /// `GET /mdm/v2/status?eventId=`.
 pub async fn event_status(
     State(state): State<AppState>,
@@ -258,6 +280,10 @@ pub async fn event_status(
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
         .ok_or(errors::EVENT_NOT_FOUND)?;
+    // Ours are UUIDs; anything that is not plain text of a sane length is not an id.
+    if !storable(event_id, MAX_EVENT_ID_CHARS) {
+        return Err(errors::INVALID_ARGUMENT.into());
+    }
     let ev = state
         .store
         .get_event(ctx.org.id, event_id)
@@ -305,5 +331,51 @@ mod tests {
             2
         )
         .is_ok());
+    }
+
+    #[test]
+    fn text_the_database_cannot_hold_is_refused() {
+        let one = |u: serde_json::Value| {
+            let body = serde_json::json!({ "users": [u] }).to_string();
+            validate_manage_request(body.as_bytes(), 100).map(|_| ())
+        };
+        let n = |u| one(u).unwrap_err().number;
+        for cuid in [
+            "a\u{0}b",
+            "\u{0}",
+            "a\nb",
+            "a\tb",
+            "\u{7f}",
+            "a\u{85}",
+            "\u{1b}[31m",
+        ] {
+            let bad = cuid.escape_debug();
+            assert_eq!(n(serde_json::json!({"clientUserId": cuid})), 9602, "{bad}");
+            assert_eq!(
+                n(serde_json::json!({"clientUserId": "a", "email": format!("a{cuid}@b.co")})),
+                9717
+            );
+            assert_eq!(
+                n(
+                    serde_json::json!({"clientUserId": "a", "managedAppleId": format!("m{cuid}@b.co")})
+                ),
+                9602
+            );
+        }
+        let long = |n: usize| "é".repeat(n);
+        assert!(one(serde_json::json!({"clientUserId": long(256)})).is_ok());
+        assert_eq!(n(serde_json::json!({"clientUserId": long(257)})), 9602);
+        let email = |n: usize| format!("{}@b.co", "a".repeat(n - 5));
+        assert!(one(serde_json::json!({"clientUserId": "a", "email": email(254)})).is_ok());
+        assert_eq!(
+            n(serde_json::json!({"clientUserId": "a", "email": email(255)})),
+            9717
+        );
+        let maid = |n: usize| format!("{}@b.co", "m".repeat(n - 5));
+        assert!(one(serde_json::json!({"clientUserId": "a", "managedAppleId": maid(320)})).is_ok());
+        assert_eq!(
+            n(serde_json::json!({"clientUserId": "a", "managedAppleId": maid(321)})),
+            9602
+        );
     }
 }

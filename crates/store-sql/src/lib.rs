@@ -158,6 +158,88 @@ impl SqlStore {
             .await
             .map_err(err)
     }
+
+    /// Locks the claimed event for a step and checks the claim still holds it at its
+    /// cursor; returns the stored progress and the number of users requested.
+    async fn lock_step(
+        &self,
+        tx: &mut AnyConnection,
+        claim: &EventClaim,
+    ) -> Result<(EventProgress, i64)> {
+        let ev = sqlx::query(&format!(
+            "SELECT lease_owner, status, progress, num_requested FROM events WHERE id = $1{}",
+            self.dialect.for_update()
+        ))
+        .bind(claim.id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        let lease_owner: Option<String> = ev.get(0);
+        let status: String = ev.get(1);
+        if lease_owner.as_deref() != Some(claim.owner.as_str()) || status != "PENDING" {
+            return Err(StoreError::LeaseLost);
+        }
+        let progress: EventProgress =
+            serde_json::from_str(ev.get::<&str, _>(2)).unwrap_or_default();
+        if progress.cursor != claim.cursor {
+            return Err(StoreError::LeaseLost);
+        }
+        Ok((progress, ev.get(3)))
+    }
+}
+
+/// The end of every step: folds the outcomes into the event's progress (and, at the end,
+/// its final status), renews the lease, clears the step's failure count and queues the
+/// `USER_MANAGEMENT` notifications, in the step's transaction.
+#[allow(clippy::too_many_arguments)]
+async fn finish_step(
+    tx: &mut AnyConnection,
+    claim: &EventClaim,
+    org: &Org,
+    progress: &mut EventProgress,
+    total: i64,
+    outcomes: &[UserOutcome],
+    now: i64,
+    lease_ms: i64,
+) -> Result<()> {
+    let notify = org
+        .config
+        .subscribed(cloudvpp_abwire::notification::types::USER_MANAGEMENT);
+    let step = logic::fold_step(
+        progress,
+        outcomes,
+        total as usize,
+        notify,
+        &org.uid,
+        &claim.event_id,
+        claim.event_type,
+    );
+    let status = step.final_status.unwrap_or("PENDING");
+    sqlx::query(
+        "UPDATE events SET progress = $1, num_completed = $2, status = $3, lease_until = $4, finished_at = $5, step_failures = 0 WHERE id = $6",
+    )
+    .bind(serde_json::to_string(&*progress).expect("serialisable"))
+    .bind(progress.num_completed)
+    .bind(status)
+    .bind(now + lease_ms)
+    .bind(step.final_status.map(|_| now))
+    .bind(claim.id)
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?;
+    if notify {
+        for body in &step.notifications {
+            insert_notification(
+                tx,
+                org.id,
+                cloudvpp_abwire::notification::types::USER_MANAGEMENT,
+                body,
+                now,
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 const ORG_COLS: &str = "id, uid, name, secret, user_count, chg, mdm_info, notification_url, notification_auth_token, notification_types";
@@ -512,7 +594,7 @@ impl AppsBooksStore for SqlStore {
                 SELECT e.id FROM events e
                 WHERE {} AND (e.lease_until IS NULL OR e.lease_until < $3)
                 ORDER BY e.id LIMIT 1{})
-             RETURNING id, org_id, event_id, event_type, users, progress",
+             RETURNING id, org_id, event_id, event_type, users, progress, step_failures",
             self.dialect.in_subquery("e.id", "SELECT id FROM heads"),
             self.dialect.skip_locked("e")
         ))
@@ -533,6 +615,7 @@ impl AppsBooksStore for SqlStore {
                 users: serde_json::from_str(r.get::<&str, _>(4)).unwrap_or_default(),
                 cursor: progress.cursor,
                 owner: owner.to_string(),
+                step_failures: r.get(6),
             }
         }))
     }
@@ -545,25 +628,7 @@ impl AppsBooksStore for SqlStore {
         lease_ms: i64,
     ) -> Result<Vec<UserOutcome>> {
         let mut tx = self.begin_write().await?;
-        let ev = sqlx::query(&format!(
-            "SELECT lease_owner, status, progress, num_requested FROM events WHERE id = $1{}",
-            self.dialect.for_update()
-        ))
-        .bind(claim.id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(err)?;
-        let lease_owner: Option<String> = ev.get(0);
-        let status: String = ev.get(1);
-        if lease_owner.as_deref() != Some(claim.owner.as_str()) || status != "PENDING" {
-            return Err(StoreError::LeaseLost);
-        }
-        let mut progress: EventProgress =
-            serde_json::from_str(ev.get::<&str, _>(2)).unwrap_or_default();
-        if progress.cursor != claim.cursor {
-            return Err(StoreError::LeaseLost);
-        }
-        let total: i64 = ev.get(3);
+        let (mut progress, total) = self.lock_step(&mut tx, claim).await?;
         // The organisation's row lock orders every writer's change numbers.
         let org = sqlx::query(&format!(
             "SELECT {ORG_COLS} FROM orgs WHERE id = $1{}",
@@ -681,45 +746,71 @@ impl AppsBooksStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        let notify = org
-            .config
-            .subscribed(cloudvpp_abwire::notification::types::USER_MANAGEMENT);
-        let step = logic::fold_step(
+        finish_step(
+            &mut tx,
+            claim,
+            &org,
             &mut progress,
+            total,
             &outcomes,
-            total as usize,
-            notify,
-            &org.uid,
-            &claim.event_id,
-            claim.event_type,
-        );
-        let status = step.final_status.unwrap_or("PENDING");
-        sqlx::query(
-            "UPDATE events SET progress = $1, num_completed = $2, status = $3, lease_until = $4, finished_at = $5 WHERE id = $6",
+            now,
+            lease_ms,
         )
-        .bind(serde_json::to_string(&progress).expect("serialisable"))
-        .bind(progress.num_completed)
-        .bind(status)
-        .bind(now + lease_ms)
-        .bind(step.final_status.map(|_| now))
-        .bind(claim.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-        if notify {
-            for body in &step.notifications {
-                insert_notification(
-                    &mut tx,
-                    org.id,
-                    cloudvpp_abwire::notification::types::USER_MANAGEMENT,
-                    body,
-                    now,
-                )
-                .await?;
-            }
-        }
+        .await?;
         tx.commit().await.map_err(err)?;
         Ok(outcomes)
+    }
+
+    async fn event_step_failed(&self, claim: &EventClaim, now: i64, lease_ms: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "UPDATE events SET step_failures = step_failures + 1, lease_until = $1
+             WHERE id = $2 AND lease_owner = $3 AND status = 'PENDING' RETURNING step_failures",
+        )
+        .bind(now + lease_ms)
+        .bind(claim.id)
+        .bind(&claim.owner)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(err)?;
+        row.map(|r| r.get(0)).ok_or(StoreError::LeaseLost)
+    }
+
+    async fn fail_event_step(
+        &self,
+        claim: &EventClaim,
+        client_user_ids: &[String],
+        error: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let (mut progress, total) = self.lock_step(&mut tx, claim).await?;
+        // No user row is touched: only the organisation's uId and subscription are needed.
+        let org = sqlx::query(&format!("SELECT {ORG_COLS} FROM orgs WHERE id = $1"))
+            .bind(claim.org_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+        let org = org_from_row(&org);
+        let outcomes: Vec<UserOutcome> = client_user_ids
+            .iter()
+            .map(|cuid| UserOutcome::Failed {
+                client_user_id: cuid.clone(),
+                error,
+            })
+            .collect();
+        finish_step(
+            &mut tx,
+            claim,
+            &org,
+            &mut progress,
+            total,
+            &outcomes,
+            now,
+            lease_ms,
+        )
+        .await?;
+        tx.commit().await.map_err(err)
     }
 
     async fn find_invitation(&self, invite_code: &str) -> Result<Option<(i64, UserRecord)>> {

@@ -218,6 +218,8 @@ pub struct EventClaim {
     pub cursor: usize,
     /// The lease owner this claim was made under.
     pub owner: String,
+    /// Failed attempts of the step at `cursor` so far (kept across instances and restarts).
+    pub step_failures: i64,
 }
 
 /// One user operation of an event step, with the random parts decided by the service.
@@ -353,6 +355,21 @@ pub trait AppsBooksStore: Send + Sync + 'static {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<UserOutcome>>;
+    /// Records one more failed attempt of the step at the claim's cursor (renewing the
+    /// lease) and returns how many there have been since the last step that succeeded.
+    /// Fails with [`StoreError::LeaseLost`] if the lease moved on.
+    async fn event_step_failed(&self, claim: &EventClaim, now: i64, lease_ms: i64) -> Result<i64>;
+    /// Fails the next users from the claim's cursor with Apple asynchronous error `error`,
+    /// touching none of their records: for a step that can never succeed. Progress,
+    /// final status and notifications as [`AppsBooksStore::process_event_step`].
+    async fn fail_event_step(
+        &self,
+        claim: &EventClaim,
+        client_user_ids: &[String],
+        error: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<()>;
 
     /// The Registered user holding `invite_code`, with its organisation.
     async fn find_invitation(&self, invite_code: &str) -> Result<Option<(i64, UserRecord)>>;

@@ -107,6 +107,15 @@ impl Env {
         self.postgres.as_ref().map(|_| self.db())
     }
 
+    /// Runs SQL (several statements allowed) on this env's database, SQLite or PostgreSQL.
+    pub async fn sql(&self, sql: &str) {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.db()).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
+
     /// This env's PostgreSQL database name, when the suite runs on PostgreSQL.
     pub fn postgres_name(&self) -> Option<String> {
         self.postgres.as_ref().map(|(_, name)| name.clone())
