@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use cloudvpp_abwire::errors::{self, AppleError};
+use cloudvpp_abwire::errors;
 use cloudvpp_abwire::notification::types;
 use cloudvpp_abwire::{
     ClientConfigRequest, ClientConfigResponse, ResponseErrorCode, ServiceConfigResponse,
@@ -128,13 +128,14 @@ pub async fn post_client_config(
             if !token.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(errors::INVALID_ARGUMENT.into());
             }
-            check_notification_url(url, state.config.allow_http_notifications)?;
+            state.notifier.check(url).await?;
             let test = logic::envelope(
                 &ctx.org.uid,
                 types::TEST_NOTIFICATION,
                 serde_json::json!({}),
             );
-            if let Err(why) = crate::outbox::deliver(&state.http, url, token, &test).await {
+            let timeout = state.config.notification_timeout;
+            if let Err(why) = state.notifier.deliver(url, token, &test, timeout).await {
                 tracing::info!(org = ctx.org.id, %why, "test notification failed; configuration refused");
                 return Err(errors::NOTIFICATION_URL_UNREACHABLE.into());
             }
@@ -158,17 +159,4 @@ pub async fn post_client_config(
 
     state.store.set_client_config(ctx.org.id, &cfg).await?;
     Ok(Json(client_config_response(&ctx, &cfg)))
-}
-
-fn check_notification_url(url: &str, allow_http: bool) -> Result<(), AppleError> {
-    // The URL is stored as given: no control character (the parser would drop some).
-    if url.chars().any(char::is_control) {
-        return Err(errors::NOTIFICATION_URL_NOT_HTTPS);
-    }
-    let parsed = reqwest::Url::parse(url).map_err(|_| errors::NOTIFICATION_URL_NOT_HTTPS)?;
-    let scheme_ok = parsed.scheme() == "https" || (allow_http && parsed.scheme() == "http");
-    if !scheme_ok || parsed.host_str().is_none() {
-        return Err(errors::NOTIFICATION_URL_NOT_HTTPS);
-    }
-    Ok(())
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod ids;
 pub mod invite;
 pub mod limits;
+pub mod notify;
 pub mod outbox;
 pub mod users;
 pub mod worker;
@@ -34,6 +35,11 @@ pub struct Config {
     pub processing_delay: Duration,
     /// Accept `http://` notification URLs (local development only).
     pub allow_http_notifications: bool,
+    /// Accept notification URLs on loopback and private addresses (local development
+    /// only; see [`notify`]).
+    pub allow_private_notification_urls: bool,
+    /// Private notification endpoints accepted anyway (`cloudvpp serve`'s own MDM).
+    pub notification_exempt: Vec<notify::Exempt>,
     /// Waits between notification attempts; attempts = delays + 1.
     pub notification_retry_delays: Vec<Duration>,
     /// Per-attempt timeout of a notification POST.
@@ -54,6 +60,8 @@ impl Default for Config {
             page_size: 1000,
             processing_delay: Duration::ZERO,
             allow_http_notifications: false,
+            allow_private_notification_urls: false,
+            notification_exempt: Vec::new(),
             notification_retry_delays: vec![Duration::from_secs(30), Duration::from_secs(120)],
             notification_timeout: Duration::from_secs(10),
             drop_notifications_percent: 0,
@@ -78,18 +86,21 @@ pub struct AppState {
     pub events_waiting: Arc<Notify>,
     /// Wakes the notification sender when notifications are queued.
     pub outbox_waiting: Arc<Notify>,
-    /// HTTP client for notifications.
-    pub http: reqwest::Client,
+    /// Sends notifications where the policy allows.
+    pub notifier: Arc<notify::Notifier>,
 }
 
 impl AppState {
     /// Builds the state.
     pub fn new(store: Arc<dyn AppsBooksStore>, config: Config) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(config.notification_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("http client");
+        let notifier = notify::Notifier::new(
+            notify::NotificationPolicy {
+                allow_http: config.allow_http_notifications,
+                allow_private: config.allow_private_notification_urls,
+                exempt: config.notification_exempt.clone(),
+            },
+            config.notification_timeout,
+        );
         AppState {
             limits: Arc::new(limits::Limits::new(store.clone())),
             rate: Arc::new(limits::RateLimiter::new(store.clone())),
@@ -97,7 +108,7 @@ impl AppState {
             config: Arc::new(config),
             events_waiting: Arc::new(Notify::new()),
             outbox_waiting: Arc::new(Notify::new()),
-            http,
+            notifier: Arc::new(notifier),
         }
     }
 }

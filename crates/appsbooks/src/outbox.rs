@@ -9,28 +9,6 @@ use crate::AppState;
 use rand::Rng;
 use std::time::Duration;
 
-/// POSTs one envelope with the bearer secret; `Err` unless the answer is 2xx.
-pub async fn deliver(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    body: &str,
-) -> Result<(), String> {
-    let resp = http
-        .post(url)
-        .bearer_auth(token)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|e| format!("{e}"))?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("HTTP {}", resp.status().as_u16()))
-    }
-}
-
 const BATCH: i64 = 64;
 
 /// Runs until `shutdown` turns true.
@@ -95,7 +73,10 @@ async fn send_one(state: &AppState, item: cloudvpp_store::OutboxItem) {
             .await;
         return;
     }
-    let result = deliver(&state.http, url, token, &item.body).await;
+    let result = state
+        .notifier
+        .deliver(url, token, &item.body, state.config.notification_timeout)
+        .await;
     let outcome = match result {
         Ok(()) => store.notification_delivered(item.id, crate::now_ms()).await,
         Err(why) => {

@@ -100,6 +100,11 @@ struct ServeArgs {
     /// Accept http:// notification URLs (local development and tests only).
     #[arg(long)]
     allow_http_notifications: bool,
+    /// Accept notification URLs on loopback, private and link-local addresses (local
+    /// development and tests only): by default they are refused, at configuration and at
+    /// every send.
+    #[arg(long)]
+    allow_private_notification_urls: bool,
     /// Milliseconds between notification attempts, comma separated (attempts = count + 1).
     #[arg(long, default_value = "30000,120000", value_delimiter = ',')]
     notification_retry_ms: Vec<u64>,
@@ -307,6 +312,7 @@ async fn serve(args: ServeArgs) -> Result<()> {
         page_size: args.page_size,
         processing_delay: Duration::from_millis(args.processing_delay_ms),
         allow_http_notifications: args.allow_http_notifications,
+        allow_private_notification_urls: args.allow_private_notification_urls,
         notification_retry_delays: args
             .notification_retry_ms
             .iter()

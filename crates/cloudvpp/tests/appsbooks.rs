@@ -1339,3 +1339,134 @@ async fn a_step_that_keeps_failing_fails_its_user_and_later_events_run() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Loopback, private, link-local, CGNAT, multicast and broadcast notification URLs are
+/// refused in every spelling (decimal, hex, octal, short IPv4 forms, IPv6 and IPv4-mapped
+/// IPv6, names resolving to them) with 9728, before anything is sent; the receiver on
+/// 127.0.0.1 hears nothing. The same URL passes with `--allow-private-notification-urls`.
+#[tokio::test(flavor = "multi_thread")]
+async fn private_notification_urls_are_refused_in_every_spelling() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve_guarded(&[]);
+    let rx = Receiver::default();
+    let running = rx.start().await;
+    let port = running.addr.port();
+    let hosts = [
+        "127.0.0.1",
+        "2130706433",
+        "0x7f000001",
+        "0x7F.0.0.1",
+        "0177.0.0.1",
+        "017700000001",
+        "127.1",
+        "127.0.1",
+        "0",
+        "0.0.0.0",
+        "localhost",
+        "[::1]",
+        "[::]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[0:0:0:0:0:ffff:127.0.0.1]",
+        "[::ffff:0.0.0.0]",
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "0xa9fea9fe",
+        "100.64.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "[fe80::1]",
+        "[fc00::1]",
+        "[fd00::1]",
+        "[ff02::1]",
+        "[::ffff:169.254.169.254]",
+        "[::ffff:10.0.0.1]",
+    ];
+    for host in hosts {
+        let url = format!("http://{host}:{port}/notify");
+        let started = std::time::Instant::now();
+        let (status, err) = srv
+            .post(
+                &token,
+                "/mdm/v2/client/config",
+                json!({"notificationUrl": url, "notificationAuthToken": "t"}),
+            )
+            .await;
+        assert_eq!(
+            (status, err["errorNumber"].as_u64()),
+            (400, Some(9728)),
+            "{url}"
+        );
+        // Refused before any attempt, not after a connection timed out.
+        assert!(started.elapsed() < Duration::from_secs(3), "{url}");
+    }
+    assert_eq!(*rx.attempts.lock().unwrap(), 0, "nothing was sent");
+    let (_, cfg) = srv.get(&token, "/mdm/v2/client/config").await;
+    assert!(cfg.get("notificationUrl").is_none());
+
+    // The refused spellings do reach the receiver when private addresses are allowed.
+    drop(srv);
+    let open = env.serve(&[]);
+    for host in ["127.1", "0x7f000001", "[::ffff:127.0.0.1]"] {
+        let url = format!("http://{host}:{port}/notify");
+        let (status, body) = open
+            .post(
+                &token,
+                "/mdm/v2/client/config",
+                json!({"notificationUrl": url, "notificationAuthToken": "t"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{url}: {body}");
+    }
+    assert_eq!(rx.wait_for("TEST_NOTIFICATION", 3).await.len(), 3);
+}
+
+/// The address is checked again at every send: URLs stored while private addresses were
+/// allowed (an IP literal, and a name, which goes through the resolver that keeps public
+/// addresses only, as a name re-pointed by DNS rebinding would) are not sent to once they
+/// are not; allowed again, sending works.
+#[tokio::test(flavor = "multi_thread")]
+async fn notification_addresses_are_checked_again_when_sending() {
+    let env = Env::new();
+    let by_name = env.org("ByName");
+    let by_ip = env.org("ByIp");
+    let rx = Receiver::default();
+    let running = rx.start().await;
+    let port = running.addr.port();
+    let flags = ["--notification-retry-ms", "100,100"];
+    {
+        let open = env.serve(&flags);
+        configured(
+            &open,
+            &by_name,
+            &rx,
+            &format!("http://localhost:{port}/notify"),
+        )
+        .await;
+        configured(&open, &by_ip, &rx, &running.url).await;
+    }
+    let attempts = *rx.attempts.lock().unwrap();
+    assert_eq!(attempts, 2);
+
+    let guarded = env.serve_guarded(&flags);
+    for token in [&by_name, &by_ip] {
+        let ev = guarded.manage(token, "create", users(0..1, "g")).await;
+        guarded.wait_event(token, &ev).await;
+    }
+    // Every attempt (3, 100 ms apart) has been made and refused by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(*rx.attempts.lock().unwrap(), attempts, "nothing was sent");
+    assert!(rx.of_type("USER_MANAGEMENT").is_empty());
+    drop(guarded);
+
+    let open = env.serve(&flags);
+    let ev = open.manage(&by_ip, "create", users(1..2, "g")).await;
+    open.wait_event(&by_ip, &ev).await;
+    let got = rx.wait_for("USER_MANAGEMENT", 1).await;
+    assert_eq!(got[0].body["notification"]["eventId"], ev.as_str());
+}

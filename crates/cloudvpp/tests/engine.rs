@@ -662,3 +662,39 @@ fn chrono_like_in_days(days: i64) -> String {
         s % 60
     )
 }
+
+/// `cloudvpp serve` lets the Apps and Books service notify its own MDM's notification
+/// endpoint (the location gets subscribed) and no other private address: not another local
+/// listener, not the MDM's admin API, not the service itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_notifies_its_own_mdm_and_no_other_private_address() {
+    let sys = System::start(&[]);
+    let token = sys.location().await;
+    let rx = common::Receiver::default();
+    let running = rx.start().await;
+    for url in [
+        running.url.clone(),
+        format!("{}/api/v1/enrollments", sys.mdm),
+        format!(
+            "{}/notifications/appsbooks/../../api/v1/enrollments",
+            sys.mdm
+        ),
+        format!("{}/mdm/v2/service/config", sys.ab),
+    ] {
+        let r = sys
+            .http
+            .post(format!("{}/mdm/v2/client/config", sys.ab))
+            .bearer_auth(&token)
+            .json(&json!({"notificationUrl": url, "notificationAuthToken": KEY}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["errorNumber"],
+            9728,
+            "{url}"
+        );
+    }
+    assert_eq!(*rx.attempts.lock().unwrap(), 0);
+}

@@ -97,6 +97,22 @@ impl Env {
             "--listen",
             "127.0.0.1:0",
             "--allow-http-notifications",
+            // Test notification endpoints listen on 127.0.0.1.
+            "--allow-private-notification-urls",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args)
+    }
+
+    /// Starts `cloudvpp appsbooks serve` on plain HTTP, guarding notification URLs as in
+    /// production (private addresses refused).
+    pub fn serve_guarded(&self, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "appsbooks",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-http-notifications",
         ];
         args.extend_from_slice(extra);
         self.spawn(&args)
