@@ -44,6 +44,9 @@ pub struct Config {
     pub notification_retry_delays: Vec<Duration>,
     /// Per-attempt timeout of a notification POST.
     pub notification_timeout: Duration,
+    /// Most notifications one organisation may have waiting; beyond it the oldest are
+    /// dropped ([`outbox`]).
+    pub notification_backlog: i64,
     /// Fault injection: share (0-100) of notifications dropped on purpose, never sent.
     pub drop_notifications_percent: u8,
     /// Name of this instance, used as lease owner.
@@ -64,6 +67,7 @@ impl Default for Config {
             notification_exempt: Vec::new(),
             notification_retry_delays: vec![Duration::from_secs(30), Duration::from_secs(120)],
             notification_timeout: Duration::from_secs(10),
+            notification_backlog: 10_000,
             drop_notifications_percent: 0,
             instance_id: format!("appsbooks-{}", uuid::Uuid::new_v4().simple()),
             lease: Duration::from_secs(30),

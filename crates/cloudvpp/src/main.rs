@@ -108,6 +108,13 @@ struct ServeArgs {
     /// Milliseconds between notification attempts, comma separated (attempts = count + 1).
     #[arg(long, default_value = "30000,120000", value_delimiter = ',')]
     notification_retry_ms: Vec<u64>,
+    /// Milliseconds one notification attempt may take (at most 3/4 of --lease-ms).
+    #[arg(long, default_value_t = 10_000)]
+    notification_timeout_ms: u64,
+    /// Most notifications one organisation may have waiting (its endpoint slow or down);
+    /// beyond it the oldest are dropped, with a warning.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    notification_backlog: i64,
     /// Fault setting: percentage of notifications dropped on purpose.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     drop_notifications_percent: u8,
@@ -319,6 +326,8 @@ async fn serve(args: ServeArgs) -> Result<()> {
             .map(|ms| Duration::from_millis(*ms))
             .collect(),
         drop_notifications_percent: args.drop_notifications_percent,
+        notification_backlog: args.notification_backlog,
+        notification_timeout: Duration::from_millis(args.notification_timeout_ms),
         lease: Duration::from_millis(args.lease_ms),
         ..Config::default()
     };

@@ -1470,3 +1470,94 @@ async fn notification_addresses_are_checked_again_when_sending() {
     let got = rx.wait_for("USER_MANAGEMENT", 1).await;
     assert_eq!(got[0].body["notification"]["eventId"], ev.as_str());
 }
+
+/// An organisation whose endpoint accepts connections and never answers holds at most 4
+/// sends in flight, and the other organisation's notification arrives at once while those
+/// are still hanging (before, a batch waited for its slowest send: 10 s). Its backlog is
+/// bounded: beyond `--notification-backlog` the oldest waiting notifications are dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_endpoint_delays_only_its_own_organisation() {
+    let env = Env::new();
+    let slow = env.org("Slow");
+    let fast = env.org("Fast");
+    // Sends to the dead endpoint hang for the whole test.
+    let srv = env.serve(&[
+        "--notification-backlog",
+        "3",
+        "--notification-timeout-ms",
+        "60000",
+        "--lease-ms",
+        "120000",
+    ]);
+    let dead = common::Hanging::start().await;
+    let (status, body) = srv
+        .post(
+            &slow,
+            "/mdm/v2/client/config",
+            json!({"notificationUrl": dead.url, "notificationAuthToken": "t",
+                   "notificationTypes": ["USER_MANAGEMENT"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rx = Receiver::default();
+    let running = rx.start().await;
+    configured(&srv, &fast, &rx, &running.url).await;
+
+    for i in 0..10 {
+        srv.manage(&slow, "create", users(i..i + 1, "s")).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dead.holding.load(std::sync::atomic::Ordering::SeqCst) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead endpoint got no sends"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = std::time::Instant::now();
+    let ev = srv.manage(&fast, "create", users(0..1, "f")).await;
+    let got = rx.wait_for("USER_MANAGEMENT", 1).await;
+    let took = started.elapsed();
+    assert_eq!(got[0].body["notification"]["eventId"], ev.as_str());
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let holding = dead.holding.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(holding, 4, "the dead endpoint still holds its sends");
+    assert_eq!(dead.most.load(std::sync::atomic::Ordering::SeqCst), 4);
+
+    // 10 waiting, 4 of them in flight, at most 3 kept: the 6 oldest not in flight go.
+    let org_of = |name: &str| format!("(SELECT id FROM orgs WHERE name = '{name}')");
+    let count = |state: &str| {
+        format!(
+            "SELECT COUNT(*) FROM outbox WHERE org_id = {} AND state = '{state}'",
+            org_of("Slow")
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (pending, dropped) = (
+            env.sql_i64(&count("pending")).await,
+            env.sql_i64(&count("dropped")).await,
+        );
+        if (pending, dropped) == (4, 6) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending {pending}, dropped {dropped}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leased = env
+        .sql_i64(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE org_id = {} AND state = 'pending' AND lease_owner IS NOT NULL",
+            org_of("Slow")
+        ))
+        .await;
+    assert_eq!(leased, 4, "the ones in flight are kept");
+    // The healthy organisation was not touched by the other's bound.
+    assert_eq!(
+        env.sql_i64(&count("dropped").replace("Slow", "Fast")).await,
+        0
+    );
+}

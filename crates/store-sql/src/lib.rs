@@ -885,54 +885,107 @@ impl AppsBooksStore for SqlStore {
         insert_notification(&mut conn, n.org_id, &n.notification_type, &n.body, now_ms()).await
     }
 
+    async fn notification_orgs(&self) -> Result<Vec<i64>> {
+        // A loose scan of `outbox_org_due`: one probe per organisation with pending
+        // notifications, however many it has.
+        let rows = sqlx::query(
+            "WITH RECURSIVE o(org_id) AS (
+                SELECT MIN(org_id) FROM outbox WHERE state = 'pending'
+                UNION ALL
+                SELECT (SELECT MIN(p.org_id) FROM outbox p WHERE p.state = 'pending' AND p.org_id > o.org_id)
+                FROM o WHERE o.org_id IS NOT NULL)
+             SELECT org_id FROM o WHERE org_id IS NOT NULL",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn claim_notifications(
         &self,
         owner: &str,
+        org_id: i64,
         now: i64,
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<OutboxItem>> {
         let rows = sqlx::query(&format!(
             "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN (
-                SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= $3
-                  AND (lease_until IS NULL OR lease_until < $4) ORDER BY next_attempt_at, id LIMIT $5{})
-             RETURNING id, org_id, body, attempts",
+                SELECT id FROM outbox WHERE org_id = $3 AND state = 'pending' AND next_attempt_at <= $4
+                  AND (lease_until IS NULL OR lease_until < $5) ORDER BY next_attempt_at, id LIMIT $6{})
+             RETURNING id, body, attempts, next_attempt_at",
             self.dialect.skip_locked("outbox")
         ))
         .bind(owner)
         .bind(now + lease_ms)
+        .bind(org_id)
         .bind(now)
         .bind(now)
         .bind(limit)
         .fetch_all(&self.writer)
         .await
         .map_err(err)?;
-        // One config read per organisation in the batch, not per notification.
-        let mut configs: std::collections::HashMap<i64, (Option<String>, Option<String>)> =
-            std::collections::HashMap::new();
-        let mut items = Vec::with_capacity(rows.len());
-        for r in rows {
-            let org_id: i64 = r.get(1);
-            if let std::collections::hash_map::Entry::Vacant(slot) = configs.entry(org_id) {
-                let cfg = sqlx::query(
-                    "SELECT notification_url, notification_auth_token FROM orgs WHERE id = $1",
-                )
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The URL and secret are read at send time, so a new configuration applies.
+        let cfg =
+            sqlx::query("SELECT notification_url, notification_auth_token FROM orgs WHERE id = $1")
                 .bind(org_id)
                 .fetch_one(&self.reader)
                 .await
                 .map_err(err)?;
-                slot.insert((cfg.get(0), cfg.get(1)));
-            }
-            let (url, auth_token) = configs[&org_id].clone();
-            items.push(OutboxItem {
-                id: r.get(0),
-                body: r.get(2),
-                attempts: r.get(3),
-                url,
-                auth_token,
-            });
+        let (url, auth_token): (Option<String>, Option<String>) = (cfg.get(0), cfg.get(1));
+        let mut rows: Vec<(i64, i64, OutboxItem)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(3),
+                    r.get(0),
+                    OutboxItem {
+                        id: r.get(0),
+                        body: r.get(1),
+                        attempts: r.get(2),
+                        url: url.clone(),
+                        auth_token: auth_token.clone(),
+                    },
+                )
+            })
+            .collect();
+        // RETURNING has no order.
+        rows.sort_by_key(|(due, id, _)| (*due, *id));
+        Ok(rows.into_iter().map(|(_, _, item)| item).collect())
+    }
+
+    async fn trim_notifications(&self, org_id: i64, keep: i64, now: i64) -> Result<u64> {
+        let pending: i64 =
+            sqlx::query("SELECT COUNT(*) FROM outbox WHERE org_id = $1 AND state = 'pending'")
+                .bind(org_id)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(err)?
+                .get(0);
+        if pending <= keep {
+            return Ok(0);
         }
-        Ok(items)
+        // The lease is checked again outside the subquery: PostgreSQL re-checks those
+        // conditions on a row another instance leased meanwhile, and leaves it be.
+        let done = sqlx::query(&format!(
+            "UPDATE outbox SET state = 'dropped', last_error = 'dropped: the organisation''s backlog was full'
+             WHERE state = 'pending' AND (lease_until IS NULL OR lease_until < $1)
+               AND id IN (SELECT id FROM outbox WHERE org_id = $2 AND state = 'pending'
+                            AND (lease_until IS NULL OR lease_until < $3) ORDER BY id LIMIT $4{})",
+            self.dialect.skip_locked("outbox")
+        ))
+        .bind(now)
+        .bind(org_id)
+        .bind(now)
+        .bind(pending - keep)
+        .execute(&self.writer)
+        .await
+        .map_err(err)?;
+        Ok(done.rows_affected())
     }
 
     async fn notification_delivered(&self, id: i64, now: i64) -> Result<()> {

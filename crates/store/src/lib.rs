@@ -379,19 +379,26 @@ pub trait AppsBooksStore: Send + Sync + 'static {
 
     /// Queues a notification.
     async fn enqueue_notification(&self, n: &NewNotification) -> Result<()>;
-    /// Leases up to `limit` notifications that are due.
+    /// Organisations with pending notifications (due or not), in id order.
+    async fn notification_orgs(&self) -> Result<Vec<i64>>;
+    /// Leases up to `limit` due notifications of one organisation, soonest due first.
     async fn claim_notifications(
         &self,
         owner: &str,
+        org_id: i64,
         now: i64,
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<OutboxItem>>;
+    /// Bounds an organisation's backlog: of its pending notifications beyond the newest
+    /// `keep`, those not leased are dropped (state `dropped`). Returns how many were.
+    async fn trim_notifications(&self, org_id: i64, keep: i64, now: i64) -> Result<u64>;
     /// Marks one delivered.
     async fn notification_delivered(&self, id: i64, now: i64) -> Result<()>;
     /// Records a failed attempt; `retry_at` None gives up.
     async fn notification_failed(&self, id: i64, retry_at: Option<i64>, error: &str) -> Result<()>;
-    /// Counts notifications by state (`pending`, `delivered`, `dead`), for tests and ops.
+    /// Counts notifications by state (`pending`, `delivered`, `dead`, `dropped`), for tests
+    /// and ops.
     async fn notification_counts(&self, org_id: i64) -> Result<Vec<(String, i64)>>;
 
     /// Service limits overriding Apple's defaults.
