@@ -253,7 +253,7 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
         );
         if !state.exists() || !ca.exists() {
             let pki = tokio::task::spawn_blocking(cloudvpp_simulator::Pki::generate).await??;
-            std::fs::write(&ca, &pki.ca_cert_pem)?;
+            cloudvpp_simulator::write_private(&ca, pki.ca_cert_pem.as_bytes())?;
             cloudvpp_simulator::Fleet {
                 pki,
                 devices: Vec::new(),

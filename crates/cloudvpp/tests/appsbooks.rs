@@ -1561,3 +1561,78 @@ async fn a_dead_endpoint_delays_only_its_own_organisation() {
         0
     );
 }
+
+/// sTokens are stored as SHA-256 digests (one stored in plaintext by an older version is
+/// digested at start-up and still works); the SQLite files and the PKI state and CA
+/// written by the binary are readable by their owner only.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_at_rest_are_digests_and_files_are_private() {
+    let env = Env::new();
+    let token = env.org("O");
+    let env = &env;
+    let count = |sql: String| async move { env.sql_i64(&sql).await };
+    let digest = cloudvpp_store::secret::digest(&token);
+    assert!(digest.starts_with("sha256:") && !digest.contains(&token));
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM tokens WHERE stoken = '{token}'"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM tokens WHERE stoken = '{digest}'"
+        ))
+        .await,
+        1
+    );
+    // A token row as an older version stored it.
+    env.sql(
+        "INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at)
+         SELECT id, 'bGVnYWN5LXBsYWludGV4dA==', 4102444800, 0 FROM orgs",
+    )
+    .await;
+    let srv = env.serve(&[]);
+    for t in [token.as_str(), "bGVnYWN5LXBsYWludGV4dA=="] {
+        let (status, body) = srv.get(t, "/mdm/v2/users").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        count("SELECT COUNT(*) FROM tokens WHERE stoken NOT LIKE 'sha256:%'".into()).await,
+        0
+    );
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = |p: &std::path::Path| {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+        };
+        if env.postgres_name().is_none() {
+            let ev = srv.manage(&token, "create", users(0..1, "f")).await;
+            srv.wait_event(&token, &ev).await;
+            for f in ["ab.db", "ab.db-wal", "ab.db-shm"] {
+                private(&env.dir.path().join(f));
+            }
+        }
+        let (state, ca) = (
+            env.dir.path().join("sim.json"),
+            env.dir.path().join("ca.pem"),
+        );
+        // An existing file with a wide mode is narrowed too.
+        std::fs::write(&state, "{}").unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).unwrap();
+        env.cli(&[
+            "simulate",
+            "pki",
+            "--state",
+            state.to_str().unwrap(),
+            "--ca-out",
+            ca.to_str().unwrap(),
+        ]);
+        private(&state);
+        private(&ca);
+    }
+}

@@ -55,14 +55,16 @@ pub fn authorize(state: &MdmState, headers: &HeaderMap) -> ApiResult<()> {
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // Compared in constant time (over digests), so timing tells nothing about the key.
+    let same = |given: &str| cloudvpp_store::secret::equal(given, key);
     let ok = if let Some(t) = given.strip_prefix("Bearer ") {
-        t.trim() == key
+        same(t.trim())
     } else if let Some(b) = given.strip_prefix("Basic ") {
         base64::engine::general_purpose::STANDARD
             .decode(b.trim())
             .ok()
             .and_then(|d| String::from_utf8(d).ok())
-            .and_then(|s| s.split_once(':').map(|(_, p)| p == key))
+            .and_then(|s| s.split_once(':').map(|(_, p)| same(p)))
             .unwrap_or(false)
     } else {
         false

@@ -32,5 +32,7 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .run(&pool)
         .await
         .map_err(err)?;
-    Ok(SqlStore::new(pool.clone(), pool, Dialect::Postgres))
+    let store = SqlStore::new(pool.clone(), pool, Dialect::Postgres);
+    store.digest_stored_secrets().await?;
+    Ok(store)
 }

@@ -11,6 +11,7 @@ mod mdm;
 use async_trait::async_trait;
 use cloudvpp_abwire::{MdmInfo, RequestUser, UserStatus};
 use cloudvpp_store::logic::{self, EventProgress};
+use cloudvpp_store::secret;
 use cloudvpp_store::{
     AcceptOutcome, AppsBooksStore, ClientConfig, EventClaim, EventRecord, EventType,
     NewNotification, Org, OutboxItem, Result, StoreError, TokenRecord, UserFilter, UserOp,
@@ -150,6 +151,35 @@ impl SqlStore {
     /// The backend in use.
     pub fn dialect(&self) -> Dialect {
         self.dialect
+    }
+
+    /// Replaces secrets stored in plaintext by an older version (sTokens, the engine's
+    /// notification tokens) with their digest. Run at start-up, after the migrations; it
+    /// is done here, not in SQL, because SQLite has no SHA-256. Idempotent, and safe with
+    /// instances starting together: a row is only changed from the plaintext it was read as.
+    pub async fn digest_stored_secrets(&self) -> Result<()> {
+        for (table, column) in [("tokens", "stoken"), ("engine_locations", "notify_token")] {
+            let rows = sqlx::query(&format!(
+                "SELECT id, {column} FROM {table} WHERE {column} NOT LIKE '{}%'",
+                secret::PREFIX
+            ))
+            .fetch_all(&self.writer)
+            .await
+            .map_err(err)?;
+            for r in rows {
+                let (id, plain): (i64, String) = (r.get(0), r.get(1));
+                sqlx::query(&format!(
+                    "UPDATE {table} SET {column} = $1 WHERE id = $2 AND {column} = $3"
+                ))
+                .bind(secret::digest(&plain))
+                .bind(id)
+                .bind(&plain)
+                .execute(&self.writer)
+                .await
+                .map_err(err)?;
+            }
+        }
+        Ok(())
     }
 
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
@@ -373,7 +403,7 @@ impl AppsBooksStore for SqlStore {
             "INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(id)
-        .bind(stoken)
+        .bind(secret::digest(stoken))
         .bind(expires_at)
         .bind(now)
         .execute(&mut *tx)
@@ -427,7 +457,7 @@ impl AppsBooksStore for SqlStore {
             "INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(org_id)
-        .bind(stoken)
+        .bind(secret::digest(stoken))
         .bind(expires_at)
         .bind(now)
         .execute(&mut *tx)
@@ -439,7 +469,7 @@ impl AppsBooksStore for SqlStore {
     async fn find_token(&self, stoken: &str) -> Result<Option<TokenRecord>> {
         let row =
             sqlx::query("SELECT org_id, expires_at_secs, revoked_at FROM tokens WHERE stoken = $1")
-                .bind(stoken)
+                .bind(secret::digest(stoken))
                 .fetch_optional(&self.reader)
                 .await
                 .map_err(err)?;
