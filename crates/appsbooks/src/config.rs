@@ -1,10 +1,9 @@
 //! Service Config and Client Config.
 
 use crate::auth::OrgContext;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Body};
 use crate::users::require_json;
 use crate::AppState;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
@@ -88,7 +87,7 @@ pub async fn post_client_config(
     State(state): State<AppState>,
     ctx: OrgContext,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<ClientConfigResponse>> {
     require_json(&headers)?;
     let req: ClientConfigRequest =

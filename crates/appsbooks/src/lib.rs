@@ -138,9 +138,15 @@ pub fn router(state: AppState) -> Router {
         .route("/mdm/v2/users/update", post(update_users).fallback(wrong))
         .route("/mdm/v2/users/retire", post(retire_users).fallback(wrong))
         .route("/mdm/v2/status", get(event_status).fallback(wrong))
-        .route("/invite", get(invite::show).post(invite::accept_form))
-        .route("/invite/accept", post(invite::accept_json))
+        .merge(
+            Router::new()
+                .route("/invite", get(invite::show).post(invite::accept_form))
+                .route("/invite/accept", post(invite::accept_json))
+                .layer(axum::middleware::map_response(invite::security_headers)),
+        )
         .route("/healthz", get(|| async { "ok" }))
+        // Bodies past this are refused (413, Apple's body on the API) before being read.
+        .layer(axum::extract::DefaultBodyLimit::max(error::MAX_BODY_BYTES))
         .with_state(state)
 }
 

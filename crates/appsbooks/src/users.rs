@@ -1,10 +1,9 @@
 //! Get Users, Create/Update/Retire Users and Event Status.
 
 use crate::auth::OrgContext;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Body};
 use crate::ids::{decode_version, encode_version};
 use crate::AppState;
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
@@ -44,11 +43,14 @@ pub async fn get_users(
         active_only: parse_bool(q.get("activeOnly"))?,
         retired_only: parse_bool(q.get("retiredOnly"))?,
     };
+    // Apple's pageIndex is an int32: a value outside it is not a valid argument. One in it
+    // but past the last page (negative included) is 9650, as Apple's message says.
     let page: i64 = match q.get("pageIndex").map(|s| s.trim()) {
         None | Some("") => 0,
         Some(s) => s
-            .parse::<i64>()
-            .map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?,
+            .parse::<i32>()
+            .map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?
+            .into(),
     };
     let org = &ctx.org;
     let since = match q
@@ -58,12 +60,20 @@ pub async fn get_users(
     {
         None => None,
         Some(v) => match decode_version(&org.secret, v) {
-            Some(chg) if chg <= org.chg => Some(chg),
+            Some(chg) if (0..=org.chg).contains(&chg) => Some(chg),
             _ => return Err(errors::INVALID_VERSION_ID.into()),
         },
     };
     let size = state.config.page_size.max(1);
-    let pages_for = |span: i64| ((span + size - 1) / size).max(1);
+    // Rounded up without `span + size - 1`, which could overflow.
+    let pages_for = |span: i64| (span / size + i64::from(span % size != 0)).max(1);
+    // `first + page * size`, refused rather than wrapped or panicking.
+    let window = |first: i64| {
+        page.checked_mul(size)
+            .and_then(|o| o.checked_add(first))
+            .and_then(|lo| Some((lo, lo.checked_add(size)?)))
+            .ok_or(ApiError::from(errors::INVALID_ARGUMENT))
+    };
     let (users, total_pages) = if let Some(cuid) = q.get("clientUserId").filter(|s| !s.is_empty()) {
         if !storable(cuid, MAX_CLIENT_USER_ID_CHARS) {
             return Err(errors::INVALID_ARGUMENT.into());
@@ -81,25 +91,23 @@ pub async fn get_users(
         }
         (users, 1)
     } else {
-        let (total_pages, window) = match since {
-            Some(since) => {
-                let lo = since + 1 + page * size;
-                (
-                    pages_for(org.chg - since),
-                    UserWindow::Chg { lo, hi: lo + size },
-                )
-            }
-            None => {
-                let lo = 1 + page * size;
-                (
-                    pages_for(org.user_count),
-                    UserWindow::Ord { lo, hi: lo + size },
-                )
-            }
+        let total_pages = match since {
+            Some(since) => pages_for(org.chg - since),
+            None => pages_for(org.user_count),
         };
         if page < 0 || page >= total_pages {
             return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
         }
+        let window = match since {
+            Some(since) => {
+                let (lo, hi) = window(since.checked_add(1).ok_or(errors::INVALID_ARGUMENT)?)?;
+                UserWindow::Chg { lo, hi }
+            }
+            None => {
+                let (lo, hi) = window(1)?;
+                UserWindow::Ord { lo, hi }
+            }
+        };
         (
             state
                 .store
@@ -124,7 +132,7 @@ pub async fn create_users(
     state: State<AppState>,
     ctx: OrgContext,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<EventResponse>> {
     manage(state, ctx, headers, body, EventType::Create).await
 }
@@ -134,7 +142,7 @@ pub async fn update_users(
     state: State<AppState>,
     ctx: OrgContext,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<EventResponse>> {
     manage(state, ctx, headers, body, EventType::Update).await
 }
@@ -144,7 +152,7 @@ pub async fn retire_users(
     state: State<AppState>,
     ctx: OrgContext,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<EventResponse>> {
     manage(state, ctx, headers, body, EventType::Retire).await
 }
@@ -241,7 +249,7 @@ async fn manage(
     State(state): State<AppState>,
     ctx: OrgContext,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
     event_type: EventType,
 ) -> ApiResult<Json<EventResponse>> {
     require_json(&headers)?;

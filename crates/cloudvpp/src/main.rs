@@ -92,7 +92,7 @@ struct ServeArgs {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<String>,
     /// Users per Get Users page.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     page_size: i64,
     /// Milliseconds spent per user before applying it, to see PENDING events as at Apple.
     #[arg(long, default_value_t = 0)]

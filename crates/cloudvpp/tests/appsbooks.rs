@@ -1636,3 +1636,158 @@ async fn secrets_at_rest_are_digests_and_files_are_private() {
         private(&ca);
     }
 }
+
+/// Extreme query values (page indexes at the ends of i64 and i32, malformed numbers and
+/// versions, overlong ids) get Apple's errors, never a panic or a wrapped window; a body
+/// over the limit gets 413 with Apple's error body; the service keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn extreme_input_gets_apples_errors_and_the_process_lives_on() {
+    let env = Env::new();
+    let token = env.org("O");
+    let mut srv = env.serve(&["--page-size", "3"]);
+    let ev = srv.manage(&token, "create", users(0..4, "x")).await;
+    srv.wait_event(&token, &ev).await;
+    let (_, first) = srv.get(&token, "/mdm/v2/users").await;
+    let v = first["versionId"].as_str().unwrap().to_string();
+    let odd = format!("a{}a----", "é".repeat(15));
+    let cases: Vec<(String, u64)> = vec![
+        ("pageIndex=9223372036854775807".into(), 9602),
+        ("pageIndex=-9223372036854775808".into(), 9602),
+        ("pageIndex=99999999999999999999999".into(), 9602),
+        ("pageIndex=2147483648".into(), 9602),
+        ("pageIndex=1e3".into(), 9602),
+        ("pageIndex=%FF".into(), 9602),
+        ("pageIndex=2147483647".into(), 9650),
+        ("pageIndex=-2147483648".into(), 9650),
+        (format!("pageIndex=2147483647&sinceVersionId={v}"), 9650),
+        (format!("pageIndex=-1&sinceVersionId={v}"), 9650),
+        (
+            format!("pageIndex=9223372036854775807&sinceVersionId={v}"),
+            9602,
+        ),
+        (format!("sinceVersionId={odd}"), 9721),
+        (
+            "sinceVersionId=ffffffff-ffff-ffff-0000-000000000000".into(),
+            9721,
+        ),
+        (
+            "sinceVersionId=7fffffff-ffff-ffff-0000-000000000000".into(),
+            9721,
+        ),
+        (format!("sinceVersionId={}", "f".repeat(10_000)), 9721),
+        (format!("clientUserId={}", "a".repeat(257)), 9602),
+        (
+            format!("clientUserId=a&pageIndex=2147483647&sinceVersionId={v}"),
+            9650,
+        ),
+    ];
+    for (query, number) in &cases {
+        let (status, err) = srv.get(&token, &format!("/mdm/v2/users?{query}")).await;
+        assert_eq!(
+            (status, err["errorNumber"].as_u64()),
+            (400, Some(*number)),
+            "{query}"
+        );
+    }
+    let (status, err) = srv
+        .get(
+            &token,
+            &format!("/mdm/v2/status?eventId={}", "e".repeat(129)),
+        )
+        .await;
+    assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9602)));
+
+    // Bodies: over the limit, 413 with Apple's body; just under it, read and judged.
+    let huge = format!(
+        r#"{{"users":[{{"clientUserId":"{}"}}]}}"#,
+        "a".repeat(3 << 20)
+    );
+    for path in ["/mdm/v2/users/create", "/mdm/v2/client/config"] {
+        let r = srv
+            .http
+            .post(srv.url(path))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(huge.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["errorNumber"], 9602, "{path}");
+        assert_eq!(err["errorMessage"], "Invalid argument.");
+    }
+    let many: Vec<Value> = (0..20_000)
+        .map(|i| json!({"clientUserId": format!("user-{i:08}"), "email": format!("user-{i:08}@example.com")}))
+        .collect();
+    let body = json!({ "users": many }).to_string();
+    assert!(body.len() > 1 << 20 && body.len() < 2 << 20);
+    let (status, err) = srv
+        .post(
+            &token,
+            "/mdm/v2/users/create",
+            serde_json::from_str(&body).unwrap(),
+        )
+        .await;
+    assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9714)));
+
+    // Still serving, nothing changed.
+    assert!(srv.child.try_wait().unwrap().is_none(), "the process died");
+    let (status, now) = srv.get(&token, "/mdm/v2/users").await;
+    assert_eq!(status, 200);
+    assert_eq!(now["versionId"], v.as_str());
+}
+
+/// The invitation page cannot be framed and runs nothing but itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn invitation_page_forbids_framing_and_foreign_content() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve(&[]);
+    let ev = srv.manage(&token, "create", users(0..1, "p")).await;
+    srv.wait_event(&token, &ev).await;
+    let (_, page) = srv.get(&token, "/mdm/v2/users").await;
+    let code = page["users"][0]["inviteCode"].as_str().unwrap().to_string();
+    let answers = [
+        srv.http
+            .get(srv.url(&format!("/invite?inviteCode={code}")))
+            .send()
+            .await
+            .unwrap(),
+        srv.http
+            .get(srv.url("/invite?inviteCode=unknown"))
+            .send()
+            .await
+            .unwrap(),
+        srv.http
+            .post(srv.url("/invite"))
+            .form(&[("inviteCode", code.as_str()), ("appleId", "nope")])
+            .send()
+            .await
+            .unwrap(),
+        srv.http
+            .post(srv.url("/invite/accept"))
+            .json(&json!({"inviteCode": code, "appleId": "pat@example.com"}))
+            .send()
+            .await
+            .unwrap(),
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, vec![200, 404, 400, 200]);
+    for r in &answers {
+        let h = r.headers();
+        assert_eq!(h["x-frame-options"], "DENY");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        for directive in [
+            "default-src 'none'",
+            "frame-ancestors 'none'",
+            "form-action 'self'",
+        ] {
+            assert!(csp.contains(directive), "{csp}");
+        }
+        assert!(!csp.contains("script-src"));
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+    }
+}
