@@ -82,6 +82,25 @@ impl IntoResponse for ApiError {
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
 
+/// Refuses a request that declares a body over [`MAX_BODY_BYTES`] at once, with 413 and
+/// Apple's body, without reading any of it (a body without a declared length is cut off
+/// at the limit by [`Body`]).
+pub async fn refuse_declared_oversize(req: Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return ApiError {
+            status: Some(StatusCode::PAYLOAD_TOO_LARGE),
+            ..errors::INVALID_ARGUMENT.into()
+        }
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// A request body of at most [`MAX_BODY_BYTES`], refused with Apple's error body: a body
 /// over the limit gets 413 with 9602, one that cannot be read 400 with 9602 (axum's own
 /// rejections are plain text).

@@ -138,6 +138,7 @@ pub fn router(state: AppState) -> Router {
         .route("/mdm/v2/users/update", post(update_users).fallback(wrong))
         .route("/mdm/v2/users/retire", post(retire_users).fallback(wrong))
         .route("/mdm/v2/status", get(event_status).fallback(wrong))
+        .layer(axum::middleware::from_fn(error::refuse_declared_oversize))
         .merge(
             Router::new()
                 .route("/invite", get(invite::show).post(invite::accept_form))
