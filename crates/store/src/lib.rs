@@ -291,7 +291,7 @@ pub enum AcceptOutcome {
 /// Storage of the Apps and Books service.
 #[async_trait]
 pub trait AppsBooksStore: Send + Sync + 'static {
-    /// Creates an organisation with its first sToken.
+    /// Creates an organisation with its first sToken (stored as its digest, [`secret`]).
     async fn create_org(
         &self,
         uid: &str,
@@ -308,7 +308,7 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     async fn find_org(&self, uid_or_name: &str) -> Result<Option<Org>>;
     /// Revokes every live token of the organisation and stores `stoken` as the new one.
     async fn renew_token(&self, org_id: i64, stoken: &str, expires_at: i64) -> Result<()>;
-    /// Looks a whole sToken string up.
+    /// Looks a whole sToken string up (by its digest: tokens are only compared).
     async fn find_token(&self, stoken: &str) -> Result<Option<TokenRecord>>;
     /// Latest token expiry of an org (for display).
     async fn current_token_expiry(&self, org_id: i64) -> Result<Option<i64>>;
