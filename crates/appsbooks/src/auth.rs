@@ -66,9 +66,8 @@ impl FromRequestParts<AppState> for OrgContext {
         let per_second = state.limits.get("maxRequestPerSecond").await;
         if !state.rate.allow(record.org_id, per_second).await {
             return Err(ApiError {
-                error: errors::TOO_MANY_REQUESTS,
-                info: None,
                 retry_after: Some(1),
+                ..errors::TOO_MANY_REQUESTS.into()
             });
         }
         let org = state

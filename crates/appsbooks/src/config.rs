@@ -1,14 +1,13 @@
 //! Service Config and Client Config.
 
 use crate::auth::OrgContext;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Body};
 use crate::users::require_json;
 use crate::AppState;
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
-use cloudvpp_abwire::errors::{self, AppleError};
+use cloudvpp_abwire::errors;
 use cloudvpp_abwire::notification::types;
 use cloudvpp_abwire::{
     ClientConfigRequest, ClientConfigResponse, ResponseErrorCode, ServiceConfigResponse,
@@ -88,7 +87,7 @@ pub async fn post_client_config(
     State(state): State<AppState>,
     ctx: OrgContext,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> ApiResult<Json<ClientConfigResponse>> {
     require_json(&headers)?;
     let req: ClientConfigRequest =
@@ -124,13 +123,18 @@ pub async fn post_client_config(
             if url.chars().count() > max || token.chars().count() > max {
                 return Err(errors::NOTIFICATION_TOO_LONG.into());
             }
-            check_notification_url(url, state.config.allow_http_notifications)?;
+            // The token travels as `Authorization: Bearer <token>`: visible ASCII only.
+            if !token.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(errors::INVALID_ARGUMENT.into());
+            }
+            state.notifier.check(url).await?;
             let test = logic::envelope(
                 &ctx.org.uid,
                 types::TEST_NOTIFICATION,
                 serde_json::json!({}),
             );
-            if let Err(why) = crate::outbox::deliver(&state.http, url, token, &test).await {
+            let timeout = state.config.notification_timeout;
+            if let Err(why) = state.notifier.deliver(url, token, &test, timeout).await {
                 tracing::info!(org = ctx.org.id, %why, "test notification failed; configuration refused");
                 return Err(errors::NOTIFICATION_URL_UNREACHABLE.into());
             }
@@ -154,13 +158,4 @@ pub async fn post_client_config(
 
     state.store.set_client_config(ctx.org.id, &cfg).await?;
     Ok(Json(client_config_response(&ctx, &cfg)))
-}
-
-fn check_notification_url(url: &str, allow_http: bool) -> Result<(), AppleError> {
-    let parsed = reqwest::Url::parse(url).map_err(|_| errors::NOTIFICATION_URL_NOT_HTTPS)?;
-    let scheme_ok = parsed.scheme() == "https" || (allow_http && parsed.scheme() == "http");
-    if !scheme_ok || parsed.host_str().is_none() {
-        return Err(errors::NOTIFICATION_URL_NOT_HTTPS);
-    }
-    Ok(())
 }

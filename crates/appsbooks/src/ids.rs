@@ -85,11 +85,17 @@ pub fn encode_version(org_secret: &str, chg: i64) -> String {
 
 /// Reads a `versionId` back; `None` if it was not issued for this organisation.
 pub fn decode_version(org_secret: &str, version: &str) -> Option<i64> {
-    let hex: String = version.chars().filter(|c| *c != '-').collect();
-    if hex.len() != 32 || version.len() != 36 {
+    // Exactly the shape we issue (ASCII, so slicing below never splits a character).
+    let shaped = version.len() == 36
+        && version.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        });
+    if !shaped {
         return None;
     }
-    let chg = u64::from_str_radix(&hex[0..16], 16).ok()? as i64;
+    let hex: String = version.chars().filter(|c| *c != '-').collect();
+    let chg = i64::try_from(u64::from_str_radix(&hex[0..16], 16).ok()?).ok()?;
     (encode_version(org_secret, chg) == version.to_ascii_lowercase()).then_some(chg)
 }
 
@@ -113,6 +119,15 @@ mod tests {
         assert_eq!(decode_version("s2", &v), None);
         assert_eq!(
             decode_version("s1", "021f10a0-7035-11eb-9f67-bd1df52e1e13"),
+            None
+        );
+        // Multi-byte characters where hex digits go, a dash out of place: refused, no panic.
+        let odd = format!("a{}a----", "é".repeat(15));
+        assert_eq!(odd.len(), 36);
+        assert_eq!(decode_version("s1", &odd), None);
+        assert_eq!(decode_version("s1", &v.replacen('-', "0", 1)), None);
+        assert_eq!(
+            decode_version("s1", "ffffffff-ffff-ffff-0000-000000000000"),
             None
         );
     }

@@ -29,6 +29,31 @@ pub struct AcceptRequest {
     apple_id: Option<String>,
 }
 
+/// Headers of every invitation page and answer: it may not be framed (clickjacking the
+/// Accept button), runs no script and loads nothing, posts its form only here, and its URL,
+/// which carries the invite code, is not passed on as a referrer or kept in caches.
+pub async fn security_headers(mut resp: Response) -> Response {
+    use axum::http::{header, HeaderValue};
+    let h = resp.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -74,6 +99,12 @@ fn refusal(outcome: &AcceptOutcome) -> (StatusCode, &'static str, &'static str) 
     }
 }
 
+/// Whether `code` can be an invite code at all (ours are 32 hex digits): anything else is
+/// unknown without asking the database, which need not be able to hold it (NUL).
+fn plausible_code(code: &str) -> bool {
+    code.len() <= 64 && code.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// The page for one code.
 async fn page_handler(state: &AppState, code: Option<&str>) -> Response {
     let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
@@ -83,7 +114,12 @@ async fn page_handler(state: &AppState, code: Option<&str>) -> Response {
             "<p>The link has no invitation code.</p>",
         );
     };
-    let found = match state.store.find_invitation(code).await {
+    let found = if !plausible_code(code) {
+        Ok(None)
+    } else {
+        state.store.find_invitation(code).await
+    };
+    let found = match found {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(error = %e, "invitation lookup");
@@ -154,6 +190,9 @@ async fn accept(
             "Something went wrong. Try again later.".to_string(),
         )
     };
+    if !plausible_code(code) {
+        return Ok(AcceptOutcome::Unknown);
+    }
     let Some((org_id, _)) = state.store.find_invitation(code).await.map_err(internal)? else {
         return Ok(AcceptOutcome::Unknown);
     };

@@ -12,6 +12,7 @@ pub mod error;
 pub mod ids;
 pub mod invite;
 pub mod limits;
+pub mod notify;
 pub mod outbox;
 pub mod users;
 pub mod worker;
@@ -34,10 +35,18 @@ pub struct Config {
     pub processing_delay: Duration,
     /// Accept `http://` notification URLs (local development only).
     pub allow_http_notifications: bool,
+    /// Accept notification URLs on loopback and private addresses (local development
+    /// only; see [`notify`]).
+    pub allow_private_notification_urls: bool,
+    /// Private notification endpoints accepted anyway (`cloudvpp serve`'s own MDM).
+    pub notification_exempt: Vec<notify::Exempt>,
     /// Waits between notification attempts; attempts = delays + 1.
     pub notification_retry_delays: Vec<Duration>,
     /// Per-attempt timeout of a notification POST.
     pub notification_timeout: Duration,
+    /// Most notifications one organisation may have waiting; beyond it the oldest are
+    /// dropped ([`outbox`]).
+    pub notification_backlog: i64,
     /// Fault injection: share (0-100) of notifications dropped on purpose, never sent.
     pub drop_notifications_percent: u8,
     /// Name of this instance, used as lease owner.
@@ -54,8 +63,11 @@ impl Default for Config {
             page_size: 1000,
             processing_delay: Duration::ZERO,
             allow_http_notifications: false,
+            allow_private_notification_urls: false,
+            notification_exempt: Vec::new(),
             notification_retry_delays: vec![Duration::from_secs(30), Duration::from_secs(120)],
             notification_timeout: Duration::from_secs(10),
+            notification_backlog: 10_000,
             drop_notifications_percent: 0,
             instance_id: format!("appsbooks-{}", uuid::Uuid::new_v4().simple()),
             lease: Duration::from_secs(30),
@@ -78,18 +90,21 @@ pub struct AppState {
     pub events_waiting: Arc<Notify>,
     /// Wakes the notification sender when notifications are queued.
     pub outbox_waiting: Arc<Notify>,
-    /// HTTP client for notifications.
-    pub http: reqwest::Client,
+    /// Sends notifications where the policy allows.
+    pub notifier: Arc<notify::Notifier>,
 }
 
 impl AppState {
     /// Builds the state.
     pub fn new(store: Arc<dyn AppsBooksStore>, config: Config) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(config.notification_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("http client");
+        let notifier = notify::Notifier::new(
+            notify::NotificationPolicy {
+                allow_http: config.allow_http_notifications,
+                allow_private: config.allow_private_notification_urls,
+                exempt: config.notification_exempt.clone(),
+            },
+            config.notification_timeout,
+        );
         AppState {
             limits: Arc::new(limits::Limits::new(store.clone())),
             rate: Arc::new(limits::RateLimiter::new(store.clone())),
@@ -97,7 +112,7 @@ impl AppState {
             config: Arc::new(config),
             events_waiting: Arc::new(Notify::new()),
             outbox_waiting: Arc::new(Notify::new()),
-            http,
+            notifier: Arc::new(notifier),
         }
     }
 }
@@ -123,9 +138,16 @@ pub fn router(state: AppState) -> Router {
         .route("/mdm/v2/users/update", post(update_users).fallback(wrong))
         .route("/mdm/v2/users/retire", post(retire_users).fallback(wrong))
         .route("/mdm/v2/status", get(event_status).fallback(wrong))
-        .route("/invite", get(invite::show).post(invite::accept_form))
-        .route("/invite/accept", post(invite::accept_json))
+        .layer(axum::middleware::from_fn(error::refuse_declared_oversize))
+        .merge(
+            Router::new()
+                .route("/invite", get(invite::show).post(invite::accept_form))
+                .route("/invite/accept", post(invite::accept_json))
+                .layer(axum::middleware::map_response(invite::security_headers)),
+        )
         .route("/healthz", get(|| async { "ok" }))
+        // Bodies past this are refused (413, Apple's body on the API) before being read.
+        .layer(axum::extract::DefaultBodyLimit::max(error::MAX_BODY_BYTES))
         .with_state(state)
 }
 

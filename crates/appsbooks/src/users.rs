@@ -1,10 +1,9 @@
 //! Get Users, Create/Update/Retire Users and Event Status.
 
 use crate::auth::OrgContext;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, Body};
 use crate::ids::{decode_version, encode_version};
 use crate::AppState;
-use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
@@ -44,11 +43,14 @@ pub async fn get_users(
         active_only: parse_bool(q.get("activeOnly"))?,
         retired_only: parse_bool(q.get("retiredOnly"))?,
     };
+    // Apple's pageIndex is an int32: a value outside it is not a valid argument. One in it
+    // but past the last page (negative included) is 9650, as Apple's message says.
     let page: i64 = match q.get("pageIndex").map(|s| s.trim()) {
         None | Some("") => 0,
         Some(s) => s
-            .parse::<i64>()
-            .map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?,
+            .parse::<i32>()
+            .map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?
+            .into(),
     };
     let org = &ctx.org;
     let since = match q
@@ -58,13 +60,24 @@ pub async fn get_users(
     {
         None => None,
         Some(v) => match decode_version(&org.secret, v) {
-            Some(chg) if chg <= org.chg => Some(chg),
+            Some(chg) if (0..=org.chg).contains(&chg) => Some(chg),
             _ => return Err(errors::INVALID_VERSION_ID.into()),
         },
     };
     let size = state.config.page_size.max(1);
-    let pages_for = |span: i64| ((span + size - 1) / size).max(1);
+    // Rounded up without `span + size - 1`, which could overflow.
+    let pages_for = |span: i64| (span / size + i64::from(span % size != 0)).max(1);
+    // `first + page * size`, refused rather than wrapped or panicking.
+    let window = |first: i64| {
+        page.checked_mul(size)
+            .and_then(|o| o.checked_add(first))
+            .and_then(|lo| Some((lo, lo.checked_add(size)?)))
+            .ok_or(ApiError::from(errors::INVALID_ARGUMENT))
+    };
     let (users, total_pages) = if let Some(cuid) = q.get("clientUserId").filter(|s| !s.is_empty()) {
+        if !storable(cuid, MAX_CLIENT_USER_ID_CHARS) {
+            return Err(errors::INVALID_ARGUMENT.into());
+        }
         // One person's records: a single page.
         if page != 0 {
             return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
@@ -78,25 +91,23 @@ pub async fn get_users(
         }
         (users, 1)
     } else {
-        let (total_pages, window) = match since {
-            Some(since) => {
-                let lo = since + 1 + page * size;
-                (
-                    pages_for(org.chg - since),
-                    UserWindow::Chg { lo, hi: lo + size },
-                )
-            }
-            None => {
-                let lo = 1 + page * size;
-                (
-                    pages_for(org.user_count),
-                    UserWindow::Ord { lo, hi: lo + size },
-                )
-            }
+        let total_pages = match since {
+            Some(since) => pages_for(org.chg - since),
+            None => pages_for(org.user_count),
         };
         if page < 0 || page >= total_pages {
             return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
         }
+        let window = match since {
+            Some(since) => {
+                let (lo, hi) = window(since.checked_add(1).ok_or(errors::INVALID_ARGUMENT)?)?;
+                UserWindow::Chg { lo, hi }
+            }
+            None => {
+                let (lo, hi) = window(1)?;
+                UserWindow::Ord { lo, hi }
+            }
+        };
         (
             state
                 .store
@@ -121,7 +132,7 @@ pub async fn create_users(
     state: State<AppState>,
     ctx: OrgContext,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<EventResponse>> {
     manage(state, ctx, headers, body, EventType::Create).await
 }
@@ -131,7 +142,7 @@ pub async fn update_users(
     state: State<AppState>,
     ctx: OrgContext,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<EventResponse>> {
     manage(state, ctx, headers, body, EventType::Update).await
 }
@@ -141,7 +152,7 @@ pub async fn retire_users(
     state: State<AppState>,
     ctx: OrgContext,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> ApiResult<Json<EventResponse>> {
     manage(state, ctx, headers, body, EventType::Retire).await
 }
@@ -160,14 +171,28 @@ pub fn require_json(headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
+/// Longest `clientUserId`, in characters (Apple states none; docs/appsbooks-behaviour.md).
+pub const MAX_CLIENT_USER_ID_CHARS: usize = 256;
+/// Longest `email`, in characters: RFC 5321's limit on an address in a mail path.
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// Longest `managedAppleId`, in characters: an account name is an email-shaped string, and
+/// this leaves room over RFC 5321's 254 for the local part and domain at their RFC limits.
+pub const MAX_MANAGED_APPLE_ID_CHARS: usize = 320;
+
+/// Text every database can hold and every log line and header can carry: no control
+/// character (NUL, which PostgreSQL refuses, included), at most `max_chars` characters.
+pub fn storable(s: &str, max_chars: usize) -> bool {
+    !s.chars().any(char::is_control) && s.chars().nth(max_chars).is_none()
+}
+
 /// A plausible email address: what Apple's 9717 guards against is garbage, not RFC 5322.
 pub fn valid_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else {
         return false;
     };
     !local.is_empty()
-        && s.len() <= 254
-        && !s.chars().any(|c| c.is_whitespace() || c.is_control())
+        && storable(s, MAX_EMAIL_CHARS)
+        && !s.chars().any(char::is_whitespace)
         && !domain.contains('@')
         && domain.contains('.')
         && !domain.starts_with('.')
@@ -191,7 +216,9 @@ pub fn validate_manage_request(
     };
     let users: Vec<RequestUser> =
         serde_json::from_value(users).map_err(|_| errors::INVALID_ARGUMENT)?;
-    if users.iter().any(|u| u.client_user_id.trim().is_empty()) {
+    if users.iter().any(|u| {
+        u.client_user_id.trim().is_empty() || !storable(&u.client_user_id, MAX_CLIENT_USER_ID_CHARS)
+    }) {
         return Err(errors::INVALID_ARGUMENT);
     }
     if users.len() as i64 > max_users {
@@ -211,7 +238,7 @@ pub fn validate_manage_request(
     if users
         .iter()
         .filter_map(|u| u.managed_apple_id.as_deref())
-        .any(|m| m.trim().is_empty())
+        .any(|m| m.trim().is_empty() || !storable(m, MAX_MANAGED_APPLE_ID_CHARS))
     {
         return Err(errors::INVALID_ARGUMENT);
     }
@@ -222,7 +249,7 @@ async fn manage(
     State(state): State<AppState>,
     ctx: OrgContext,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
     event_type: EventType,
 ) -> ApiResult<Json<EventResponse>> {
     require_json(&headers)?;
@@ -247,6 +274,9 @@ async fn manage(
     }))
 }
 
+/// Longest `eventId` looked up.
+const MAX_EVENT_ID_CHARS: usize = 128;
+
 /// `GET /mdm/v2/status?eventId=`.
 pub async fn event_status(
     State(state): State<AppState>,
@@ -258,6 +288,10 @@ pub async fn event_status(
         .map(|s| s.trim())
         .filter(|s| !s.is_empty())
         .ok_or(errors::EVENT_NOT_FOUND)?;
+    // Ours are UUIDs; anything that is not plain text of a sane length is not an id.
+    if !storable(event_id, MAX_EVENT_ID_CHARS) {
+        return Err(errors::INVALID_ARGUMENT.into());
+    }
     let ev = state
         .store
         .get_event(ctx.org.id, event_id)
@@ -305,5 +339,51 @@ mod tests {
             2
         )
         .is_ok());
+    }
+
+    #[test]
+    fn text_the_database_cannot_hold_is_refused() {
+        let one = |u: serde_json::Value| {
+            let body = serde_json::json!({ "users": [u] }).to_string();
+            validate_manage_request(body.as_bytes(), 100).map(|_| ())
+        };
+        let n = |u| one(u).unwrap_err().number;
+        for cuid in [
+            "a\u{0}b",
+            "\u{0}",
+            "a\nb",
+            "a\tb",
+            "\u{7f}",
+            "a\u{85}",
+            "\u{1b}[31m",
+        ] {
+            let bad = cuid.escape_debug();
+            assert_eq!(n(serde_json::json!({"clientUserId": cuid})), 9602, "{bad}");
+            assert_eq!(
+                n(serde_json::json!({"clientUserId": "a", "email": format!("a{cuid}@b.co")})),
+                9717
+            );
+            assert_eq!(
+                n(
+                    serde_json::json!({"clientUserId": "a", "managedAppleId": format!("m{cuid}@b.co")})
+                ),
+                9602
+            );
+        }
+        let long = |n: usize| "é".repeat(n);
+        assert!(one(serde_json::json!({"clientUserId": long(256)})).is_ok());
+        assert_eq!(n(serde_json::json!({"clientUserId": long(257)})), 9602);
+        let email = |n: usize| format!("{}@b.co", "a".repeat(n - 5));
+        assert!(one(serde_json::json!({"clientUserId": "a", "email": email(254)})).is_ok());
+        assert_eq!(
+            n(serde_json::json!({"clientUserId": "a", "email": email(255)})),
+            9717
+        );
+        let maid = |n: usize| format!("{}@b.co", "m".repeat(n - 5));
+        assert!(one(serde_json::json!({"clientUserId": "a", "managedAppleId": maid(320)})).is_ok());
+        assert_eq!(
+            n(serde_json::json!({"clientUserId": "a", "managedAppleId": maid(321)})),
+            9602
+        );
     }
 }

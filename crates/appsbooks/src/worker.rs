@@ -13,9 +13,18 @@ use std::time::Duration;
 /// Users per step when there is no processing delay (a notification's worth).
 const STEP: usize = 100;
 
+/// Failed attempts after which a step is taken as one that can never succeed: a step of
+/// several users is then retried one user at a time, and a lone user's step that fails
+/// this often fails that user with 9603 (`failures[]`, the FAILURE notification), so one
+/// user's data the database refuses cannot hold up the organisation's later events. The
+/// count is kept with the event, so it survives restarts and other instances.
+pub const MAX_STEP_FAILURES: i64 = 3;
+
 /// Runs until `shutdown` turns true.
 pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let owner = format!("{}-events", state.config.instance_id);
+    // Consecutive failed claims: a database that is down is probed ever less often.
+    let mut claim_errors = 0u32;
     loop {
         if *shutdown.borrow() {
             return;
@@ -30,12 +39,15 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
             .await
         {
             Ok(Some(claim)) => {
+                claim_errors = 0;
                 if let Err(e) = process(&state, claim, &mut shutdown).await {
+                    // The lease is kept: the event is taken again when it runs out.
                     tracing::warn!(error = %e, "event step failed; will be retried");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
             Ok(None) => {
+                claim_errors = 0;
                 tokio::select! {
                     _ = state.events_waiting.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -44,7 +56,12 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
             }
             Err(e) => {
                 tracing::warn!(error = %e, "claiming events");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                claim_errors = claim_errors.saturating_add(1);
+                let wait = Duration::from_millis(500) * 2u32.pow(claim_errors.min(4));
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(Duration::from_secs(5))) => {}
+                    _ = shutdown.changed() => {}
+                }
             }
         }
     }
@@ -66,11 +83,18 @@ async fn process(
             )))
         }
     };
+    // Users before this index go one per step: their batch kept failing.
+    let mut isolate_until = 0;
     while claim.cursor < claim.users.len() {
         if *shutdown.borrow() {
             return Ok(());
         }
-        let end = (claim.cursor + step).min(claim.users.len());
+        let size = if claim.cursor < isolate_until {
+            1
+        } else {
+            step
+        };
+        let end = (claim.cursor + size).min(claim.users.len());
         if !delay.is_zero() {
             tokio::select! {
                 _ = tokio::time::sleep(delay * (end - claim.cursor) as u32) => {}
@@ -95,7 +119,10 @@ async fn process(
             )
             .await
         {
-            Ok(_) => claim.cursor = end,
+            Ok(_) => {
+                claim.cursor = end;
+                claim.step_failures = 0;
+            }
             Err(StoreError::LeaseLost) => {
                 tracing::info!(
                     event_id = claim.event_id,
@@ -103,7 +130,61 @@ async fn process(
                 );
                 return Ok(());
             }
-            Err(e) => return Err(e),
+            // An unreachable database says nothing about the users: retried without count.
+            Err(e @ StoreError::Unavailable(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, event_id = claim.event_id, users = ops.len(), "event step failed");
+                claim.step_failures = match state
+                    .store
+                    .event_step_failed(
+                        &claim,
+                        crate::now_ms(),
+                        state.config.lease.as_millis() as i64,
+                    )
+                    .await
+                {
+                    Ok(n) => n,
+                    Err(StoreError::LeaseLost) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                if claim.step_failures < MAX_STEP_FAILURES {
+                    let backoff = Duration::from_millis(200) * claim.step_failures as u32;
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return Ok(()),
+                    }
+                    continue;
+                } else if ops.len() > 1 {
+                    // Find the user(s) the database refuses.
+                    isolate_until = end;
+                    continue;
+                } else {
+                    let cuid = ops[0].user.client_user_id.clone();
+                    tracing::error!(
+                        event_id = claim.event_id,
+                        failures = claim.step_failures,
+                        "a user of the event keeps failing; failing it with 9603"
+                    );
+                    match state
+                        .store
+                        .fail_event_step(
+                            &claim,
+                            &[cuid],
+                            cloudvpp_abwire::errors::INTERNAL_ERROR.number,
+                            crate::now_ms(),
+                            state.config.lease.as_millis() as i64,
+                        )
+                        .await
+                    {
+                        Ok(()) => {
+                            claim.cursor = end;
+                            claim.step_failures = 0;
+                        }
+                        Err(StoreError::LeaseLost) => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
         }
         state.outbox_waiting.notify_one();
     }

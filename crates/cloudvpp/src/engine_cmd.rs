@@ -255,7 +255,7 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
         );
         if !state.exists() || !ca.exists() {
             let pki = tokio::task::spawn_blocking(cloudvpp_simulator::Pki::generate).await??;
-            std::fs::write(&ca, &pki.ca_cert_pem)?;
+            cloudvpp_simulator::write_private(&ca, pki.ca_cert_pem.as_bytes())?;
             cloudvpp_simulator::Fleet {
                 pki,
                 devices: Vec::new(),
@@ -282,6 +282,15 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
     let (ab_listener, ab_base) = crate::bind(a.appsbooks_listen, false)?;
     let (mdm_listener, mdm_base) = crate::bind(a.mdm_listen, false)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Notifications may reach this process's own MDM notification endpoint, however
+    // private its address, and no other private address (not its admin API either).
+    let mdm_public = a.mdm.public_url.clone().unwrap_or_else(|| mdm_base.clone());
+    let own_endpoint = format!(
+        "{}/notifications/appsbooks/",
+        mdm_public.trim_end_matches('/')
+    );
+    let exempt = cloudvpp_appsbooks::notify::Exempt::new(&own_endpoint)
+        .with_context(|| format!("the MDM's public URL {mdm_public:?}"))?;
     let ab_state = cloudvpp_appsbooks::AppState::new(
         store.clone(),
         cloudvpp_appsbooks::Config {
@@ -289,6 +298,7 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
             processing_delay: Duration::from_millis(a.processing_delay_ms),
             // Both services run on loopback: notifications go over plain HTTP.
             allow_http_notifications: true,
+            notification_exempt: vec![exempt],
             drop_notifications_percent: a.drop_notifications_percent,
             lease: Duration::from_millis(a.lease_ms),
             ..Default::default()

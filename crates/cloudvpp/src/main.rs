@@ -93,7 +93,7 @@ struct ServeArgs {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<String>,
     /// Users per Get Users page.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     page_size: i64,
     /// Milliseconds spent per user before applying it, to see PENDING events as at Apple.
     #[arg(long, default_value_t = 0)]
@@ -101,9 +101,21 @@ struct ServeArgs {
     /// Accept http:// notification URLs (local development and tests only).
     #[arg(long)]
     allow_http_notifications: bool,
+    /// Accept notification URLs on loopback, private and link-local addresses (local
+    /// development and tests only): by default they are refused, at configuration and at
+    /// every send.
+    #[arg(long)]
+    allow_private_notification_urls: bool,
     /// Milliseconds between notification attempts, comma separated (attempts = count + 1).
     #[arg(long, default_value = "30000,120000", value_delimiter = ',')]
     notification_retry_ms: Vec<u64>,
+    /// Milliseconds one notification attempt may take (at most 3/4 of --lease-ms).
+    #[arg(long, default_value_t = 10_000)]
+    notification_timeout_ms: u64,
+    /// Most notifications one organisation may have waiting (its endpoint slow or down);
+    /// beyond it the oldest are dropped, with a warning.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(i64).range(1..))]
+    notification_backlog: i64,
     /// Fault setting: percentage of notifications dropped on purpose.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     drop_notifications_percent: u8,
@@ -312,12 +324,15 @@ async fn serve(args: ServeArgs) -> Result<()> {
         page_size: args.page_size,
         processing_delay: Duration::from_millis(args.processing_delay_ms),
         allow_http_notifications: args.allow_http_notifications,
+        allow_private_notification_urls: args.allow_private_notification_urls,
         notification_retry_delays: args
             .notification_retry_ms
             .iter()
             .map(|ms| Duration::from_millis(*ms))
             .collect(),
         drop_notifications_percent: args.drop_notifications_percent,
+        notification_backlog: args.notification_backlog,
+        notification_timeout: Duration::from_millis(args.notification_timeout_ms),
         lease: Duration::from_millis(args.lease_ms),
         ..Config::default()
     };

@@ -80,7 +80,7 @@ pub async fn run(cmd: SimulateCommand) -> Result<()> {
     match cmd {
         SimulateCommand::Pki { state, ca_out } => {
             let pki = tokio::task::spawn_blocking(Pki::generate).await??;
-            std::fs::write(&ca_out, &pki.ca_cert_pem)
+            cloudvpp_simulator::write_private(&ca_out, pki.ca_cert_pem.as_bytes())
                 .with_context(|| format!("writing {}", ca_out.display()))?;
             Fleet {
                 pki,

@@ -1061,3 +1061,790 @@ async fn public_url_is_what_service_config_advertises() {
         "https://vpp.example.test/invite?inviteCode=%25inviteCode%25&mt=8"
     );
 }
+
+/// A database the service cannot reach is answered at once (not after a long pool wait)
+/// with Apple's 503 body and `Retry-After`, and no database text; when the database is
+/// back the service serves again by itself. PostgreSQL only: the database is closed to
+/// connections and the service's connections are ended.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_database_gets_503_at_once_and_the_service_recovers() {
+    let env = Env::new();
+    let Some(name) = env.postgres_name() else {
+        eprintln!("not run: an unreachable database needs CLOUDVPP_TEST_POSTGRES_URL");
+        return;
+    };
+    let token = env.org("O");
+    let srv = env.serve(&[]);
+    assert_eq!(srv.get(&token, "/mdm/v2/users").await.0, 200);
+
+    env.pg_admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    env.pg_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    let requests = [
+        srv.http.get(srv.url("/mdm/v2/users")),
+        srv.http.get(srv.url("/mdm/v2/status?eventId=e")),
+        srv.http.get(srv.url("/mdm/v2/client/config")),
+        srv.http
+            .post(srv.url("/mdm/v2/users/create"))
+            .json(&json!({"users": [{"clientUserId": "a"}]})),
+    ];
+    for req in requests {
+        let started = std::time::Instant::now();
+        let r = req.bearer_auth(&token).send().await.unwrap();
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(5), "answered after {took:?}");
+        assert_eq!(r.status(), 503);
+        let after: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&after));
+        let text = r.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["errorNumber"], 9729, "{text}");
+        assert_eq!(
+            body["errorMessage"],
+            "The service is temporarily unavailable. Try again later."
+        );
+        let lower = text.to_lowercase();
+        for leak in ["database", "sql", "postgres", "pool", "connection", &name] {
+            assert!(!lower.contains(leak), "{leak:?} in {text}");
+        }
+    }
+
+    env.pg_admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = srv
+            .http
+            .get(srv.url("/mdm/v2/users"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still {}", r.status());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Writes and the event worker are back too.
+    let ev = srv.manage(&token, "create", users(0..2, "back")).await;
+    assert_eq!(srv.wait_event(&token, &ev).await["eventStatus"], "COMPLETE");
+}
+
+/// Text a database cannot hold (NUL: PostgreSQL refuses it) or that is longer than the
+/// documented limits is refused when the request arrives, on every write taking it, with
+/// Apple's error; nothing is stored. The longest accepted values are stored and read back.
+#[tokio::test(flavor = "multi_thread")]
+async fn input_the_database_cannot_hold_is_refused_synchronously() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve(&[]);
+    let (_, before) = srv.get(&token, "/mdm/v2/users").await;
+    let long = |n: usize| "é".repeat(n);
+    let email = |n: usize| format!("{}@b.co", "a".repeat(n - 5));
+    let mut cases = vec![
+        (json!({"clientUserId": long(257)}), 9602),
+        (json!({"clientUserId": "a", "email": email(255)}), 9717),
+        (
+            json!({"clientUserId": "a", "managedAppleId": email(321)}),
+            9602,
+        ),
+    ];
+    for bad in ["\u{0}", "\u{1}", "\n", "\u{7f}", "\u{85}", "\u{1b}[0m"] {
+        cases.push((json!({"clientUserId": format!("a{bad}b")}), 9602));
+        cases.push((
+            json!({"clientUserId": "a", "email": format!("a{bad}@b.co")}),
+            9717,
+        ));
+        cases.push((
+            json!({"clientUserId": "a", "managedAppleId": format!("m{bad}@b.co")}),
+            9602,
+        ));
+    }
+    for (user, number) in &cases {
+        for action in ["create", "update", "retire"] {
+            let (status, err) = srv
+                .post(
+                    &token,
+                    &format!("/mdm/v2/users/{action}"),
+                    json!({"users": [{"clientUserId": "ok"}, user]}),
+                )
+                .await;
+            assert_eq!(
+                (status, err["errorNumber"].as_u64()),
+                (400, Some(*number)),
+                "{action} {user}"
+            );
+        }
+    }
+    // Reads and the other writes that take such text refuse it as well.
+    let (status, err) = srv.get(&token, "/mdm/v2/users?clientUserId=a%00b").await;
+    assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9602)));
+    let (status, err) = srv.get(&token, "/mdm/v2/status?eventId=e%00").await;
+    assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9602)));
+    let cc = "/mdm/v2/client/config";
+    let (status, err) = srv
+        .post(
+            &token,
+            cc,
+            json!({"notificationUrl": "https://example.com/n\u{0}", "notificationAuthToken": "t"}),
+        )
+        .await;
+    assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9712)));
+    let (status, err) = srv
+        .post(
+            &token,
+            cc,
+            json!({"notificationUrl": "https://example.com/n", "notificationAuthToken": "t\u{0}"}),
+        )
+        .await;
+    assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9602)));
+    let r = srv
+        .http
+        .get(srv.url("/invite?inviteCode=ab%00cd"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = srv
+        .http
+        .post(srv.url("/invite/accept"))
+        .json(&json!({"inviteCode": "ab\u{0}cd", "appleId": "pat@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Nothing was stored.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, after) = srv.get(&token, "/mdm/v2/users").await;
+    assert_eq!(after["size"], 0);
+    assert_eq!(after["versionId"], before["versionId"]);
+    let (_, cfg) = srv.get(&token, cc).await;
+    assert!(cfg.get("notificationUrl").is_none());
+
+    // The longest accepted values go through on both backends.
+    let cuid = long(256);
+    let ev = srv
+        .manage(
+            &token,
+            "create",
+            json!([{"clientUserId": cuid, "email": email(254)},
+                   {"clientUserId": "m", "managedAppleId": email(320)}]),
+        )
+        .await;
+    assert_eq!(srv.wait_event(&token, &ev).await["eventStatus"], "COMPLETE");
+    let (status, got) = srv
+        .get(&token, &format!("/mdm/v2/users?clientUserId={cuid}"))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(got["users"][0]["clientUserId"], cuid.as_str());
+    assert_eq!(got["users"][0]["email"], email(254).as_str());
+}
+
+/// An event step the database refuses every time (a trigger refusing one user's row here;
+/// on PostgreSQL also a NUL accepted by an older version) fails that user with 9603 after a
+/// few attempts; the event's other users are applied, and the organisation's later events
+/// run. Before, such an event was retried for ever and held up every later event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_that_keeps_failing_fails_its_user_and_later_events_run() {
+    let Subscribed {
+        env,
+        token,
+        srv,
+        rx,
+        running: _running,
+    } = subscribed(&[]).await;
+    let poison = if env.postgres_name().is_some() {
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.client_user_id = 'poison' THEN RAISE EXCEPTION 'row refused'; END IF;
+         RETURN NEW; END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON users FOR EACH ROW EXECUTE FUNCTION poison();"
+    } else {
+        "CREATE TRIGGER poison BEFORE INSERT ON users WHEN NEW.client_user_id = 'poison'
+         BEGIN SELECT RAISE(ABORT, 'row refused'); END;"
+    };
+    env.sql(poison).await;
+    if env.postgres_name().is_some() {
+        // An event accepted before NUL was refused at the door: its users are JSON text,
+        // which holds the escaped NUL, but the users table cannot.
+        env.sql(
+            r#"INSERT INTO events (org_id, event_id, event_type, status, users, num_requested, created_at)
+               SELECT id, 'legacy-nul', 'CREATE', 'PENDING',
+                      '[{"clientUserId":"nul\u0000id"},{"clientUserId":"legacy-ok"}]', 2, 0 FROM orgs"#,
+        )
+        .await;
+    }
+    let ev = srv
+        .manage(
+            &token,
+            "create",
+            json!([{"clientUserId": "a"}, {"clientUserId": "poison"}, {"clientUserId": "b"}]),
+        )
+        .await;
+    let later = srv.manage(&token, "create", users(0..2, "later")).await;
+
+    let st = srv.wait_event(&token, &ev).await;
+    assert_eq!(st["eventStatus"], "FAILED", "{st}");
+    assert_eq!(
+        (st["numCompleted"].as_u64(), st["numRequested"].as_u64()),
+        (Some(2), Some(3))
+    );
+    assert_eq!(st["failures"][0]["errorNumber"], 9603);
+    assert_eq!(st["failures"][0]["errorMessage"], "Internal error.");
+    assert_eq!(
+        st["failures"][0]["errorInfo"]["clientUserIds"],
+        json!(["poison"])
+    );
+    assert_eq!(st["failures"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        srv.wait_event(&token, &later).await["eventStatus"],
+        "COMPLETE"
+    );
+    let (all, _) = srv.all_users(&token, "").await;
+    let mut got = ids(&all);
+    got.sort();
+    let mut want = vec!["a", "b", "later-0", "later-1"];
+    if env.postgres_name().is_some() {
+        let legacy = srv.wait_event(&token, "legacy-nul").await;
+        assert_eq!(legacy["eventStatus"], "FAILED");
+        assert_eq!(legacy["failures"][0]["errorNumber"], 9603);
+        assert_eq!(
+            legacy["failures"][0]["errorInfo"]["clientUserIds"],
+            json!(["nul\u{0}id"])
+        );
+        want.push("legacy-ok");
+        want.sort();
+    }
+    assert_eq!(got, want);
+    // The subscriber hears of the failure too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let failure = rx.of_type("USER_MANAGEMENT").into_iter().find(|n| {
+            n.body["notification"]["eventId"] == ev.as_str()
+                && n.body["notification"]["result"] == "FAILURE"
+        });
+        if let Some(n) = failure {
+            assert_eq!(n.body["notification"]["error"]["errorNumber"], 9603);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no FAILURE notification"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Loopback, private, link-local, CGNAT, multicast and broadcast notification URLs are
+/// refused in every spelling (decimal, hex, octal, short IPv4 forms, IPv6 and IPv4-mapped
+/// IPv6, names resolving to them) with 9728, before anything is sent; the receiver on
+/// 127.0.0.1 hears nothing. The same URL passes with `--allow-private-notification-urls`.
+#[tokio::test(flavor = "multi_thread")]
+async fn private_notification_urls_are_refused_in_every_spelling() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve_guarded(&[]);
+    let rx = Receiver::default();
+    let running = rx.start().await;
+    let port = running.addr.port();
+    let hosts = [
+        "127.0.0.1",
+        "2130706433",
+        "0x7f000001",
+        "0x7F.0.0.1",
+        "0177.0.0.1",
+        "017700000001",
+        "127.1",
+        "127.0.1",
+        "0",
+        "0.0.0.0",
+        "localhost",
+        "[::1]",
+        "[::]",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "[0:0:0:0:0:ffff:127.0.0.1]",
+        "[::ffff:0.0.0.0]",
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "0xa9fea9fe",
+        "100.64.0.1",
+        "224.0.0.1",
+        "255.255.255.255",
+        "[fe80::1]",
+        "[fc00::1]",
+        "[fd00::1]",
+        "[ff02::1]",
+        "[::ffff:169.254.169.254]",
+        "[::ffff:10.0.0.1]",
+    ];
+    for host in hosts {
+        let url = format!("http://{host}:{port}/notify");
+        let started = std::time::Instant::now();
+        let (status, err) = srv
+            .post(
+                &token,
+                "/mdm/v2/client/config",
+                json!({"notificationUrl": url, "notificationAuthToken": "t"}),
+            )
+            .await;
+        assert_eq!(
+            (status, err["errorNumber"].as_u64()),
+            (400, Some(9728)),
+            "{url}"
+        );
+        // Refused before any attempt, not after a connection timed out.
+        assert!(started.elapsed() < Duration::from_secs(3), "{url}");
+    }
+    assert_eq!(*rx.attempts.lock().unwrap(), 0, "nothing was sent");
+    let (_, cfg) = srv.get(&token, "/mdm/v2/client/config").await;
+    assert!(cfg.get("notificationUrl").is_none());
+
+    // The refused spellings do reach the receiver when private addresses are allowed.
+    drop(srv);
+    let open = env.serve(&[]);
+    for host in ["127.1", "0x7f000001", "[::ffff:127.0.0.1]"] {
+        let url = format!("http://{host}:{port}/notify");
+        let (status, body) = open
+            .post(
+                &token,
+                "/mdm/v2/client/config",
+                json!({"notificationUrl": url, "notificationAuthToken": "t"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{url}: {body}");
+    }
+    assert_eq!(rx.wait_for("TEST_NOTIFICATION", 3).await.len(), 3);
+}
+
+/// The address is checked again at every send: URLs stored while private addresses were
+/// allowed (an IP literal, and a name, which goes through the resolver that keeps public
+/// addresses only, as a name re-pointed by DNS rebinding would) are not sent to once they
+/// are not; allowed again, sending works.
+#[tokio::test(flavor = "multi_thread")]
+async fn notification_addresses_are_checked_again_when_sending() {
+    let env = Env::new();
+    let by_name = env.org("ByName");
+    let by_ip = env.org("ByIp");
+    let rx = Receiver::default();
+    let running = rx.start().await;
+    let port = running.addr.port();
+    let flags = ["--notification-retry-ms", "100,100"];
+    {
+        let open = env.serve(&flags);
+        configured(
+            &open,
+            &by_name,
+            &rx,
+            &format!("http://localhost:{port}/notify"),
+        )
+        .await;
+        configured(&open, &by_ip, &rx, &running.url).await;
+    }
+    let attempts = *rx.attempts.lock().unwrap();
+    assert_eq!(attempts, 2);
+
+    let guarded = env.serve_guarded(&flags);
+    for token in [&by_name, &by_ip] {
+        let ev = guarded.manage(token, "create", users(0..1, "g")).await;
+        guarded.wait_event(token, &ev).await;
+    }
+    // Every attempt (3, 100 ms apart) has been made and refused by now.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(*rx.attempts.lock().unwrap(), attempts, "nothing was sent");
+    assert!(rx.of_type("USER_MANAGEMENT").is_empty());
+    drop(guarded);
+
+    let open = env.serve(&flags);
+    let ev = open.manage(&by_ip, "create", users(1..2, "g")).await;
+    open.wait_event(&by_ip, &ev).await;
+    let got = rx.wait_for("USER_MANAGEMENT", 1).await;
+    assert_eq!(got[0].body["notification"]["eventId"], ev.as_str());
+}
+
+/// An organisation whose endpoint accepts connections and never answers holds at most 4
+/// sends in flight, and the other organisation's notification arrives at once while those
+/// are still hanging (before, a batch waited for its slowest send: 10 s). Its backlog is
+/// bounded: beyond `--notification-backlog` the oldest waiting notifications are dropped.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_endpoint_delays_only_its_own_organisation() {
+    let env = Env::new();
+    let slow = env.org("Slow");
+    let fast = env.org("Fast");
+    // Sends to the dead endpoint hang for the whole test.
+    let srv = env.serve(&[
+        "--notification-backlog",
+        "3",
+        "--notification-timeout-ms",
+        "60000",
+        "--lease-ms",
+        "120000",
+    ]);
+    let dead = common::Hanging::start().await;
+    let (status, body) = srv
+        .post(
+            &slow,
+            "/mdm/v2/client/config",
+            json!({"notificationUrl": dead.url, "notificationAuthToken": "t",
+                   "notificationTypes": ["USER_MANAGEMENT"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let rx = Receiver::default();
+    let running = rx.start().await;
+    configured(&srv, &fast, &rx, &running.url).await;
+
+    for i in 0..10 {
+        srv.manage(&slow, "create", users(i..i + 1, "s")).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while dead.holding.load(std::sync::atomic::Ordering::SeqCst) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead endpoint got no sends"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let started = std::time::Instant::now();
+    let ev = srv.manage(&fast, "create", users(0..1, "f")).await;
+    let got = rx.wait_for("USER_MANAGEMENT", 1).await;
+    let took = started.elapsed();
+    assert_eq!(got[0].body["notification"]["eventId"], ev.as_str());
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    let holding = dead.holding.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(holding, 4, "the dead endpoint still holds its sends");
+    assert_eq!(dead.most.load(std::sync::atomic::Ordering::SeqCst), 4);
+
+    // 10 waiting, 4 of them in flight, at most 3 kept: the 6 oldest not in flight go.
+    let org_of = |name: &str| format!("(SELECT id FROM orgs WHERE name = '{name}')");
+    let count = |state: &str| {
+        format!(
+            "SELECT COUNT(*) FROM outbox WHERE org_id = {} AND state = '{state}'",
+            org_of("Slow")
+        )
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (pending, dropped) = (
+            env.sql_i64(&count("pending")).await,
+            env.sql_i64(&count("dropped")).await,
+        );
+        if (pending, dropped) == (4, 6) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pending {pending}, dropped {dropped}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leased = env
+        .sql_i64(&format!(
+            "SELECT COUNT(*) FROM outbox WHERE org_id = {} AND state = 'pending' AND lease_owner IS NOT NULL",
+            org_of("Slow")
+        ))
+        .await;
+    assert_eq!(leased, 4, "the ones in flight are kept");
+    // The healthy organisation was not touched by the other's bound.
+    assert_eq!(
+        env.sql_i64(&count("dropped").replace("Slow", "Fast")).await,
+        0
+    );
+}
+
+/// sTokens are stored as SHA-256 digests (one stored in plaintext by an older version is
+/// digested at start-up and still works); the SQLite files and the PKI state and CA
+/// written by the binary are readable by their owner only.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_at_rest_are_digests_and_files_are_private() {
+    let env = Env::new();
+    let token = env.org("O");
+    let env = &env;
+    let count = |sql: String| async move { env.sql_i64(&sql).await };
+    let digest = cloudvpp_store::secret::digest(&token);
+    assert!(digest.starts_with("sha256:") && !digest.contains(&token));
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM tokens WHERE stoken = '{token}'"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(
+        count(format!(
+            "SELECT COUNT(*) FROM tokens WHERE stoken = '{digest}'"
+        ))
+        .await,
+        1
+    );
+    // A token row as an older version stored it.
+    env.sql(
+        "INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at)
+         SELECT id, 'bGVnYWN5LXBsYWludGV4dA==', 4102444800, 0 FROM orgs",
+    )
+    .await;
+    let srv = env.serve(&[]);
+    for t in [token.as_str(), "bGVnYWN5LXBsYWludGV4dA=="] {
+        let (status, body) = srv.get(t, "/mdm/v2/users").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        count("SELECT COUNT(*) FROM tokens WHERE stoken NOT LIKE 'sha256:%'".into()).await,
+        0
+    );
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = |p: &std::path::Path| {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+        };
+        if env.postgres_name().is_none() {
+            let ev = srv.manage(&token, "create", users(0..1, "f")).await;
+            srv.wait_event(&token, &ev).await;
+            for f in ["ab.db", "ab.db-wal", "ab.db-shm"] {
+                private(&env.dir.path().join(f));
+            }
+        }
+        let (state, ca) = (
+            env.dir.path().join("sim.json"),
+            env.dir.path().join("ca.pem"),
+        );
+        // An existing file with a wide mode is narrowed too.
+        std::fs::write(&state, "{}").unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).unwrap();
+        env.cli(&[
+            "simulate",
+            "pki",
+            "--state",
+            state.to_str().unwrap(),
+            "--ca-out",
+            ca.to_str().unwrap(),
+        ]);
+        private(&state);
+        private(&ca);
+    }
+}
+
+/// Extreme query values (page indexes at the ends of i64 and i32, malformed numbers and
+/// versions, overlong ids) get Apple's errors, never a panic or a wrapped window; a body
+/// over the limit gets 413 with Apple's error body; the service keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn extreme_input_gets_apples_errors_and_the_process_lives_on() {
+    let env = Env::new();
+    let token = env.org("O");
+    let mut srv = env.serve(&["--page-size", "3"]);
+    let ev = srv.manage(&token, "create", users(0..4, "x")).await;
+    srv.wait_event(&token, &ev).await;
+    let (_, first) = srv.get(&token, "/mdm/v2/users").await;
+    let v = first["versionId"].as_str().unwrap().to_string();
+    let odd = format!("a{}a----", "é".repeat(15));
+    let cases: Vec<(String, u64)> = vec![
+        ("pageIndex=9223372036854775807".into(), 9602),
+        ("pageIndex=-9223372036854775808".into(), 9602),
+        ("pageIndex=99999999999999999999999".into(), 9602),
+        ("pageIndex=2147483648".into(), 9602),
+        ("pageIndex=1e3".into(), 9602),
+        ("pageIndex=%FF".into(), 9602),
+        ("pageIndex=2147483647".into(), 9650),
+        ("pageIndex=-2147483648".into(), 9650),
+        (format!("pageIndex=2147483647&sinceVersionId={v}"), 9650),
+        (format!("pageIndex=-1&sinceVersionId={v}"), 9650),
+        (
+            format!("pageIndex=9223372036854775807&sinceVersionId={v}"),
+            9602,
+        ),
+        (format!("sinceVersionId={odd}"), 9721),
+        (
+            "sinceVersionId=ffffffff-ffff-ffff-0000-000000000000".into(),
+            9721,
+        ),
+        (
+            "sinceVersionId=7fffffff-ffff-ffff-0000-000000000000".into(),
+            9721,
+        ),
+        (format!("sinceVersionId={}", "f".repeat(10_000)), 9721),
+        (format!("clientUserId={}", "a".repeat(257)), 9602),
+        (
+            format!("clientUserId=a&pageIndex=2147483647&sinceVersionId={v}"),
+            9650,
+        ),
+    ];
+    for (query, number) in &cases {
+        let (status, err) = srv.get(&token, &format!("/mdm/v2/users?{query}")).await;
+        assert_eq!(
+            (status, err["errorNumber"].as_u64()),
+            (400, Some(*number)),
+            "{query}"
+        );
+    }
+    let (status, err) = srv
+        .get(
+            &token,
+            &format!("/mdm/v2/status?eventId={}", "e".repeat(129)),
+        )
+        .await;
+    assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9602)));
+
+    // Bodies: over the limit, 413 with Apple's body, answered on the declared length
+    // before the body is read (sent raw: a client still uploading may see the connection
+    // close before it reads the answer); just under it, read and judged.
+    let addr = srv.base.trim_start_matches("http://").to_string();
+    for (path, declared) in [
+        ("/mdm/v2/users/create", Some(3 << 20)),
+        ("/mdm/v2/client/config", Some(3 << 20)),
+        // No declared length: cut off once past the limit.
+        ("/mdm/v2/users/create", None),
+    ] {
+        let (status, head, err) = raw_post(&addr, path, &token, declared).await;
+        assert_eq!(status, 413, "{path}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        assert_eq!(err["errorNumber"], 9602, "{path}");
+        assert_eq!(err["errorMessage"], "Invalid argument.");
+    }
+    let many: Vec<Value> = (0..20_000)
+        .map(|i| json!({"clientUserId": format!("user-{i:08}"), "email": format!("user-{i:08}@example.com")}))
+        .collect();
+    let body = json!({ "users": many }).to_string();
+    assert!(body.len() > 1 << 20 && body.len() < 2 << 20);
+    let (status, err) = srv
+        .post(
+            &token,
+            "/mdm/v2/users/create",
+            serde_json::from_str(&body).unwrap(),
+        )
+        .await;
+    assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9714)));
+
+    // Still serving, nothing changed.
+    assert!(srv.child.try_wait().unwrap().is_none(), "the process died");
+    let (status, now) = srv.get(&token, "/mdm/v2/users").await;
+    assert_eq!(status, 200);
+    assert_eq!(now["versionId"], v.as_str());
+}
+
+/// The invitation page cannot be framed and runs nothing but itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn invitation_page_forbids_framing_and_foreign_content() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve(&[]);
+    let ev = srv.manage(&token, "create", users(0..1, "p")).await;
+    srv.wait_event(&token, &ev).await;
+    let (_, page) = srv.get(&token, "/mdm/v2/users").await;
+    let code = page["users"][0]["inviteCode"].as_str().unwrap().to_string();
+    let answers = [
+        srv.http
+            .get(srv.url(&format!("/invite?inviteCode={code}")))
+            .send()
+            .await
+            .unwrap(),
+        srv.http
+            .get(srv.url("/invite?inviteCode=unknown"))
+            .send()
+            .await
+            .unwrap(),
+        srv.http
+            .post(srv.url("/invite"))
+            .form(&[("inviteCode", code.as_str()), ("appleId", "nope")])
+            .send()
+            .await
+            .unwrap(),
+        srv.http
+            .post(srv.url("/invite/accept"))
+            .json(&json!({"inviteCode": code, "appleId": "pat@example.com"}))
+            .send()
+            .await
+            .unwrap(),
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, vec![200, 404, 400, 200]);
+    for r in &answers {
+        let h = r.headers();
+        assert_eq!(h["x-frame-options"], "DENY");
+        let csp = h["content-security-policy"].to_str().unwrap();
+        for directive in [
+            "default-src 'none'",
+            "frame-ancestors 'none'",
+            "form-action 'self'",
+        ] {
+            assert!(csp.contains(directive), "{csp}");
+        }
+        assert!(!csp.contains("script-src"));
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "no-referrer");
+    }
+}
+
+/// POSTs an oversized JSON body: with `Some(n)`, a head declaring `n` bytes and only the
+/// first kilobyte of them; with `None`, chunks adding up to one byte past the 2 MiB limit.
+/// Returns the status, the lower-cased head and the JSON body of the answer.
+async fn raw_post(
+    addr: &str,
+    path: &str,
+    token: &str,
+    declared: Option<usize>,
+) -> (u16, String, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let length = match declared {
+        Some(n) => format!("Content-Length: {n}"),
+        None => "Transfer-Encoding: chunked".to_string(),
+    };
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\n{length}\r\n\r\n"
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    match declared {
+        Some(_) => conn.write_all(&[b' '; 1024]).await.unwrap(),
+        None => {
+            let mut left = (2 << 20) + 1;
+            while left > 0 {
+                let n = left.min(64 << 10);
+                let chunk = format!("{n:x}\r\n{}\r\n", " ".repeat(n));
+                conn.write_all(chunk.as_bytes()).await.unwrap();
+                left -= n;
+            }
+        }
+    }
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let answer = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    let status = head[9..12].parse().unwrap();
+                    let body = serde_json::from_slice(&got[end + 4..end + 4 + len]).unwrap();
+                    return (status, head, body);
+                }
+            }
+            let n = conn.read(&mut chunk).await.unwrap();
+            assert!(
+                n > 0,
+                "closed before a whole answer: {:?}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    answer.expect("no answer to the declared length alone")
+}

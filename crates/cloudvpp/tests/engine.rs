@@ -662,3 +662,116 @@ fn chrono_like_in_days(days: i64) -> String {
         s % 60
     )
 }
+
+/// `cloudvpp serve` lets the Apps and Books service notify its own MDM's notification
+/// endpoint (the location gets subscribed) and no other private address: not another local
+/// listener, not the MDM's admin API, not the service itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_notifies_its_own_mdm_and_no_other_private_address() {
+    let sys = System::start(&[]);
+    let token = sys.location().await;
+    let rx = common::Receiver::default();
+    let running = rx.start().await;
+    for url in [
+        running.url.clone(),
+        format!("{}/api/v1/enrollments", sys.mdm),
+        format!(
+            "{}/notifications/appsbooks/../../api/v1/enrollments",
+            sys.mdm
+        ),
+        format!("{}/mdm/v2/service/config", sys.ab),
+    ] {
+        let r = sys
+            .http
+            .post(format!("{}/mdm/v2/client/config", sys.ab))
+            .bearer_auth(&token)
+            .json(&json!({"notificationUrl": url, "notificationAuthToken": KEY}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{url}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["errorNumber"],
+            9728,
+            "{url}"
+        );
+    }
+    assert_eq!(*rx.attempts.lock().unwrap(), 0);
+}
+
+/// The engine stores only the digest of a location's notification secret (it only compares
+/// it) while the Apps and Books service keeps the secret it sends; one stored in plaintext
+/// by an older version is digested at start-up and still accepted. The sToken the engine
+/// presents to the Apps and Books service is kept as it must be, and stored there as a
+/// digest.
+#[tokio::test(flavor = "multi_thread")]
+async fn notification_secrets_are_stored_as_digests_by_whoever_only_compares_them() {
+    let mut sys = System::start(&[]);
+    let token = sys.location().await;
+    let cfg: Value = sys
+        .http
+        .get(format!("{}/mdm/v2/client/config", sys.ab))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = cfg["notificationAuthToken"].as_str().unwrap().to_string();
+    let digest = cloudvpp_store::secret::digest(&secret);
+    let stored = |col: &str, value: &str| {
+        format!("SELECT COUNT(*) FROM engine_locations WHERE {col} = '{value}'")
+    };
+    assert_eq!(sys.env.sql_i64(&stored("notify_token", &digest)).await, 1);
+    assert_eq!(sys.env.sql_i64(&stored("notify_token", &secret)).await, 0);
+    assert_eq!(sys.env.sql_i64(&stored("stoken", &token)).await, 1);
+    let url = format!("{}/notifications/appsbooks/1", sys.mdm);
+    let body = json!({"notification": {}, "notificationId": "n-digest", "notificationType": "TEST_NOTIFICATION", "uId": cfg["uId"]});
+    let send = |bearer: String| sys.http.post(&url).bearer_auth(bearer).json(&body).send();
+    assert_eq!(send(secret.clone()).await.unwrap().status(), 200);
+    assert_eq!(send(digest.clone()).await.unwrap().status(), 403);
+
+    // As an older version stored it: plaintext.
+    sys.env
+        .sql(&format!(
+            "UPDATE engine_locations SET notify_token = '{secret}'"
+        ))
+        .await;
+    sys.crash_and_restart();
+    assert_eq!(sys.env.sql_i64(&stored("notify_token", &digest)).await, 1);
+    let send = |bearer: String| sys.http.post(&url).bearer_auth(bearer).json(&body).send();
+    assert_eq!(send(secret).await.unwrap().status(), 200);
+}
+
+/// The admin API key (compared in constant time, over digests) is accepted whole, as a
+/// bearer token or a Basic password, and nothing like it is.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_key_must_match_exactly() {
+    use base64::Engine;
+    let sys = System::start(&[]);
+    let url = format!("{}/api/v1/locations", sys.mdm);
+    let basic = |s: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+    };
+    let with = |auth: String| sys.http.get(&url).header("authorization", auth).send();
+    assert_eq!(with(format!("Bearer {KEY}")).await.unwrap().status(), 200);
+    assert_eq!(
+        with(basic(&format!("admin:{KEY}"))).await.unwrap().status(),
+        200
+    );
+    for wrong in [
+        format!("Bearer {}", &KEY[..KEY.len() - 1]),
+        format!("Bearer {KEY}x"),
+        format!("Bearer {}", KEY.to_uppercase()),
+        "Bearer ".to_string(),
+        basic("admin:nope"),
+        basic(KEY),
+        KEY.to_string(),
+    ] {
+        assert_eq!(with(wrong.clone()).await.unwrap().status(), 403, "{wrong}");
+    }
+}

@@ -1053,3 +1053,53 @@ async fn cli_simulator_and_admin_client_work_together() {
         "{load}"
     );
 }
+
+/// A database that cannot be reached: devices get 503 with Retry-After within seconds and
+/// no database text; the service recovers by itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_database_gets_503_and_the_mdm_recovers() {
+    let m = Mdm::start(&[]);
+    let Some(name) = m.env.postgres_name() else {
+        eprintln!("not run: an unreachable database needs CLOUDVPP_TEST_POSTGRES_URL");
+        return;
+    };
+    let d = m.device(SimPlatform::Ios);
+    d.enroll().await.unwrap();
+    let idle = d.report_body(false, "Idle", None, &[]);
+    m.env
+        .pg_admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    m.env.pg_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    // A new device's Authenticate must reach the database (the known one may be cached).
+    let newcomer = m.device(SimPlatform::Ios);
+    let started = std::time::Instant::now();
+    let (status, text) = newcomer
+        .send(
+            "/checkin",
+            cloudvpp_mdmwire::CHECKIN_CONTENT_TYPE,
+            newcomer.authenticate_body(),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&text).to_lowercase();
+    assert!(started.elapsed() < std::time::Duration::from_secs(6));
+    assert_eq!(status, 503, "{text}");
+    for leak in ["sql", "postgres", "pool", "connection", &name] {
+        assert!(!text.contains(leak), "{leak:?} in {text}");
+    }
+    m.env
+        .pg_admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if newcomer.enroll().await.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the MDM did not recover"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(d.report(false, idle).await.is_ok());
+}

@@ -16,7 +16,6 @@ use cloudvpp_mdm::api::{authorize, fail, json_body, ApiResult};
 use cloudvpp_store::engine::{states, Invitation, InvitationFilter, Location};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
 /// Routes to merge into the MDM service's router.
@@ -429,15 +428,6 @@ async fn retire(
     Ok(Json(invitation_json(&inv)))
 }
 
-fn same_secret(a: &str, b: &str) -> bool {
-    // Compare digests so the comparison time says nothing about the secret.
-    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    x.iter()
-        .zip(y.iter())
-        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
-        == 0
-}
-
 /// `POST /notifications/appsbooks/{location}`: Apps and Books notifications, idempotent by
 /// `notificationId`.
 async fn notification(
@@ -458,7 +448,7 @@ async fn notification(
         .filter(|p| p.eq_ignore_ascii_case("bearer "))
         .map(|_| given[7..].trim())
         .unwrap_or("");
-    if !same_secret(token, &loc.notify_token) {
+    if !cloudvpp_store::secret::matches_digest(token, &loc.notify_token_digest) {
         return (StatusCode::FORBIDDEN, "wrong notification token").into_response();
     }
     let env: NotificationEnvelope = match serde_json::from_slice(&body) {

@@ -38,9 +38,15 @@ pub fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
         .map_err(|e| fail(StatusCode::BAD_REQUEST, format!("invalid JSON: {e}")))
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiFailure {
+fn internal(e: StoreError) -> ApiFailure {
     tracing::error!(error = %e, "admin API storage failure");
-    fail(StatusCode::INTERNAL_SERVER_ERROR, "storage failure")
+    match e {
+        StoreError::Unavailable(_) => fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage temporarily unavailable",
+        ),
+        _ => fail(StatusCode::INTERNAL_SERVER_ERROR, "storage failure"),
+    }
 }
 
 /// Checks the admin API key; shared by the engine's routes.
@@ -55,14 +61,16 @@ pub fn authorize(state: &MdmState, headers: &HeaderMap) -> ApiResult<()> {
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // Compared in constant time (over digests), so timing tells nothing about the key.
+    let same = |given: &str| cloudvpp_store::secret::equal(given, key);
     let ok = if let Some(t) = given.strip_prefix("Bearer ") {
-        t.trim() == key
+        same(t.trim())
     } else if let Some(b) = given.strip_prefix("Basic ") {
         base64::engine::general_purpose::STANDARD
             .decode(b.trim())
             .ok()
             .and_then(|d| String::from_utf8(d).ok())
-            .and_then(|s| s.split_once(':').map(|(_, p)| p == key))
+            .and_then(|s| s.split_once(':').map(|(_, p)| same(p)))
             .unwrap_or(false)
     } else {
         false

@@ -14,7 +14,6 @@ use cloudvpp_mdmwire::{
 use cloudvpp_store::mdm::{AuthenticateInfo, ReportOutcome, TokenUpdateInfo};
 use cloudvpp_store::StoreError;
 use std::net::SocketAddr;
-use subtle::ConstantTimeEq;
 
 /// Largest body accepted (a report can carry large query answers): the plist decoders'
 /// own input limit, so a body the router lets through is never refused for its size alone.
@@ -43,9 +42,9 @@ fn identify(
             if let Some(secret) = &proxy.secret {
                 let given = headers
                     .get(crate::PROXY_SECRET_HEADER)
-                    .map(|v| v.as_bytes())
+                    .and_then(|v| v.to_str().ok())
                     .unwrap_or_default();
-                if !bool::from(given.ct_eq(secret.as_bytes())) {
+                if !cloudvpp_store::secret::equal(given, secret) {
                     return Err(MdmError::bad(format!(
                         "request from {} without the proxy's shared secret",
                         peer.ip()

@@ -2,6 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use cloudvpp_store::StoreError;
 
 /// A refused MDM request. Never 401: Apple devices remove their MDM profile on a 401, so
 /// identity failures answer 400 (or 403), as nanomdm does.
@@ -35,10 +36,14 @@ impl MdmError {
     /// 500 for a storage failure (503 when the database cannot be reached, so the device
     /// retries later). The database's words go to the log only: they can name tables,
     /// queries and values, none of which a device should see.
-    pub fn internal(e: impl std::fmt::Display) -> Self {
+    pub fn internal(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
         MdmError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            reason: format!("storage: {e}"),
+            status,
+            reason: e.to_string(),
             enrollment: None,
             public: false,
         }
@@ -51,6 +56,14 @@ impl IntoResponse for MdmError {
         tracing::warn!(status = self.status.as_u16(), enrollment = self.enrollment.as_deref().unwrap_or("-"), reason = %self.reason, "MDM request refused");
         if self.public {
             (self.status, format!("{}\n", self.reason)).into_response()
+        } else if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // Devices retry on their own; the header says when it is worth it.
+            (
+                self.status,
+                [(axum::http::header::RETRY_AFTER, "5")],
+                "temporarily unavailable\n",
+            )
+                .into_response()
         } else {
             (self.status, "internal error: see the server log\n").into_response()
         }

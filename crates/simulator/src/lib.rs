@@ -487,6 +487,21 @@ fn error_report(mut d: plist::Dictionary, uuid: &str) -> Vec<u8> {
     plist_xml(d)
 }
 
+/// Writes `bytes` to `path` with mode 0600, also when the file already exists with a
+/// wider one: for keys and the PKI state.
+pub fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
 /// A simulator state file: the PKI and the devices.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Fleet {
@@ -503,9 +518,9 @@ impl Fleet {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         Ok(serde_json::from_str(&text)?)
     }
-    /// Writes a state file.
+    /// Writes a state file, readable by its owner only (it holds the CA's private key).
     pub fn save(&self, path: &std::path::Path) -> Result<()> {
-        std::fs::write(path, serde_json::to_vec_pretty(self)?)
+        write_private(path, &serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", path.display()))
     }
     /// Live devices for these specs, sharing one parsed key.

@@ -21,7 +21,9 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
     sqlx::any::install_default_drivers();
     let pool = AnyPoolOptions::new()
         .max_connections(16)
-        .acquire_timeout(Duration::from_secs(60))
+        // A database that is down is answered within seconds (503 with Retry-After), not
+        // after sqlx's 30 s default; connections come back by themselves when it is up.
+        .acquire_timeout(Duration::from_secs(3))
         .connect(url)
         .await
         .map_err(err)?;
@@ -30,5 +32,7 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .run(&pool)
         .await
         .map_err(err)?;
-    Ok(SqlStore::new(pool.clone(), pool, Dialect::Postgres))
+    let store = SqlStore::new(pool.clone(), pool, Dialect::Postgres);
+    store.digest_stored_secrets().await?;
+    Ok(store)
 }

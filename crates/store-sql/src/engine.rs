@@ -20,7 +20,7 @@ fn location_from_row(r: &AnyRow) -> Location {
         stoken: r.get(2),
         base_url: r.get(3),
         uid: r.get(4),
-        notify_token: r.get(5),
+        notify_token_digest: r.get(5),
         version_id: r.get(6),
         expires_at: r.get(7),
         conflict: r.get::<i64, _>(8) != 0,
@@ -71,7 +71,7 @@ impl EngineStore for SqlStore {
         .bind(name)
         .bind(stoken)
         .bind(base_url)
-        .bind(notify_token)
+        .bind(cloudvpp_store::secret::digest(notify_token))
         .bind(expires_at)
         .bind(now)
         .fetch_one(&self.writer)

@@ -11,6 +11,7 @@ mod mdm;
 use async_trait::async_trait;
 use cloudvpp_abwire::{MdmInfo, RequestUser, UserStatus};
 use cloudvpp_store::logic::{self, EventProgress};
+use cloudvpp_store::secret;
 use cloudvpp_store::{
     AcceptOutcome, AppsBooksStore, ClientConfig, EventClaim, EventRecord, EventType,
     NewNotification, Org, OutboxItem, Result, StoreError, TokenRecord, UserFilter, UserOp,
@@ -96,12 +97,44 @@ pub struct SqlStore {
 }
 
 pub(crate) fn err(e: sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = &e {
-        if db.is_unique_violation() {
-            return StoreError::Conflict(db.message().to_string());
+    match &e {
+        sqlx::Error::Database(db) => {
+            if db.is_unique_violation() {
+                return StoreError::Conflict(db.message().to_string());
+            }
+            if db.code().is_some_and(|c| unavailable_code(&c)) {
+                return StoreError::Unavailable(e.to_string());
+            }
         }
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => return StoreError::Unavailable(e.to_string()),
+        _ => {}
     }
     StoreError::Other(e.to_string())
+}
+
+/// Whether a database error code means "cannot be reached now" rather than "this statement
+/// failed". PostgreSQL codes are 5-character SQLSTATEs; SQLite's are (extended) result codes
+/// in decimal, never 5 characters long.
+fn unavailable_code(code: &str) -> bool {
+    if code.len() == 5 {
+        // 08: connection exception; 28: authentication; 53: out of connections, memory or
+        // disk; 57P: shutting down, backend terminated, cannot connect now; 55000: the
+        // database does not accept connections; 3D000: no such database; 42501: CONNECT
+        // revoked (or a privilege taken away: the operator's problem, not the client's).
+        ["08", "28", "53", "57P"]
+            .iter()
+            .any(|p| code.starts_with(p))
+            || ["55000", "3D000", "42501"].contains(&code)
+    } else {
+        // SQLITE_BUSY, _LOCKED (after the busy timeout), _IOERR, _FULL, _CANTOPEN.
+        code.parse::<u32>()
+            .is_ok_and(|n| [5, 6, 10, 13, 14].contains(&(n & 0xff)))
+    }
 }
 
 impl SqlStore {
@@ -120,12 +153,123 @@ impl SqlStore {
         self.dialect
     }
 
+    /// Replaces secrets stored in plaintext by an older version (sTokens, the engine's
+    /// notification tokens) with their digest. Run at start-up, after the migrations; it
+    /// is done here, not in SQL, because SQLite has no SHA-256. Idempotent, and safe with
+    /// instances starting together: a row is only changed from the plaintext it was read as.
+    pub async fn digest_stored_secrets(&self) -> Result<()> {
+        for (table, column) in [("tokens", "stoken"), ("engine_locations", "notify_token")] {
+            let rows = sqlx::query(&format!(
+                "SELECT id, {column} FROM {table} WHERE {column} NOT LIKE '{}%'",
+                secret::PREFIX
+            ))
+            .fetch_all(&self.writer)
+            .await
+            .map_err(err)?;
+            for r in rows {
+                let (id, plain): (i64, String) = (r.get(0), r.get(1));
+                sqlx::query(&format!(
+                    "UPDATE {table} SET {column} = $1 WHERE id = $2 AND {column} = $3"
+                ))
+                .bind(secret::digest(&plain))
+                .bind(id)
+                .bind(&plain)
+                .execute(&self.writer)
+                .await
+                .map_err(err)?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
         self.writer
             .begin_with(self.dialect.begin())
             .await
             .map_err(err)
     }
+
+    /// Locks the claimed event for a step and checks the claim still holds it at its
+    /// cursor; returns the stored progress and the number of users requested.
+    async fn lock_step(
+        &self,
+        tx: &mut AnyConnection,
+        claim: &EventClaim,
+    ) -> Result<(EventProgress, i64)> {
+        let ev = sqlx::query(&format!(
+            "SELECT lease_owner, status, progress, num_requested FROM events WHERE id = $1{}",
+            self.dialect.for_update()
+        ))
+        .bind(claim.id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        let lease_owner: Option<String> = ev.get(0);
+        let status: String = ev.get(1);
+        if lease_owner.as_deref() != Some(claim.owner.as_str()) || status != "PENDING" {
+            return Err(StoreError::LeaseLost);
+        }
+        let progress: EventProgress =
+            serde_json::from_str(ev.get::<&str, _>(2)).unwrap_or_default();
+        if progress.cursor != claim.cursor {
+            return Err(StoreError::LeaseLost);
+        }
+        Ok((progress, ev.get(3)))
+    }
+}
+
+/// The end of every step: folds the outcomes into the event's progress (and, at the end,
+/// its final status), renews the lease, clears the step's failure count and queues the
+/// `USER_MANAGEMENT` notifications, in the step's transaction.
+#[allow(clippy::too_many_arguments)]
+async fn finish_step(
+    tx: &mut AnyConnection,
+    claim: &EventClaim,
+    org: &Org,
+    progress: &mut EventProgress,
+    total: i64,
+    outcomes: &[UserOutcome],
+    now: i64,
+    lease_ms: i64,
+) -> Result<()> {
+    let notify = org
+        .config
+        .subscribed(cloudvpp_abwire::notification::types::USER_MANAGEMENT);
+    let step = logic::fold_step(
+        progress,
+        outcomes,
+        total as usize,
+        notify,
+        &org.uid,
+        &claim.event_id,
+        claim.event_type,
+    );
+    let status = step.final_status.unwrap_or("PENDING");
+    sqlx::query(
+        "UPDATE events SET progress = $1, num_completed = $2, status = $3, lease_until = $4, finished_at = $5, step_failures = 0 WHERE id = $6",
+    )
+    .bind(serde_json::to_string(&*progress).expect("serialisable"))
+    .bind(progress.num_completed)
+    .bind(status)
+    .bind(now + lease_ms)
+    .bind(step.final_status.map(|_| now))
+    .bind(claim.id)
+    .execute(&mut *tx)
+    .await
+    .map_err(err)?;
+    if notify {
+        for body in &step.notifications {
+            insert_notification(
+                tx,
+                org.id,
+                cloudvpp_abwire::notification::types::USER_MANAGEMENT,
+                body,
+                now,
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 const ORG_COLS: &str = "id, uid, name, secret, user_count, chg, mdm_info, notification_url, notification_auth_token, notification_types";
@@ -259,7 +403,7 @@ impl AppsBooksStore for SqlStore {
             "INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(id)
-        .bind(stoken)
+        .bind(secret::digest(stoken))
         .bind(expires_at)
         .bind(now)
         .execute(&mut *tx)
@@ -313,7 +457,7 @@ impl AppsBooksStore for SqlStore {
             "INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(org_id)
-        .bind(stoken)
+        .bind(secret::digest(stoken))
         .bind(expires_at)
         .bind(now)
         .execute(&mut *tx)
@@ -325,7 +469,7 @@ impl AppsBooksStore for SqlStore {
     async fn find_token(&self, stoken: &str) -> Result<Option<TokenRecord>> {
         let row =
             sqlx::query("SELECT org_id, expires_at_secs, revoked_at FROM tokens WHERE stoken = $1")
-                .bind(stoken)
+                .bind(secret::digest(stoken))
                 .fetch_optional(&self.reader)
                 .await
                 .map_err(err)?;
@@ -480,7 +624,7 @@ impl AppsBooksStore for SqlStore {
                 SELECT e.id FROM events e
                 WHERE {} AND (e.lease_until IS NULL OR e.lease_until < $3)
                 ORDER BY e.id LIMIT 1{})
-             RETURNING id, org_id, event_id, event_type, users, progress",
+             RETURNING id, org_id, event_id, event_type, users, progress, step_failures",
             self.dialect.in_subquery("e.id", "SELECT id FROM heads"),
             self.dialect.skip_locked("e")
         ))
@@ -501,6 +645,7 @@ impl AppsBooksStore for SqlStore {
                 users: serde_json::from_str(r.get::<&str, _>(4)).unwrap_or_default(),
                 cursor: progress.cursor,
                 owner: owner.to_string(),
+                step_failures: r.get(6),
             }
         }))
     }
@@ -513,25 +658,7 @@ impl AppsBooksStore for SqlStore {
         lease_ms: i64,
     ) -> Result<Vec<UserOutcome>> {
         let mut tx = self.begin_write().await?;
-        let ev = sqlx::query(&format!(
-            "SELECT lease_owner, status, progress, num_requested FROM events WHERE id = $1{}",
-            self.dialect.for_update()
-        ))
-        .bind(claim.id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(err)?;
-        let lease_owner: Option<String> = ev.get(0);
-        let status: String = ev.get(1);
-        if lease_owner.as_deref() != Some(claim.owner.as_str()) || status != "PENDING" {
-            return Err(StoreError::LeaseLost);
-        }
-        let mut progress: EventProgress =
-            serde_json::from_str(ev.get::<&str, _>(2)).unwrap_or_default();
-        if progress.cursor != claim.cursor {
-            return Err(StoreError::LeaseLost);
-        }
-        let total: i64 = ev.get(3);
+        let (mut progress, total) = self.lock_step(&mut tx, claim).await?;
         // The organisation's row lock orders every writer's change numbers.
         let org = sqlx::query(&format!(
             "SELECT {ORG_COLS} FROM orgs WHERE id = $1{}",
@@ -649,45 +776,71 @@ impl AppsBooksStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        let notify = org
-            .config
-            .subscribed(cloudvpp_abwire::notification::types::USER_MANAGEMENT);
-        let step = logic::fold_step(
+        finish_step(
+            &mut tx,
+            claim,
+            &org,
             &mut progress,
+            total,
             &outcomes,
-            total as usize,
-            notify,
-            &org.uid,
-            &claim.event_id,
-            claim.event_type,
-        );
-        let status = step.final_status.unwrap_or("PENDING");
-        sqlx::query(
-            "UPDATE events SET progress = $1, num_completed = $2, status = $3, lease_until = $4, finished_at = $5 WHERE id = $6",
+            now,
+            lease_ms,
         )
-        .bind(serde_json::to_string(&progress).expect("serialisable"))
-        .bind(progress.num_completed)
-        .bind(status)
-        .bind(now + lease_ms)
-        .bind(step.final_status.map(|_| now))
-        .bind(claim.id)
-        .execute(&mut *tx)
-        .await
-        .map_err(err)?;
-        if notify {
-            for body in &step.notifications {
-                insert_notification(
-                    &mut tx,
-                    org.id,
-                    cloudvpp_abwire::notification::types::USER_MANAGEMENT,
-                    body,
-                    now,
-                )
-                .await?;
-            }
-        }
+        .await?;
         tx.commit().await.map_err(err)?;
         Ok(outcomes)
+    }
+
+    async fn event_step_failed(&self, claim: &EventClaim, now: i64, lease_ms: i64) -> Result<i64> {
+        let row = sqlx::query(
+            "UPDATE events SET step_failures = step_failures + 1, lease_until = $1
+             WHERE id = $2 AND lease_owner = $3 AND status = 'PENDING' RETURNING step_failures",
+        )
+        .bind(now + lease_ms)
+        .bind(claim.id)
+        .bind(&claim.owner)
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(err)?;
+        row.map(|r| r.get(0)).ok_or(StoreError::LeaseLost)
+    }
+
+    async fn fail_event_step(
+        &self,
+        claim: &EventClaim,
+        client_user_ids: &[String],
+        error: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let (mut progress, total) = self.lock_step(&mut tx, claim).await?;
+        // No user row is touched: only the organisation's uId and subscription are needed.
+        let org = sqlx::query(&format!("SELECT {ORG_COLS} FROM orgs WHERE id = $1"))
+            .bind(claim.org_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?;
+        let org = org_from_row(&org);
+        let outcomes: Vec<UserOutcome> = client_user_ids
+            .iter()
+            .map(|cuid| UserOutcome::Failed {
+                client_user_id: cuid.clone(),
+                error,
+            })
+            .collect();
+        finish_step(
+            &mut tx,
+            claim,
+            &org,
+            &mut progress,
+            total,
+            &outcomes,
+            now,
+            lease_ms,
+        )
+        .await?;
+        tx.commit().await.map_err(err)
     }
 
     async fn find_invitation(&self, invite_code: &str) -> Result<Option<(i64, UserRecord)>> {
@@ -762,54 +915,107 @@ impl AppsBooksStore for SqlStore {
         insert_notification(&mut conn, n.org_id, &n.notification_type, &n.body, now_ms()).await
     }
 
+    async fn notification_orgs(&self) -> Result<Vec<i64>> {
+        // A loose scan of `outbox_org_due`: one probe per organisation with pending
+        // notifications, however many it has.
+        let rows = sqlx::query(
+            "WITH RECURSIVE o(org_id) AS (
+                SELECT MIN(org_id) FROM outbox WHERE state = 'pending'
+                UNION ALL
+                SELECT (SELECT MIN(p.org_id) FROM outbox p WHERE p.state = 'pending' AND p.org_id > o.org_id)
+                FROM o WHERE o.org_id IS NOT NULL)
+             SELECT org_id FROM o WHERE org_id IS NOT NULL",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn claim_notifications(
         &self,
         owner: &str,
+        org_id: i64,
         now: i64,
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<OutboxItem>> {
         let rows = sqlx::query(&format!(
             "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN (
-                SELECT id FROM outbox WHERE state = 'pending' AND next_attempt_at <= $3
-                  AND (lease_until IS NULL OR lease_until < $4) ORDER BY next_attempt_at, id LIMIT $5{})
-             RETURNING id, org_id, body, attempts",
+                SELECT id FROM outbox WHERE org_id = $3 AND state = 'pending' AND next_attempt_at <= $4
+                  AND (lease_until IS NULL OR lease_until < $5) ORDER BY next_attempt_at, id LIMIT $6{})
+             RETURNING id, body, attempts, next_attempt_at",
             self.dialect.skip_locked("outbox")
         ))
         .bind(owner)
         .bind(now + lease_ms)
+        .bind(org_id)
         .bind(now)
         .bind(now)
         .bind(limit)
         .fetch_all(&self.writer)
         .await
         .map_err(err)?;
-        // One config read per organisation in the batch, not per notification.
-        let mut configs: std::collections::HashMap<i64, (Option<String>, Option<String>)> =
-            std::collections::HashMap::new();
-        let mut items = Vec::with_capacity(rows.len());
-        for r in rows {
-            let org_id: i64 = r.get(1);
-            if let std::collections::hash_map::Entry::Vacant(slot) = configs.entry(org_id) {
-                let cfg = sqlx::query(
-                    "SELECT notification_url, notification_auth_token FROM orgs WHERE id = $1",
-                )
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The URL and secret are read at send time, so a new configuration applies.
+        let cfg =
+            sqlx::query("SELECT notification_url, notification_auth_token FROM orgs WHERE id = $1")
                 .bind(org_id)
                 .fetch_one(&self.reader)
                 .await
                 .map_err(err)?;
-                slot.insert((cfg.get(0), cfg.get(1)));
-            }
-            let (url, auth_token) = configs[&org_id].clone();
-            items.push(OutboxItem {
-                id: r.get(0),
-                body: r.get(2),
-                attempts: r.get(3),
-                url,
-                auth_token,
-            });
+        let (url, auth_token): (Option<String>, Option<String>) = (cfg.get(0), cfg.get(1));
+        let mut rows: Vec<(i64, i64, OutboxItem)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.get(3),
+                    r.get(0),
+                    OutboxItem {
+                        id: r.get(0),
+                        body: r.get(1),
+                        attempts: r.get(2),
+                        url: url.clone(),
+                        auth_token: auth_token.clone(),
+                    },
+                )
+            })
+            .collect();
+        // RETURNING has no order.
+        rows.sort_by_key(|(due, id, _)| (*due, *id));
+        Ok(rows.into_iter().map(|(_, _, item)| item).collect())
+    }
+
+    async fn trim_notifications(&self, org_id: i64, keep: i64, now: i64) -> Result<u64> {
+        let pending: i64 =
+            sqlx::query("SELECT COUNT(*) FROM outbox WHERE org_id = $1 AND state = 'pending'")
+                .bind(org_id)
+                .fetch_one(&self.reader)
+                .await
+                .map_err(err)?
+                .get(0);
+        if pending <= keep {
+            return Ok(0);
         }
-        Ok(items)
+        // The lease is checked again outside the subquery: PostgreSQL re-checks those
+        // conditions on a row another instance leased meanwhile, and leaves it be.
+        let done = sqlx::query(&format!(
+            "UPDATE outbox SET state = 'dropped', last_error = 'dropped: the organisation''s backlog was full'
+             WHERE state = 'pending' AND (lease_until IS NULL OR lease_until < $1)
+               AND id IN (SELECT id FROM outbox WHERE org_id = $2 AND state = 'pending'
+                            AND (lease_until IS NULL OR lease_until < $3) ORDER BY id LIMIT $4{})",
+            self.dialect.skip_locked("outbox")
+        ))
+        .bind(now)
+        .bind(org_id)
+        .bind(now)
+        .bind(pending - keep)
+        .execute(&self.writer)
+        .await
+        .map_err(err)?;
+        Ok(done.rows_affected())
     }
 
     async fn notification_delivered(&self, id: i64, now: i64) -> Result<()> {

@@ -24,15 +24,47 @@ fn with_mode(url: &str, mode: &str) -> String {
     format!("{url}{sep}mode={mode}")
 }
 
-/// Opens (creating if missing) and migrates the database at `url` (`sqlite://PATH`).
+/// The file `url` names, unless it is an in-memory database.
+fn db_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory") {
+        return None;
+    }
+    Some(path.into())
+}
+
+/// Creates the database file, if missing, readable by its owner only: it holds every
+/// organisation's users and secrets. SQLite gives its `-wal` and `-shm` files the mode of
+/// the database file.
+fn create_private(path: &std::path::Path) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(format!("creating {}: {e}", path.display()))),
+    }
+}
+
+/// Opens (creating if missing, mode 0600) and migrates the database at `url` (`sqlite://PATH`).
 pub async fn connect(url: &str) -> Result<SqlStore> {
     sqlx::any::install_default_drivers();
+    if let Some(path) = db_path(url) {
+        create_private(&path)?;
+    }
     // Waiting for the single writer is normal under load: only a long wait is worth a log line.
     let writer = AnyPoolOptions::new()
         .acquire_slow_threshold(Duration::from_secs(30))
         .max_connections(1)
         .min_connections(1)
-        .acquire_timeout(Duration::from_secs(60))
+        // Queueing for the one writer is normal under load, but a request that waits longer
+        // than this is better answered 503 with Retry-After than left hanging.
+        .acquire_timeout(Duration::from_secs(5))
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute(
@@ -52,7 +84,7 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .map_err(err)?;
     let reader = AnyPoolOptions::new()
         .max_connections(4)
-        .acquire_timeout(Duration::from_secs(60))
+        .acquire_timeout(Duration::from_secs(3))
         .after_connect(|conn, _| {
             Box::pin(async move {
                 conn.execute("PRAGMA busy_timeout = 10000; PRAGMA cache_size = -65536;")
@@ -63,5 +95,21 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .connect(&with_mode(url, "ro"))
         .await
         .map_err(err)?;
-    Ok(SqlStore::new(writer, reader, Dialect::Sqlite))
+    let store = SqlStore::new(writer, reader, Dialect::Sqlite);
+    store.digest_stored_secrets().await?;
+    Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::db_path;
+
+    #[test]
+    fn database_paths_from_urls() {
+        assert_eq!(db_path("sqlite:///tmp/a.db"), Some("/tmp/a.db".into()));
+        assert_eq!(db_path("sqlite://a.db?mode=rwc"), Some("a.db".into()));
+        assert_eq!(db_path("sqlite:a.db"), Some("a.db".into()));
+        assert_eq!(db_path("sqlite::memory:"), None);
+        assert_eq!(db_path("sqlite://x?mode=memory"), None);
+    }
 }

@@ -18,8 +18,9 @@ pub struct Location {
     pub base_url: String,
     /// Apple's `uId`, once seen.
     pub uid: Option<String>,
-    /// Secret expected in notifications' Authorization header.
-    pub notify_token: String,
+    /// Digest ([`crate::secret`]) of the secret expected in notifications' Authorization
+    /// header: the engine only compares it, so only its digest is stored.
+    pub notify_token_digest: String,
     /// `versionId` to sync from.
     pub version_id: Option<String>,
     /// Token expiry, Unix seconds.
@@ -145,7 +146,8 @@ pub struct DeliveryState {
 /// Storage of the invitation engine.
 #[async_trait]
 pub trait EngineStore: Send + Sync + 'static {
-    /// Adds a location.
+    /// Adds a location. `stoken` is kept as given (it is the engine's credential at the
+    /// Apps and Books service); `notify_token`, only compared, is stored as its digest.
     async fn add_location(
         &self,
         name: &str,

@@ -12,6 +12,7 @@
 pub mod engine;
 pub mod logic;
 pub mod mdm;
+pub mod secret;
 
 use async_trait::async_trait;
 use cloudvpp_abwire::{MdmInfo, RequestUser, ResponseUser, UserStatus};
@@ -26,6 +27,10 @@ pub enum StoreError {
     /// The caller no longer holds the lease it acted under.
     #[error("lease lost")]
     LeaseLost,
+    /// The database cannot be reached now (down, refusing connections, no connection free
+    /// within the pool's short wait): worth trying again later, unlike [`StoreError::Other`].
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
     /// Anything else the backend reports.
     #[error("storage: {0}")]
     Other(String),
@@ -213,6 +218,8 @@ pub struct EventClaim {
     pub cursor: usize,
     /// The lease owner this claim was made under.
     pub owner: String,
+    /// Failed attempts of the step at `cursor` so far (kept across instances and restarts).
+    pub step_failures: i64,
 }
 
 /// One user operation of an event step, with the random parts decided by the service.
@@ -284,7 +291,7 @@ pub enum AcceptOutcome {
 /// Storage of the Apps and Books service.
 #[async_trait]
 pub trait AppsBooksStore: Send + Sync + 'static {
-    /// Creates an organisation with its first sToken.
+    /// Creates an organisation with its first sToken (stored as its digest, [`secret`]).
     async fn create_org(
         &self,
         uid: &str,
@@ -301,7 +308,7 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     async fn find_org(&self, uid_or_name: &str) -> Result<Option<Org>>;
     /// Revokes every live token of the organisation and stores `stoken` as the new one.
     async fn renew_token(&self, org_id: i64, stoken: &str, expires_at: i64) -> Result<()>;
-    /// Looks a whole sToken string up.
+    /// Looks a whole sToken string up (by its digest: tokens are only compared).
     async fn find_token(&self, stoken: &str) -> Result<Option<TokenRecord>>;
     /// Latest token expiry of an org (for display).
     async fn current_token_expiry(&self, org_id: i64) -> Result<Option<i64>>;
@@ -348,6 +355,21 @@ pub trait AppsBooksStore: Send + Sync + 'static {
         now: i64,
         lease_ms: i64,
     ) -> Result<Vec<UserOutcome>>;
+    /// Records one more failed attempt of the step at the claim's cursor (renewing the
+    /// lease) and returns how many there have been since the last step that succeeded.
+    /// Fails with [`StoreError::LeaseLost`] if the lease moved on.
+    async fn event_step_failed(&self, claim: &EventClaim, now: i64, lease_ms: i64) -> Result<i64>;
+    /// Fails the next users from the claim's cursor with Apple asynchronous error `error`,
+    /// touching none of their records: for a step that can never succeed. Progress,
+    /// final status and notifications as [`AppsBooksStore::process_event_step`].
+    async fn fail_event_step(
+        &self,
+        claim: &EventClaim,
+        client_user_ids: &[String],
+        error: u32,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<()>;
 
     /// The Registered user holding `invite_code`, with its organisation.
     async fn find_invitation(&self, invite_code: &str) -> Result<Option<(i64, UserRecord)>>;
@@ -357,19 +379,26 @@ pub trait AppsBooksStore: Send + Sync + 'static {
 
     /// Queues a notification.
     async fn enqueue_notification(&self, n: &NewNotification) -> Result<()>;
-    /// Leases up to `limit` notifications that are due.
+    /// Organisations with pending notifications (due or not), in id order.
+    async fn notification_orgs(&self) -> Result<Vec<i64>>;
+    /// Leases up to `limit` due notifications of one organisation, soonest due first.
     async fn claim_notifications(
         &self,
         owner: &str,
+        org_id: i64,
         now: i64,
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<OutboxItem>>;
+    /// Bounds an organisation's backlog: of its pending notifications beyond the newest
+    /// `keep`, those not leased are dropped (state `dropped`). Returns how many were.
+    async fn trim_notifications(&self, org_id: i64, keep: i64, now: i64) -> Result<u64>;
     /// Marks one delivered.
     async fn notification_delivered(&self, id: i64, now: i64) -> Result<()>;
     /// Records a failed attempt; `retry_at` None gives up.
     async fn notification_failed(&self, id: i64, retry_at: Option<i64>, error: &str) -> Result<()>;
-    /// Counts notifications by state (`pending`, `delivered`, `dead`), for tests and ops.
+    /// Counts notifications by state (`pending`, `delivered`, `dead`, `dropped`), for tests
+    /// and ops.
     async fn notification_counts(&self, org_id: i64) -> Result<Vec<(String, i64)>>;
 
     /// Service limits overriding Apple's defaults.

@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,22 @@ impl Env {
             "--listen",
             "127.0.0.1:0",
             "--allow-http-notifications",
+            // Test notification endpoints listen on 127.0.0.1.
+            "--allow-private-notification-urls",
+        ];
+        args.extend_from_slice(extra);
+        self.spawn(&args)
+    }
+
+    /// Starts `cloudvpp appsbooks serve` on plain HTTP, guarding notification URLs as in
+    /// production (private addresses refused).
+    pub fn serve_guarded(&self, extra: &[&str]) -> Server {
+        let mut args = vec![
+            "appsbooks",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--allow-http-notifications",
         ];
         args.extend_from_slice(extra);
         self.spawn(&args)
@@ -105,6 +122,42 @@ impl Env {
     /// This env's PostgreSQL database URL, when the suite runs on PostgreSQL.
     pub fn postgres_db(&self) -> Option<String> {
         self.postgres.as_ref().map(|_| self.db())
+    }
+
+    /// Runs SQL (several statements allowed) on this env's database, SQLite or PostgreSQL.
+    pub async fn sql(&self, sql: &str) {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.db()).await.unwrap();
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+    }
+
+    /// The single integer one query returns, on this env's database.
+    pub async fn sql_i64(&self, sql: &str) -> i64 {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.db()).await.unwrap();
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        n
+    }
+
+    /// This env's PostgreSQL database name, when the suite runs on PostgreSQL.
+    pub fn postgres_name(&self) -> Option<String> {
+        self.postgres.as_ref().map(|(_, name)| name.clone())
+    }
+
+    /// Runs one statement as the server's administrator, from the `postgres` database (to
+    /// change this env's database from outside it).
+    pub fn pg_admin(&self, sql: &str) {
+        let (server, _) = self.postgres.as_ref().expect("a PostgreSQL run");
+        let out = psql(server, sql);
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Rows of one query run by psql on this env's PostgreSQL database.
@@ -393,4 +446,85 @@ pub fn users(range: std::ops::Range<usize>, prefix: &str) -> Value {
             .map(|i| serde_json::json!({"clientUserId": format!("{prefix}-{i}"), "email": format!("{prefix}-{i}@example.com")}))
             .collect(),
     )
+}
+
+/// A notification endpoint that answers the TEST_NOTIFICATION (so that it can be
+/// configured) and never answers anything else: each later request is held open until the
+/// sender gives up. Counts the requests it holds now and the most it held at once.
+pub struct Hanging {
+    pub url: String,
+    pub holding: Arc<AtomicUsize>,
+    pub most: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Hanging {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Hanging {
+    pub async fn start() -> Hanging {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/notify", listener.local_addr().unwrap());
+        let (holding, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (h, m) = (holding.clone(), most.clone());
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                conns.spawn(hang(conn, h.clone(), m.clone()));
+            }
+        });
+        Hanging {
+            url,
+            holding,
+            most,
+            task,
+        }
+    }
+}
+
+async fn hang(mut conn: tokio::net::TcpStream, holding: Arc<AtomicUsize>, most: Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // One request: the head, then Content-Length bytes of body.
+        let request_len = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let body_len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + body_len {
+                    break end + 4 + body_len;
+                }
+            }
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let request: Vec<u8> = buf.drain(..request_len).collect();
+        if String::from_utf8_lossy(&request).contains("TEST_NOTIFICATION") {
+            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+            if conn.write_all(ok).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let now = holding.fetch_add(1, Ordering::SeqCst) + 1;
+        most.fetch_max(now, Ordering::SeqCst);
+        // Never answer; wait for the sender to hang up.
+        while let Ok(n) = conn.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+        }
+        holding.fetch_sub(1, Ordering::SeqCst);
+        return;
+    }
 }
