@@ -18,7 +18,7 @@ const CACHE_SIZE: usize = 1_000_000;
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
     match X509Certificate::from_der(der) {
-        Ok((rest, c)) if rest.is_empty() => Ok(c),
+        Ok(([], c)) => Ok(c),
         _ => Err(IdentityError::Malformed(
             "a certificate that is not DER X.509".into(),
         )),
