@@ -270,8 +270,21 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
         a.mdm.ca = Some(ca);
     }
     if a.mdm.api_key.is_none() {
-        let key = uuid::Uuid::new_v4().simple().to_string();
-        eprintln!("no --api-key: using a new one for this run: export CLOUDVPP_API_KEY={key}");
+        // Kept in an owner-only file rather than printed: stderr is the log, and a key in a
+        // log is a key for whoever reads the log.
+        let path = std::path::PathBuf::from("cloudvpp-api-key");
+        let key = match std::fs::read_to_string(&path) {
+            Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
+            _ => {
+                let key = uuid::Uuid::new_v4().simple().to_string();
+                cloudvpp_simulator::write_private(&path, key.as_bytes())?;
+                key
+            }
+        };
+        eprintln!(
+            "no --api-key: the admin API key is in {p} (export CLOUDVPP_API_KEY=$(cat {p}))",
+            p = path.display()
+        );
         a.mdm.api_key = Some(key);
     }
     let proxy = crate::mdm_cmd::proxy_trust(&a.mdm, a.mdm_listen)?;
