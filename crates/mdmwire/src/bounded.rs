@@ -369,7 +369,14 @@ mod tests {
                 "</dict>".repeat(n)
             )
         };
-        assert!(parse_bounded(dicts(32).as_bytes(), &PlistLimits::DEFAULT).is_ok());
+        // The full depth fits a small stack (tokio's workers have 2 MiB), unoptimised too.
+        let at_limit = dicts(32);
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(move || parse_bounded(at_limit.as_bytes(), &PlistLimits::DEFAULT).unwrap())
+            .unwrap()
+            .join()
+            .unwrap();
         assert_eq!(
             err(parse_bounded(dicts(33).as_bytes(), &PlistLimits::DEFAULT)),
             "plist nested deeper than 32"
