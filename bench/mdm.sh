@@ -46,8 +46,17 @@ start() {
 }
 stop() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; }
 trap stop EXIT
+# CPU seconds (user + system) the server processes have used so far, from /proc.
+server_cpu() {
+  local t=0 p
+  for p in "${PIDS[@]}"; do
+    t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") ))
+  done
+  echo "$t $(getconf CLK_TCK)" | awk '{printf "%.3f", $1 / $2}'
+}
 load() { # $1: label
-  local per=$(( 16 / INSTANCES )) n=0
+  local per=$(( 16 / INSTANCES )) n=0 cpu0
+  cpu0=$(server_cpu)
   for b in "${BASES[@]}"; do
     n=$((n + 1))
     BODIES_DIR="$OUT/bodies" BODIES_N=100 wrk -t$(( 2 / INSTANCES > 0 ? 2 / INSTANCES : 1 )) -c"$per" -d"${DURATION}s" --latency -s bench/mdm-idle.lua "$b" > "$OUT/$1-$n.txt" &
@@ -55,6 +64,11 @@ load() { # $1: label
   sleep 1; while pgrep -x wrk >/dev/null; do sleep 0.5; done
   cat "$OUT/$1"-*.txt
   echo "total: $(grep -h Requests/sec "$OUT/$1"-*.txt | awk '{s += $2} END {printf "%.0f", s}') requests/s over $INSTANCES instance(s)"
+  # CPU per request holds on a noisy machine where requests per second do not.
+  local reqs cpu
+  reqs=$(grep -h "requests in" "$OUT/$1"-*.txt | awk '{s += $1} END {print s}')
+  cpu=$(echo "$(server_cpu) $cpu0" | awk '{print $1 - $2}')
+  echo "server CPU: ${cpu}s for $reqs requests = $(echo "$cpu $reqs" | awk '{printf "%.1f", $1 * 1e6 / $2}') us/request"
 }
 
 start
