@@ -111,7 +111,7 @@ fn parse_signer_info(data: &[u8]) -> Result<SignerInfo<'_>, IdentityError> {
     };
     let (digest, _, i) = element(i, "digest algorithm")?;
     let digest = algorithm(&digest, "digest algorithm")?;
-    let (mut next, mut next_raw, mut i) = element(i, "signature algorithm")?;
+    let (mut next, next_raw, mut i) = element(i, "signature algorithm")?;
     let mut signed_attrs = None;
     let mut message_digest = None;
     let mut content_type = None;
@@ -147,9 +147,8 @@ fn parse_signer_info(data: &[u8]) -> Result<SignerInfo<'_>, IdentityError> {
             }
             a = rest;
         }
-        (next, next_raw, i) = element(i, "signature algorithm")?;
+        (next, _, i) = element(i, "signature algorithm")?;
     }
-    let _ = next_raw;
     let signature_alg = algorithm(&next, "signature algorithm")?;
     let (signature, _, _) = element(i, "signature")?;
     let signature = octets(&signature, "signature")?;
