@@ -1,18 +1,20 @@
 //! Every listener's defences against connections that cost without asking anything: a
 //! cap on open connections, a deadline for a connection's first bytes (before HTTP/1 or
-//! HTTP/2 is even known), hyper's header-read timeout (which also closes idle keep-alive
-//! connections), and a timeout between request body frames. A few hundred silent or
-//! half-sent connections then cannot make a port unreachable.
+//! HTTP/2 is even known), hyper's header-read timeout (which also closes idle HTTP/1
+//! keep-alive connections), an idle timeout for connections with no request in flight
+//! (HTTP/2 peers that only answer pings), a timeout between request body chunks and a
+//! deadline for the whole body (slow drips). Connections that hold a slot without asking
+//! anything are closed within seconds, so they cannot keep a port unreachable.
 
 use axum_server::accept::Accept;
 use futures::future::BoxFuture;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -30,6 +32,12 @@ pub struct ConnLimits {
     /// Seconds a request body may pause between two chunks.
     #[arg(long, default_value_t = 10)]
     pub body_timeout_secs: u64,
+    /// Seconds a whole request body may take to arrive.
+    #[arg(long, default_value_t = 60)]
+    pub body_deadline_secs: u64,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, default_value_t = 60)]
+    pub idle_timeout_secs: u64,
 }
 
 impl Default for ConnLimits {
@@ -38,6 +46,8 @@ impl Default for ConnLimits {
             max_connections: 4096,
             header_timeout_secs: 10,
             body_timeout_secs: 10,
+            body_deadline_secs: 60,
+            idle_timeout_secs: 60,
         }
     }
 }
@@ -51,6 +61,14 @@ impl ConnLimits {
     pub fn body_timeout(&self) -> Duration {
         Duration::from_secs(self.body_timeout_secs.max(1))
     }
+    /// The whole-body deadline.
+    pub fn body_deadline(&self) -> Duration {
+        Duration::from_secs(self.body_deadline_secs.max(1))
+    }
+    /// The idle-connection timeout.
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_secs.max(1))
+    }
 }
 
 /// An acceptor that admits at most `max_connections` at once and wraps each in [`Guarded`].
@@ -60,6 +78,7 @@ pub struct Limited<A> {
     slots: Arc<Semaphore>,
     max: usize,
     first_bytes: Duration,
+    idle: Duration,
     last_warning: Arc<AtomicU64>,
 }
 
@@ -71,6 +90,7 @@ impl<A> Limited<A> {
             slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
             max: limits.max_connections.max(1),
             first_bytes: limits.header_timeout(),
+            idle: limits.idle_timeout(),
             last_warning: Arc::default(),
         }
     }
@@ -92,7 +112,7 @@ impl<A> Limited<A> {
 
 impl<A, S> Accept<TcpStream, S> for Limited<A>
 where
-    A: Accept<Guarded<TcpStream>, S> + Clone + Send + Sync + 'static,
+    A: Accept<Guarded<TcpStream>, Tracked<S>> + Clone + Send + Sync + 'static,
     A::Future: Send,
     S: Send + 'static,
 {
@@ -106,16 +126,80 @@ where
             self.warn_full();
         }
         let inner = self.inner.clone();
-        let first_bytes = self.first_bytes;
+        let (first_bytes, idle) = (self.first_bytes, self.idle);
         Box::pin(async move {
             let permit = permit.map_err(|_| io::Error::other("connection limit reached"))?;
             let _ = stream.set_nodelay(true);
+            let activity = Arc::new(Activity::default());
             let guarded = Guarded {
                 inner: stream,
                 _permit: permit,
                 first_bytes: Some(Box::pin(tokio::time::sleep(first_bytes))),
+                activity: activity.clone(),
+                idle,
+                idle_check: Box::pin(tokio::time::sleep(idle)),
             };
-            inner.accept(guarded, service).await
+            let tracked = Tracked {
+                inner: service,
+                activity,
+            };
+            inner.accept(guarded, tracked).await
+        })
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+struct Activity {
+    in_flight: AtomicUsize,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+}
+
+/// Counts a connection's requests in flight for its [`Guarded`] stream.
+#[derive(Clone)]
+pub struct Tracked<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self.0.last.lock().expect("lock") = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<S, R> tower::Service<R> for Tracked<S>
+where
+    S: tower::Service<R>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> Self::Future {
+        self.activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(self.activity.clone());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let r = fut.await;
+            drop(guard);
+            r
         })
     }
 }
@@ -126,6 +210,29 @@ pub struct Guarded<S> {
     inner: S,
     _permit: OwnedSemaphorePermit,
     first_bytes: Option<Pin<Box<tokio::time::Sleep>>>,
+    activity: Arc<Activity>,
+    idle: Duration,
+    idle_check: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> Guarded<S> {
+    /// Whether the connection has had no request in flight for the idle timeout. Keeps
+    /// the check's timer armed, so a connection that only answers pings is woken and shut.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        while self.idle_check.as_mut().poll(cx).is_ready() {
+            let next = if self.activity.in_flight.load(Ordering::Relaxed) > 0 {
+                Instant::now() + self.idle
+            } else {
+                let last = *self.activity.last.lock().expect("lock");
+                if last.elapsed() >= self.idle {
+                    return true;
+                }
+                last + self.idle
+            };
+            self.idle_check.as_mut().reset(next.into());
+        }
+        false
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
@@ -146,6 +253,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                             "no request bytes in time",
                         )));
                     }
+                }
+                if self.idle_expired(cx) {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "idle connection",
+                    )));
                 }
             }
             _ => {}
@@ -177,5 +290,48 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+/// A request body that must arrive whole within a deadline: a body dripped a byte at a
+/// time just under the inter-chunk timeout would otherwise hold its connection for ever.
+pub struct DeadlineBody {
+    inner: axum::body::Body,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl DeadlineBody {
+    /// Wraps `inner`; the deadline starts now.
+    pub fn new(inner: axum::body::Body, within: Duration) -> Self {
+        DeadlineBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(within)),
+        }
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(axum::Error::new(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request body took too long",
+            )))));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

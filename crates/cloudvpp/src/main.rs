@@ -381,9 +381,15 @@ pub(crate) async fn serve_app(
         shutdown_signal().await;
         h.graceful_shutdown(Some(Duration::from_secs(5)));
     });
+    let deadline = limits.body_deadline();
     let app = app
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             limits.body_timeout(),
+        ))
+        .layer(axum::middleware::map_request(
+            move |req: axum::extract::Request| async move {
+                req.map(|b| axum::body::Body::new(listener::DeadlineBody::new(b, deadline)))
+            },
         ))
         .into_make_service_with_connect_info::<SocketAddr>();
     fn tune<A>(server: &mut axum_server::Server<A>, limits: &listener::ConnLimits) {
@@ -398,7 +404,9 @@ pub(crate) async fn serve_app(
             .http2()
             .timer(hyper_util::rt::TokioTimer::new())
             .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(limits.header_timeout());
+            .keep_alive_timeout(limits.header_timeout())
+            // One connection must not stand for hundreds of concurrent requests.
+            .max_concurrent_streams(32);
     }
     match tls {
         Some((cert, key)) => {

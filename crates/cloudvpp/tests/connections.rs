@@ -123,3 +123,83 @@ async fn connections_over_the_cap_are_closed_and_the_port_recovers() {
     );
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_dripped_under_the_chunk_timeout_still_ends_at_its_deadline() {
+    let env = Env::new();
+    let token = env.org("Acme");
+    let srv = env.serve(&["--body-timeout-secs", "2", "--body-deadline-secs", "3"]);
+    let mut s = open(
+        &addr(&srv.base),
+        format!(
+            "POST /mdm/v2/users/create HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    // One byte a second: never 2 s between chunks, so only the deadline can end it.
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 1024];
+    for _ in 0..20 {
+        if s.write_all(b" ").await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => answer.extend_from_slice(&chunk[..n]),
+            Err(_) => {}
+        }
+        if !answer.is_empty() {
+            break;
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 4"),
+        "refused at the deadline: {answer:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_http2_connection_gives_its_slot_back() {
+    let env = Env::new();
+    let srv = env.serve(&["--max-connections", "1", "--idle-timeout-secs", "2"]);
+    // An HTTP/2 client that keeps its connection open after one request.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(srv.url("/mdm/v2/service/config"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    // While it holds the only slot, another connection is closed unanswered...
+    let mut other = open(
+        &addr(&srv.base),
+        b"GET /mdm/v2/service/config HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .await;
+    let (closed, answer) = closed_by_server(&mut other, Duration::from_secs(1)).await;
+    assert!(closed && answer.is_empty(), "{answer}");
+    // ...until the server closes the idle HTTP/2 connection.
+    let mut served = false;
+    for _ in 0..40 {
+        let mut s = open(
+            &addr(&srv.base),
+            b"GET /mdm/v2/service/config HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        let (_, answer) = closed_by_server(&mut s, Duration::from_secs(2)).await;
+        if answer.starts_with("HTTP/1.1 200") {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(served, "the idle HTTP/2 connection was not closed");
+    drop(h2);
+}

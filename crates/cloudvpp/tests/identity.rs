@@ -739,6 +739,17 @@ async fn re_enrollment_replaces_the_binding_and_is_logged() {
         log.contains("certificate binding replaced") && log.contains(&o.sha256(&old.0)),
         "{log}"
     );
+    // A replaced certificate never comes back: not with its key, not by replaying the
+    // Authenticate it once sent. The device's new certificate keeps working.
+    let auth = authenticate("MOVER", "SERIAL1");
+    let old_auth = with(&old)(&auth);
+    let (status, text) = m.put("/checkin", CHECKIN, auth.clone(), old_auth).await;
+    assert_eq!(status, 400);
+    assert!(text.contains("replaced"), "{text}");
+    let (status, _) = m.put("/mdm", MDM, body.clone(), with(&new)(&body)).await;
+    assert_eq!(status, 200);
+    let (_, e) = m.enrollment("MOVER").await;
+    assert_eq!(e["certificates"][0]["sha256"], o.sha256(&new.0));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -761,7 +772,7 @@ async fn an_option_requires_the_device_id_in_the_certificate() {
         "/CN=device",
         "ec:P-256",
         &pki.ec_root,
-        &format!("{CLIENT}\nsubjectAltName=DNS:serial-777"),
+        &format!("{CLIENT}\nsubjectAltName=DNS:udid-san"),
         21,
         30,
     );
@@ -774,6 +785,26 @@ async fn an_option_requires_the_device_id_in_the_certificate() {
         22,
         30,
     );
+    // An attested certificate of the attacker's own device: its serial, not the victim's ID.
+    let attacker = o.issue(
+        "attacker",
+        "/CN=UDID-ATTACKER/serialNumber=SER-ATTACKER",
+        "ec:P-256",
+        &pki.ec_root,
+        CLIENT,
+        23,
+        30,
+    );
+    // A look-alike that only Unicode case folding would match (KELVIN SIGN for K).
+    let kelvin = o.issue(
+        "kelvin",
+        "/CN=UDID-\u{212A}1",
+        "ec:P-256",
+        &pki.ec_root,
+        CLIENT,
+        24,
+        30,
+    );
     let try_auth = |udid: &'static str, serial: &'static str, id: &(PathBuf, PathBuf)| {
         let body = authenticate(udid, serial);
         let sig = o.sign(&body, id, "sha256", &[]);
@@ -781,9 +812,15 @@ async fn an_option_requires_the_device_id_in_the_certificate() {
     };
     assert_eq!(try_auth("UDID-CN", "X", &by_cn).await.0, 200);
     assert_eq!(try_auth("UDID-SAN", "SERIAL-777", &by_san).await.0, 200);
-    let (status, text) = try_auth("UDID-OTHER", "Y", &other).await;
-    assert_eq!(status, 400);
-    assert!(text.contains("names neither"), "{text}");
+    for (udid, serial, id) in [
+        ("UDID-OTHER", "Y", &other),
+        ("UDID-VICTIM", "SER-ATTACKER", &attacker),
+        ("UDID-K1", "Z", &kelvin),
+    ] {
+        let (status, text) = try_auth(udid, serial, id).await;
+        assert_eq!(status, 400, "{udid}: {text}");
+        assert!(text.contains("does not name this device"), "{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -883,4 +920,185 @@ async fn the_certificate_header_is_trusted_only_from_the_configured_proxy() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_certificate_racing_for_several_devices_binds_one() {
+    let env = Env::new();
+    let pki = Pki::new(&env);
+    let m = Mdm::start(&env, &pki.bundle, &[]);
+    let o = &pki.o;
+    let id = o.issue(
+        "racer",
+        "/CN=racer",
+        "ec:P-256",
+        &pki.ec_root,
+        CLIENT,
+        40,
+        30,
+    );
+    let requests: Vec<_> = (0..16)
+        .map(|n| {
+            let udid = format!("RACE-{n}");
+            let body = authenticate(&udid, "S");
+            let sig = o.sign(&body, &id, "sha256", &[]);
+            m.put("/checkin", CHECKIN, body, Proof::Signature(sig))
+        })
+        .collect();
+    let answers = futures::future::join_all(requests).await;
+    let won = answers.iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(won, 1, "{answers:?}");
+    assert!(answers.iter().all(|(s, _)| *s == 200 || *s == 400));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn intermediates_must_be_cas_that_may_issue_client_certificates() {
+    let env = Env::new();
+    let pki = Pki::new(&env);
+    let m = Mdm::start(&env, &pki.bundle, &[]);
+    let o = &pki.o;
+    let ca = "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign";
+    let cases = [
+        // pathlen:0 forbids the CA below it.
+        (
+            "pathlen",
+            "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign"
+                .to_string(),
+            true,
+        ),
+        (
+            "no-keycertsign",
+            "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,digitalSignature".to_string(),
+            false,
+        ),
+        (
+            "server-only",
+            format!("{ca}\nextendedKeyUsage=serverAuth"),
+            false,
+        ),
+        (
+            "not-a-ca",
+            "basicConstraints=critical,CA:FALSE".to_string(),
+            false,
+        ),
+    ];
+    for (n, (name, ext, nested)) in cases.iter().enumerate() {
+        let sub = o.issue(
+            &format!("sub-{name}"),
+            &format!("/CN=Sub {name}"),
+            "ec:P-256",
+            &pki.rsa_root,
+            ext,
+            500 + n as u64,
+            30,
+        );
+        let mut chain = vec![sub.0.clone()];
+        let issuer = if *nested {
+            let below = o.issue(
+                &format!("below-{name}"),
+                &format!("/CN=Below {name}"),
+                "ec:P-256",
+                &sub,
+                ca,
+                600 + n as u64,
+                30,
+            );
+            chain.push(below.0.clone());
+            below
+        } else {
+            sub
+        };
+        let leaf = o.issue(
+            &format!("leaf-{name}"),
+            &format!("/CN=leaf {name}"),
+            "ec:P-256",
+            &issuer,
+            CLIENT,
+            700 + n as u64,
+            30,
+        );
+        let bundle = env.dir.path().join(format!("chain-{name}.pem"));
+        let pems: Vec<u8> = chain
+            .iter()
+            .flat_map(|c| std::fs::read(c).unwrap())
+            .collect();
+        std::fs::write(&bundle, pems).unwrap();
+        let udid = format!("CHAIN-{name}");
+        let body = authenticate(&udid, "S");
+        let sig = o.sign(
+            &body,
+            &leaf,
+            "sha256",
+            &["-certfile", bundle.to_str().unwrap()],
+        );
+        let (status, text) = m
+            .put("/checkin", CHECKIN, body, Proof::Signature(sig))
+            .await;
+        assert_eq!(status, 400, "{name}: {text}");
+        assert!(text.contains("not trusted"), "{name}: {text}");
+    }
+    // The same shapes with a proper intermediate are accepted.
+    let good = o.issue(
+        "sub-good",
+        "/CN=Sub good",
+        "ec:P-256",
+        &pki.rsa_root,
+        ca,
+        800,
+        30,
+    );
+    let leaf = o.issue(
+        "leaf-good",
+        "/CN=leaf good",
+        "ec:P-256",
+        &good,
+        CLIENT,
+        801,
+        30,
+    );
+    let body = authenticate("CHAIN-good", "S");
+    let sig = o.sign(
+        &body,
+        &leaf,
+        "sha256",
+        &["-certfile", good.0.to_str().unwrap()],
+    );
+    assert_eq!(
+        m.put("/checkin", CHECKIN, body, Proof::Signature(sig))
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_repeated_proxy_header_is_refused() {
+    let env = Env::new();
+    let pki = Pki::new(&env);
+    let o = &pki.o;
+    let m = Mdm::start(&env, &pki.bundle, &["--cert-header", "X-Client-Cert"]);
+    let mine = o.issue("mine", "/CN=mine", "ec:P-256", &pki.ec_root, CLIENT, 50, 30);
+    let theirs = o.issue(
+        "theirs",
+        "/CN=theirs",
+        "ec:P-256",
+        &pki.ec_root,
+        CLIENT,
+        51,
+        30,
+    );
+    let h = |id: &(PathBuf, PathBuf)| format!(":{}:", B64.encode(o.der(&id.0)));
+    let r = m
+        .http
+        .put(m.srv.url("/checkin"))
+        .header("Content-Type", CHECKIN)
+        .header("X-Client-Cert", h(&mine))
+        .header("x-client-cert", h(&theirs))
+        .body(authenticate("TWICE", "S"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("more than once"));
+    assert_eq!(m.enrollment("TWICE").await.0, 404);
 }

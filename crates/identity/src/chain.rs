@@ -7,7 +7,7 @@ use crate::{DeviceCert, IdentityError, Presented};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
+use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
 use x509_parser::time::ASN1Time;
 
@@ -15,6 +15,8 @@ use x509_parser::time::ASN1Time;
 const MAX_INTERMEDIATES: usize = 4;
 /// Verified chains remembered; cleared whole when full.
 const CACHE_SIZE: usize = 1_000_000;
+/// Issuer signatures tried for one certificate chain.
+const MAX_SIGNATURE_CHECKS: usize = 8;
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
     match X509Certificate::from_der(der) {
@@ -72,14 +74,91 @@ fn leaf_policy(c: &X509Certificate) -> Result<(), IdentityError> {
     }
 }
 
-/// Subject attribute values and subjectAltName strings, lower-cased, for the
-/// "certificate names this device" option.
+/// A CA certificate between the leaf and an anchor must be one that may issue client
+/// certificates: cA, keyCertSign if it states key usages, clientAuth if it states extended
+/// key usages, and a path length that allows the `below` intermediates under it.
+fn ca_policy(c: &X509Certificate, below: usize) -> Result<(), IdentityError> {
+    if !c.is_ca() {
+        return Err(IdentityError::Untrusted(
+            "an intermediate that is not a CA".into(),
+        ));
+    }
+    match c.key_usage() {
+        Ok(Some(ku)) if !ku.value.key_cert_sign() => {
+            return Err(IdentityError::Untrusted(
+                "an intermediate without keyCertSign".into(),
+            ))
+        }
+        Ok(_) => {}
+        Err(_) => return Err(IdentityError::Malformed("keyUsage".into())),
+    }
+    match c.extended_key_usage() {
+        Ok(Some(eku)) if !(eku.value.client_auth || eku.value.any) => {
+            return Err(IdentityError::Untrusted(
+                "an intermediate whose extendedKeyUsage excludes clientAuth".into(),
+            ))
+        }
+        Ok(_) => {}
+        Err(_) => return Err(IdentityError::Malformed("extendedKeyUsage".into())),
+    }
+    path_len_allows(c, below)
+}
+
+/// Whether `ca`'s pathLenConstraint allows `below` intermediate CAs under it.
+fn path_len_allows(ca: &X509Certificate, below: usize) -> Result<(), IdentityError> {
+    match ca.basic_constraints() {
+        Ok(Some(bc)) => match bc.value.path_len_constraint {
+            Some(max) if (max as usize) < below => Err(IdentityError::Untrusted(format!(
+                "{} allows {max} intermediates below it, the chain has {below}",
+                ca.subject()
+            ))),
+            _ => Ok(()),
+        },
+        Ok(None) => Ok(()),
+        Err(_) => Err(IdentityError::Malformed("basicConstraints".into())),
+    }
+}
+
+/// When the child names its issuer's key (authorityKeyIdentifier) and the candidate
+/// states its own (subjectKeyIdentifier), they must agree: a cheap filter before any
+/// signature check.
+fn key_ids_fit(child: &X509Certificate, issuer: &X509Certificate) -> bool {
+    let aki = child
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => a.key_identifier.as_ref().map(|k| k.0),
+            _ => None,
+        });
+    let ski = issuer
+        .iter_extensions()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0),
+            _ => None,
+        });
+    match (aki, ski) {
+        (Some(a), Some(s)) => a == s,
+        _ => true,
+    }
+}
+
+/// OIDs of the subject attributes that may name a device: commonName, serialNumber, UID.
+const NAMING_ATTRIBUTES: [&[u8]; 3] = [
+    &[0x55, 0x04, 0x03],
+    &[0x55, 0x04, 0x05],
+    &[0x09, 0x92, 0x26, 0x89, 0x93, 0xF2, 0x2C, 0x64, 0x01, 0x01],
+];
+
+/// The commonName, serialNumber and UID values and the subjectAltName strings, ASCII
+/// only and lower-cased (ASCII only, so no Unicode case folding can make two names
+/// meet), for the "certificate names this device" option.
 fn names(c: &X509Certificate) -> Vec<String> {
+    let ascii = |s: &str| s.is_ascii().then(|| s.to_ascii_lowercase());
     let mut out: Vec<String> = c
         .subject()
         .iter_attributes()
+        .filter(|a| NAMING_ATTRIBUTES.contains(&a.attr_type().as_bytes()))
         .filter_map(|a| a.as_str().ok())
-        .map(str::to_lowercase)
+        .filter_map(ascii)
         .collect();
     if let Ok(Some(san)) = c.subject_alternative_name() {
         for n in &san.value.general_names {
@@ -91,7 +170,7 @@ fn names(c: &X509Certificate) -> Vec<String> {
                 GeneralName::OtherName(_, v) => other_name_string(v),
                 _ => None,
             };
-            out.extend(s.map(|s| s.to_lowercase()));
+            out.extend(s.as_deref().and_then(ascii));
         }
     }
     out
@@ -181,33 +260,57 @@ impl CaPool {
         let mut used = vec![false; intermediates.len()];
         let mut until = leaf.validity().not_after.timestamp();
         let mut current = leaf;
-        for _ in 0..=MAX_INTERMEDIATES {
+        // Signature checks one request may cause: a CMS full of look-alike issuers must
+        // not buy dozens of RSA verifications.
+        let mut budget = MAX_SIGNATURE_CHECKS;
+        let mut try_issuer = |child: &X509Certificate, issuer: &X509Certificate| {
+            if budget == 0 {
+                return Err(IdentityError::Untrusted(
+                    "too many candidate issuers".into(),
+                ));
+            }
+            budget -= 1;
+            signed_by(child, issuer)
+        };
+        for below in 0..=MAX_INTERMEDIATES {
             let issuer_name = current.issuer().as_raw();
             let mut last_failure = None;
             for anchor in anchors
                 .iter()
-                .filter(|a| a.subject().as_raw() == issuer_name)
+                .filter(|a| a.subject().as_raw() == issuer_name && key_ids_fit(current, a))
             {
-                match signed_by(current, anchor) {
+                match try_issuer(current, anchor) {
                     Ok(()) => {
                         check_dates(anchor, "the issuing CA", now)?;
+                        path_len_allows(anchor, below)?;
                         return Ok(until.min(anchor.validity().not_after.timestamp()));
                     }
                     Err(e) => last_failure = Some(e),
                 }
             }
-            let next = intermediates.iter().enumerate().find(|(n, c)| {
-                !used[*n]
-                    && c.subject().as_raw() == issuer_name
-                    && c.is_ca()
-                    && check_dates(c, "", now).is_ok()
-                    && signed_by(current, c).is_ok()
-            });
+            let mut next = None;
+            for (n, c) in intermediates.iter().enumerate() {
+                if used[n]
+                    || c.subject().as_raw() != issuer_name
+                    || !key_ids_fit(current, c)
+                    || ca_policy(c, below).is_err()
+                    || check_dates(c, "", now).is_err()
+                {
+                    continue;
+                }
+                match try_issuer(current, c) {
+                    Ok(()) => {
+                        next = Some(n);
+                        break;
+                    }
+                    Err(e) => last_failure = Some(e),
+                }
+            }
             match next {
-                Some((n, c)) => {
+                Some(n) => {
                     used[n] = true;
-                    until = until.min(c.validity().not_after.timestamp());
-                    current = c;
+                    current = &intermediates[n];
+                    until = until.min(current.validity().not_after.timestamp());
                 }
                 None => {
                     return Err(match last_failure {

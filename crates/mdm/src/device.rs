@@ -40,10 +40,7 @@ fn identify(
                 )));
             }
             if let Some(secret) = &proxy.secret {
-                let given = headers
-                    .get(crate::PROXY_SECRET_HEADER)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
+                let given = single(headers, crate::PROXY_SECRET_HEADER)?.unwrap_or_default();
                 if !cloudvpp_store::secret::equal(given, secret) {
                     return Err(MdmError::bad(format!(
                         "request from {} without the proxy's shared secret",
@@ -51,16 +48,11 @@ fn identify(
                     )));
                 }
             }
-            let value = headers
-                .get(proxy.header.as_str())
-                .and_then(|v| v.to_str().ok())
+            let value = single(headers, &proxy.header)?
                 .ok_or_else(|| MdmError::bad(format!("no {} certificate header", proxy.header)))?;
             let mut presented =
                 cert_from_header(value).map_err(|e| MdmError::bad(e.to_string()))?;
-            if let Some(chain) = headers.get("client-cert-chain") {
-                let chain = chain
-                    .to_str()
-                    .map_err(|_| MdmError::bad("Client-Cert-Chain is not ASCII"))?;
+            if let Some(chain) = single(headers, "client-cert-chain")? {
                 presented.others =
                     chain_from_header(chain).map_err(|e| MdmError::bad(e.to_string()))?;
             }
@@ -81,6 +73,23 @@ fn identify(
         .map_err(|e| MdmError::bad(e.to_string()))
 }
 
+/// The one value of a header the proxy sets. A repeated header is refused: a proxy that
+/// appends its header instead of replacing it would otherwise leave the client's own
+/// first in line.
+fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, MdmError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(MdmError::bad(format!("{name} appears more than once")));
+    }
+    first
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| MdmError::bad(format!("{name} is not ASCII")))
+        })
+        .transpose()
+}
+
 /// Every message after Authenticate must come with the certificate the device
 /// authenticated with last (user channels present the device's certificate).
 async fn require_bound(state: &MdmState, device_id: &str, dc: &DeviceCert) -> Result<(), MdmError> {
@@ -89,8 +98,8 @@ async fn require_bound(state: &MdmState, device_id: &str, dc: &DeviceCert) -> Re
         .lock()
         .expect("lock")
         .get(device_id)
-        .filter(|(_, at)| at.elapsed() < BOUND_TTL)
-        .map(|(sha, _)| sha == &dc.sha256);
+        .filter(|(sha, at)| at.elapsed() < BOUND_TTL && sha == &dc.sha256)
+        .map(|_| true);
     let bound = match cached {
         Some(b) => b,
         None => {
@@ -194,31 +203,15 @@ async fn checkin(
                 );
             }
             let topic = topic()?;
-            if state.config.require_device_id_in_cert {
-                let ids = [
-                    who.device_id.as_str(),
-                    msg.serial_number.as_deref().unwrap_or(""),
-                ];
-                if !dc.names_any(&ids) {
-                    return Err(MdmError::bad(format!(
-                        "certificate {} names neither this device's ID nor its serial number",
-                        dc.subject
-                    ))
-                    .for_enrollment(&who.id));
-                }
-            }
-            if let Some(owner) = state
-                .store
-                .cert_owner(&dc.sha256)
-                .await
-                .map_err(MdmError::internal)?
-            {
-                if owner != who.device_id {
-                    return Err(MdmError::bad(format!(
-                        "certificate already belongs to enrollment {owner}"
-                    ))
-                    .for_enrollment(&who.id));
-                }
+            // The device's ID, not its serial number: the serial in the message is the
+            // sender's own word, so a certificate naming the sender's serial would let it
+            // claim any UDID.
+            if state.config.require_device_id_in_cert && !dc.names_any(&[who.device_id.as_str()]) {
+                return Err(MdmError::bad(format!(
+                    "certificate {} does not name this device's ID {}",
+                    dc.subject, who.device_id
+                ))
+                .for_enrollment(&who.id));
             }
             let replaced = match state
                 .store
@@ -226,11 +219,8 @@ async fn checkin(
                 .await
             {
                 Ok(r) => r,
-                Err(StoreError::Conflict(_)) => {
-                    return Err(MdmError::bad(
-                        "another Authenticate for this device is binding a certificate; retry",
-                    )
-                    .for_enrollment(&who.id))
+                Err(StoreError::Conflict(why)) => {
+                    return Err(MdmError::bad(why).for_enrollment(&who.id))
                 }
                 Err(e) => return Err(MdmError::internal(e)),
             };

@@ -51,17 +51,6 @@ fn state_from_row(r: &AnyRow) -> CommandState {
 
 #[async_trait]
 impl MdmStore for SqlStore {
-    async fn cert_owner(&self, sha256: &str) -> Result<Option<String>> {
-        let row = sqlx::query(
-            "SELECT device_id FROM mdm_cert_auth WHERE sha256 = $1 ORDER BY created_at LIMIT 1",
-        )
-        .bind(sha256)
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(err)?;
-        Ok(row.map(|r| r.get(0)))
-    }
-
     async fn cert_associated(&self, device_id: &str, sha256: &str) -> Result<bool> {
         let row = sqlx::query(
             "SELECT 1 FROM mdm_cert_auth WHERE device_id = $1 AND sha256 = $2 AND replaced_at IS NULL",
@@ -82,31 +71,50 @@ impl MdmStore for SqlStore {
         now: i64,
     ) -> Result<Option<String>> {
         let mut tx = self.begin_write().await?;
+        let existing =
+            sqlx::query("SELECT device_id, replaced_at FROM mdm_cert_auth WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(err)?;
+        if let Some(row) = existing {
+            let owner: String = row.get(0);
+            let replaced: Option<i64> = row.get(1);
+            return match (owner == device_id, replaced) {
+                (false, _) => Err(StoreError::Conflict(format!(
+                    "certificate already belongs to enrollment {owner}"
+                ))),
+                // A replaced certificate never comes back: a stolen key or a replayed
+                // Authenticate must not undo a re-enrollment.
+                (true, Some(_)) => Err(StoreError::Conflict(
+                    "certificate was replaced by a re-enrollment".into(),
+                )),
+                (true, None) => {
+                    tx.commit().await.map_err(err)?;
+                    Ok(None)
+                }
+            };
+        }
         let previous: Option<String> = sqlx::query(
-            "SELECT sha256 FROM mdm_cert_auth WHERE device_id = $1 AND replaced_at IS NULL AND sha256 <> $2",
+            "SELECT sha256 FROM mdm_cert_auth WHERE device_id = $1 AND replaced_at IS NULL",
         )
         .bind(device_id)
-        .bind(sha256)
         .fetch_optional(&mut *tx)
         .await
         .map_err(err)?
         .map(|r| r.get(0));
         sqlx::query(
-            "UPDATE mdm_cert_auth SET replaced_at = $1 WHERE device_id = $2 AND sha256 <> $3 AND replaced_at IS NULL",
+            "UPDATE mdm_cert_auth SET replaced_at = $1 WHERE device_id = $2 AND replaced_at IS NULL",
         )
         .bind(now)
         .bind(device_id)
-        .bind(sha256)
         .execute(&mut *tx)
         .await
         .map_err(err)?;
-        // A partial unique index keeps one current certificate per device: of two racing
-        // Authenticates with different certificates, the second fails and is retried.
+        // Unique indexes keep one current certificate per device and one device per
+        // certificate: of two racing Authenticates the second fails (Conflict) and retries.
         sqlx::query(
-            "INSERT INTO mdm_cert_auth (device_id, sha256, created_at, subject) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (device_id, sha256) DO UPDATE SET replaced_at = NULL,
-               created_at = CASE WHEN mdm_cert_auth.replaced_at IS NULL THEN mdm_cert_auth.created_at ELSE excluded.created_at END,
-               subject = excluded.subject",
+            "INSERT INTO mdm_cert_auth (device_id, sha256, created_at, subject) VALUES ($1, $2, $3, $4)",
         )
         .bind(device_id)
         .bind(sha256)
@@ -114,7 +122,12 @@ impl MdmStore for SqlStore {
         .bind(subject)
         .execute(&mut *tx)
         .await
-        .map_err(err)?;
+        .map_err(|e| match err(e) {
+            StoreError::Conflict(_) => StoreError::Conflict(
+                "another Authenticate with this device or certificate came first; retry".into(),
+            ),
+            other => other,
+        })?;
         tx.commit().await.map_err(err)?;
         Ok(previous)
     }

@@ -132,12 +132,12 @@ pub enum ReportOutcome {
 /// Storage of the MDM service.
 #[async_trait]
 pub trait MdmStore: Send + Sync + 'static {
-    /// The device-channel ID a certificate hash is bound to, if any.
-    async fn cert_owner(&self, sha256: &str) -> Result<Option<String>>;
     /// Whether `sha256` is the certificate currently bound to `device_id`.
     async fn cert_associated(&self, device_id: &str, sha256: &str) -> Result<bool>;
     /// Binds a certificate to a device-channel ID, replacing the one bound before (which
-    /// then stops working for it). Returns the hash of the replaced certificate, if any.
+    /// then stops working for it, for good). Returns the hash of the replaced certificate,
+    /// if any. `Conflict` when the certificate belongs to another device, was replaced
+    /// before, or a racing Authenticate won.
     async fn associate_cert(
         &self,
         device_id: &str,
