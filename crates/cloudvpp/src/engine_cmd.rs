@@ -236,8 +236,9 @@ pub struct ServeBothArgs {
     /// Apps and Books limits, NAME=VALUE (repeatable).
     #[arg(long = "limit", value_parser = crate::parse_limit)]
     limits: Vec<(String, i64)>,
-    /// Apps and Books: milliseconds an event or notification stays with this instance after
-    /// it took it; another instance (or this one, restarted) takes it over after a crash.
+    /// Milliseconds an event, a notification or (unless --engine-lease-ms) an engine
+    /// location stays with this instance after it took or renewed it; another instance (or
+    /// this one, restarted) takes it over after a crash.
     #[arg(long, default_value_t = 30_000)]
     lease_ms: u64,
     #[command(flatten)]
@@ -287,6 +288,7 @@ pub async fn serve_both(mut a: ServeBothArgs) -> Result<()> {
         );
         a.mdm.api_key = Some(key);
     }
+    a.mdm.engine_lease_ms = a.mdm.engine_lease_ms.or(Some(a.lease_ms.min(10_000)));
     let proxy = crate::mdm_cmd::proxy_trust(&a.mdm, a.mdm_listen)?;
     let store = open_db(&a.db.database).await?;
     for (k, v) in &a.limits {

@@ -136,6 +136,11 @@ pub struct MdmOptions {
     /// number or EnrollmentID in the subject or subjectAltName), for CAs that attest devices.
     #[arg(long)]
     pub require_device_id_in_cert: bool,
+    /// Milliseconds a location's engine work stays with this instance after it last
+    /// renewed its lease; another instance on the same database takes it over after that
+    /// (default 10000; `cloudvpp serve` uses its --lease-ms).
+    #[arg(long)]
+    pub engine_lease_ms: Option<u64>,
     /// APNs base URL, e.g. https://api.push.apple.com.
     #[arg(long, requires_all = ["push_cert", "push_key"])]
     pub apns_url: Option<String>,
@@ -410,6 +415,7 @@ pub async fn build(
             public_url: opts.public_url.clone().unwrap_or(default_public_url),
             status_poll: Duration::from_millis(opts.status_poll_ms),
             sync_interval: Duration::from_millis(opts.sync_interval_ms),
+            lease: Duration::from_millis(opts.engine_lease_ms.unwrap_or(10_000).max(100)),
             ..Default::default()
         },
     );

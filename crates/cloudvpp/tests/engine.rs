@@ -775,3 +775,128 @@ async fn admin_api_key_must_match_exactly() {
         assert_eq!(with(wrong.clone()).await.unwrap().status(), 403, "{wrong}");
     }
 }
+
+/// A second MDM service with its engine, on the system's database.
+fn spawn_second_mdm(sys: &System) -> common::Server {
+    let ca = sys.env.dir.path().join("ca.pem");
+    sys.env.spawn(&[
+        "mdm",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key",
+        KEY,
+        "--ca",
+        ca.to_str().unwrap(),
+        "--status-poll-ms",
+        "200",
+        "--sync-interval-ms",
+        "1000",
+        "--engine-lease-ms",
+        "3000",
+    ])
+}
+
+/// Two MDM instances run engines on one database; the one working on the location is
+/// killed in the middle of a batch. Each person is registered once and each device gets
+/// one InviteToProgram, and everyone ends associated.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_engines_on_one_database_register_and_deliver_each_invitation_once() {
+    const N: usize = 40;
+    // Apps and Books spends 50 ms a user: the registration is still PENDING when the kill comes.
+    let mut sys = System::start(&["--processing-delay-ms", "50"]);
+    let mut second = Some(spawn_second_mdm(&sys));
+    let token = sys.location().await;
+    let devices = sys.devices(N, SimPlatform::Ios).await;
+    let people: Vec<Value> = devices
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"client_user_id": format!("p{i}"), "email": format!("p{i}@example.com"), "enrollment_id": d.spec.id}))
+        .collect();
+    // Accepted by the second instance: any instance takes invitations.
+    let r = sys
+        .http
+        .post(second.as_ref().unwrap().url("/api/v1/invitations"))
+        .bearer_auth(KEY)
+        .json(&json!({"invitations": people}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    until("the registration is under way", 30, async || {
+        sys.env
+            .sql_i64("SELECT COUNT(*) FROM engine_invitations WHERE event_id IS NOT NULL")
+            .await
+            > 0
+    })
+    .await;
+    // While both run, the lease stays with one of them (both engines claim every 200 ms),
+    // and only the holder works on the location: Apps and Books has seen one registration
+    // request, not two.
+    let holder = async || {
+        sys.env
+            .sql_text("SELECT lease_owner FROM engine_locations")
+            .await
+    };
+    let first_holder = holder().await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert_eq!(
+            holder().await,
+            first_holder,
+            "the lease never changes hands while its holder lives"
+        );
+    }
+    let creates = sys
+        .env
+        .sql_i64("SELECT COUNT(*) FROM events WHERE event_type = 'CREATE'")
+        .await;
+    assert_eq!(creates, 1, "one engine registers the batch");
+    // Kill whichever instance holds the location.
+    let holds = async |pid: u32| {
+        sys.env
+            .sql_i64(&format!(
+                "SELECT COUNT(*) FROM engine_locations WHERE lease_owner LIKE 'engine-{pid}-%'"
+            ))
+            .await
+            == 1
+    };
+    let first_pid = sys.child.id();
+    let second_pid = second.as_ref().unwrap().child.id();
+    let (a_holds, b_holds) = (holds(first_pid).await, holds(second_pid).await);
+    assert!(a_holds ^ b_holds, "exactly one instance holds the location");
+    if a_holds {
+        // The first process also serves Apps and Books: it comes back on the same ports,
+        // and races the second for the location once the dead lease runs out.
+        sys.crash_and_restart();
+    } else {
+        second.take().unwrap().kill9();
+    }
+    until("all queued after the kill", 90, async || {
+        sys.invitations().await.1["queued"].as_i64() == Some(N as i64)
+    })
+    .await;
+    devices_and_people_act(&sys, &devices).await;
+    until("all associated", 90, async || {
+        sys.invitations().await.1["associated"].as_i64() == Some(N as i64)
+    })
+    .await;
+    for i in 0..N {
+        let users = sys.users_of(&token, &format!("p{i}")).await;
+        assert_eq!(users.len(), 1, "p{i} registered exactly once");
+    }
+    let sent = sys
+        .env
+        .sql_i64(
+            "SELECT COUNT(*) FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
+             WHERE c.request_type = 'InviteToProgram'",
+        )
+        .await;
+    assert_eq!(sent, N as i64, "one InviteToProgram per device");
+    let (all, _) = sys.invitations().await;
+    assert!(
+        all.values().all(|i| i["attempts"] == 1),
+        "each delivered once"
+    );
+    drop(second);
+}

@@ -41,6 +41,9 @@ pub struct EngineConfig {
     pub tick: Duration,
     /// Retry policy of the Apps and Books client.
     pub retry: cloudvpp_abclient::RetryPolicy,
+    /// How long a location's engine work stays with this instance after it last renewed
+    /// its lease; another instance on the database takes the location over after that.
+    pub lease: Duration,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +61,7 @@ impl Default for EngineConfig {
             repush_after: Duration::from_secs(3600),
             tick: Duration::from_millis(200),
             retry: cloudvpp_abclient::RetryPolicy::default(),
+            lease: Duration::from_secs(10),
         }
     }
 }
@@ -76,6 +80,8 @@ pub struct Engine {
     dirty: Arc<Mutex<HashSet<i64>>>,
     /// Wakes the worker.
     pub wake: Arc<Notify>,
+    /// This instance's name on the location leases it holds.
+    pub owner: Arc<str>,
 }
 
 impl Engine {
@@ -88,6 +94,12 @@ impl Engine {
             clients: Arc::default(),
             dirty: Arc::default(),
             wake: Arc::new(Notify::new()),
+            owner: format!(
+                "engine-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            )
+            .into(),
         }
     }
 

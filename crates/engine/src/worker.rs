@@ -7,20 +7,39 @@ use cloudvpp_mdm::api::invite_channel_check;
 use cloudvpp_mdmwire::EnrollmentType;
 use cloudvpp_store::engine::{states, Invitation, Location};
 use cloudvpp_store::mdm::QueuedCommand;
+use cloudvpp_store::StoreError;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// Runs until `shutdown`.
+/// Runs until `shutdown`. Each round takes or renews the leases of the locations this
+/// instance works on, and renews them while the round runs, so that several instances on
+/// one database never work on the same location at once and a crashed instance's
+/// locations are taken over when its leases run out.
 pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut last_sync: HashMap<i64, i64> = HashMap::new();
     let mut warned: HashMap<i64, i64> = HashMap::new();
+    let lease_ms = engine.config.lease.as_millis() as i64;
     loop {
         if *shutdown.borrow() {
+            if let Err(e) = engine.store.release_locations(&engine.owner).await {
+                tracing::warn!(error = %e, "releasing location leases");
+            }
             return;
         }
-        warn_expiring(&engine, &mut warned).await;
-        if let Err(e) = tick(&engine, &mut last_sync).await {
-            tracing::warn!(error = %e, "engine tick");
+        match engine
+            .store
+            .claim_locations(&engine.owner, now_ms(), lease_ms)
+            .await
+        {
+            Ok(held) => {
+                warn_expiring(&held, &mut warned);
+                let renewer = tokio::spawn(renew_while_working(engine.clone()));
+                if let Err(e) = tick(&engine, &held, &mut last_sync).await {
+                    tracing::warn!(error = %e, "engine tick");
+                }
+                renewer.abort();
+            }
+            Err(e) => tracing::warn!(error = %e, "claiming locations"),
         }
         tokio::select! {
             _ = engine.wake.notified() => {}
@@ -30,14 +49,27 @@ pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool
     }
 }
 
+/// Renews this instance's leases every third of the lease while a round runs (a round
+/// that waits on Apple can outlast a lease).
+async fn renew_while_working(engine: Engine) {
+    let lease_ms = engine.config.lease.as_millis() as i64;
+    loop {
+        tokio::time::sleep(engine.config.lease / 3).await;
+        if let Err(e) = engine
+            .store
+            .claim_locations(&engine.owner, now_ms(), lease_ms)
+            .await
+        {
+            tracing::warn!(error = %e, "renewing location leases");
+        }
+    }
+}
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Logs, once a day per location, that its sToken expires within 15 days.
-async fn warn_expiring(engine: &Engine, warned: &mut HashMap<i64, i64>) {
+fn warn_expiring(locations: &[Location], warned: &mut HashMap<i64, i64>) {
     let now = now_ms();
-    let Ok(locations) = engine.store.locations().await else {
-        return;
-    };
     for loc in locations {
         let Some(exp) = loc.expires_at else { continue };
         let left = exp - now / 1000;
@@ -48,11 +80,15 @@ async fn warn_expiring(engine: &Engine, warned: &mut HashMap<i64, i64>) {
     }
 }
 
-async fn tick(engine: &Engine, last_sync: &mut HashMap<i64, i64>) -> Result<(), Error> {
+async fn tick(
+    engine: &Engine,
+    locations: &[Location],
+    last_sync: &mut HashMap<i64, i64>,
+) -> Result<(), Error> {
     let now = now_ms();
     let dirty = engine.take_dirty();
-    let locations = engine.store.locations().await?;
-    for loc in &locations {
+    let held: Vec<i64> = locations.iter().map(|l| l.id).collect();
+    for loc in locations {
         let full_due = loc
             .last_full_sync_at
             .is_none_or(|t| now - t > engine.config.full_sync_interval.as_millis() as i64);
@@ -69,9 +105,9 @@ async fn tick(engine: &Engine, last_sync: &mut HashMap<i64, i64>) -> Result<(), 
         }
         engine.store.associate_from_mirror(loc.id, now).await?;
     }
-    deliveries(engine).await?;
+    deliveries(engine, &held).await?;
     let by_id: HashMap<i64, &Location> = locations.iter().map(|l| (l.id, l)).collect();
-    let due = engine.store.due_invitations(now, 5000).await?;
+    let due = engine.store.due_invitations(&held, now, 5000).await?;
     let mut to_create: HashMap<i64, Vec<Invitation>> = HashMap::new();
     let mut to_check: HashMap<(i64, String), Vec<Invitation>> = HashMap::new();
     for mut inv in due {
@@ -443,24 +479,38 @@ async fn advance(engine: &Engine, loc: &Location, mut inv: Invitation) -> Result
     Ok(())
 }
 
+/// Namespace of InviteToProgram command UUIDs (UUID v5 of "invitation id/attempt").
+const INVITE_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6c6f_7564_7670_7049_6e76_6974_6174_696f);
+
 /// Queues InviteToProgram on `channel` and pushes it.
 pub(crate) async fn deliver(
     engine: &Engine,
     inv: &mut Invitation,
     channel: String,
 ) -> Result<(), Error> {
-    let uuid = uuid::Uuid::new_v4().to_string().to_uppercase();
+    // The UUID follows from the invitation and the attempt: if this instance dies between
+    // queueing and recording it, the one that takes over queues the same UUID, finds it
+    // there, and the device gets one InviteToProgram, not two.
+    let attempt = format!("{}/{}", inv.id, inv.attempts + 1);
+    let uuid = uuid::Uuid::new_v5(&INVITE_NAMESPACE, attempt.as_bytes())
+        .to_string()
+        .to_uppercase();
     let url = inv.invitation_url.clone().unwrap_or_default();
     let cmd = QueuedCommand {
         command_uuid: uuid.clone(),
         request_type: "InviteToProgram".into(),
         command: cloudvpp_mdmwire::invite_to_program(&uuid, &url),
     };
-    let queued = engine
+    let queued = match engine
         .mdm
         .store
         .enqueue(std::slice::from_ref(&channel), &cmd, now_ms())
-        .await?;
+        .await
+    {
+        Err(StoreError::Conflict(_)) => vec![channel.clone()],
+        other => other?,
+    };
     if queued.is_empty() {
         return finish(
             engine,
@@ -498,8 +548,8 @@ pub(crate) async fn deliver(
 }
 
 /// Reads the devices' answers to queued invitations.
-async fn deliveries(engine: &Engine) -> Result<(), Error> {
-    for d in engine.store.delivery_states(5000).await? {
+async fn deliveries(engine: &Engine, held: &[i64]) -> Result<(), Error> {
+    for d in engine.store.delivery_states(held, 5000).await? {
         let mut inv = d.invitation;
         match (
             d.status.as_deref(),

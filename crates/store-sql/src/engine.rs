@@ -13,6 +13,14 @@ use std::collections::HashMap;
 
 const LOC_COLS: &str = "id, name, stoken, base_url, uid, notify_token, version_id, expires_at_secs, conflict, last_full_sync_at, last_sync_at";
 
+/// A literal list of location IDs for `IN (...)`: integers only, so nothing to escape.
+fn id_list(ids: &[i64]) -> String {
+    ids.iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn location_from_row(r: &AnyRow) -> Location {
     Location {
         id: r.get(0),
@@ -302,10 +310,20 @@ impl EngineStore for SqlStore {
         write_invitation(&mut conn, i, false).await
     }
 
-    async fn due_invitations(&self, now: i64, limit: i64) -> Result<Vec<Invitation>> {
+    async fn due_invitations(
+        &self,
+        location_ids: &[i64],
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<Invitation>> {
+        if location_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(&format!(
             "SELECT {INV_COLS} FROM engine_invitations i WHERE i.state NOT IN ('associated', 'failed', 'retired') AND i.next_action_at <= $1
-             ORDER BY i.next_action_at LIMIT $2"
+               AND i.location_id IN ({})
+             ORDER BY i.next_action_at LIMIT $2",
+            id_list(location_ids)
         ))
         .bind(now)
         .bind(limit)
@@ -315,12 +333,21 @@ impl EngineStore for SqlStore {
         Ok(rows.iter().map(invitation_from_row).collect())
     }
 
-    async fn delivery_states(&self, limit: i64) -> Result<Vec<DeliveryState>> {
+    async fn delivery_states(
+        &self,
+        location_ids: &[i64],
+        limit: i64,
+    ) -> Result<Vec<DeliveryState>> {
+        if location_ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(&format!(
             "SELECT {INV_COLS}, q.status, q.invitation_result, q.active FROM engine_invitations i
              JOIN mdm_queue q ON q.enrollment_id = i.channel AND q.command_uuid = i.command_uuid
              WHERE i.state = 'queued' AND (q.status IS NOT NULL OR q.active = 0) AND q.updated_at >= i.updated_at - 1
-             LIMIT $1"
+               AND i.location_id IN ({})
+             LIMIT $1",
+            id_list(location_ids)
         ))
         .bind(limit)
         .fetch_all(&self.reader)
@@ -335,6 +362,37 @@ impl EngineStore for SqlStore {
                 active: r.get::<i64, _>(19) != 0,
             })
             .collect())
+    }
+
+    async fn claim_locations(&self, owner: &str, now: i64, lease_ms: i64) -> Result<Vec<Location>> {
+        // One statement: on PostgreSQL a row another instance is claiming at the same
+        // moment is re-checked after its commit, so a lease is never taken twice.
+        let rows = sqlx::query(&format!(
+            "UPDATE engine_locations SET lease_owner = $1, lease_until = $2
+             WHERE lease_owner = $3 OR lease_owner IS NULL OR lease_until IS NULL OR lease_until < $4
+             RETURNING {LOC_COLS}"
+        ))
+        .bind(owner)
+        .bind(now.saturating_add(lease_ms))
+        .bind(owner)
+        .bind(now)
+        .fetch_all(&self.writer)
+        .await
+        .map_err(err)?;
+        let mut held: Vec<Location> = rows.iter().map(location_from_row).collect();
+        held.sort_by_key(|l| l.id);
+        Ok(held)
+    }
+
+    async fn release_locations(&self, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE engine_locations SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.writer)
+        .await
+        .map_err(err)?;
+        Ok(())
     }
 
     async fn associate_from_mirror(&self, location_id: i64, now: i64) -> Result<u64> {

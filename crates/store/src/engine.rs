@@ -200,9 +200,21 @@ pub trait EngineStore: Send + Sync + 'static {
     /// Writes an invitation back.
     async fn update_invitation(&self, invitation: &Invitation) -> Result<()>;
     /// Non-terminal invitations due for a look, oldest action first.
-    async fn due_invitations(&self, now: i64, limit: i64) -> Result<Vec<Invitation>>;
+    async fn due_invitations(
+        &self,
+        location_ids: &[i64],
+        now: i64,
+        limit: i64,
+    ) -> Result<Vec<Invitation>>;
     /// Queued invitations whose command has a report.
-    async fn delivery_states(&self, limit: i64) -> Result<Vec<DeliveryState>>;
+    async fn delivery_states(&self, location_ids: &[i64], limit: i64)
+        -> Result<Vec<DeliveryState>>;
+    /// Takes or renews the leases of locations for `owner` until `now + lease_ms`: the
+    /// ones it holds, and those no one holds or whose lease ran out. Returns the locations
+    /// it now holds; only their engine work is this owner's to do.
+    async fn claim_locations(&self, owner: &str, now: i64, lease_ms: i64) -> Result<Vec<Location>>;
+    /// Gives up `owner`'s leases (a clean shutdown), so another instance takes over at once.
+    async fn release_locations(&self, owner: &str) -> Result<()>;
     /// Moves every non-terminal invitation whose person the mirror shows Associated to
     /// `associated`; returns how many moved.
     async fn associate_from_mirror(&self, location_id: i64, now: i64) -> Result<u64>;

@@ -143,6 +143,16 @@ impl Env {
         n
     }
 
+    /// The single text one query returns (NULL as ""), on this env's database.
+    pub async fn sql_text(&self, sql: &str) -> String {
+        use sqlx::Connection;
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&self.db()).await.unwrap();
+        let v: Option<String> = sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap();
+        conn.close().await.unwrap();
+        v.unwrap_or_default()
+    }
+
     /// This env's PostgreSQL database name, when the suite runs on PostgreSQL.
     pub fn postgres_name(&self) -> Option<String> {
         self.postgres.as_ref().map(|(_, name)| name.clone())
