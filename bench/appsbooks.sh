@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 TOTAL=${1:-1000000}
 CREATE=${2:-100000}
 INSTANCES=${INSTANCES:-1}
+# CLOUDVPP_BIN=path compares another build of the service (A/B runs) on the same load.
 cargo build --release -q -p cloudvpp -p cloudvpp-bench
 OUT=bench/out; mkdir -p "$OUT"
 if [ -n "${BENCH_PG:-}" ]; then
@@ -23,7 +24,7 @@ else
   DB="$OUT/appsbooks-bench.db"; rm -f "$DB" "$DB-wal" "$DB-shm"
   URL="sqlite://$DB"
 fi
-BIN=target/release/cloudvpp
+BIN=${CLOUDVPP_BIN:-target/release/cloudvpp}
 TOKEN=$($BIN appsbooks org create --database "$URL" --name Bench)
 # Apple's example rate limit (15/s) would make this a benchmark of the limiter.
 PIDS=(); BASES=()
