@@ -39,4 +39,8 @@ done
 BASE=$(IFS=,; echo "${BASES[*]}")
 echo "servers $BASE (pids ${PIDS[*]}), database $URL"
 timeout 1800 target/release/cloudvpp-bench appsbooks --base "$BASE" --token "$TOKEN" --total "$TOTAL" --create "$CREATE"
+# The servers' CPU for the whole run (user + system, from /proc): steadier than wall time
+# on a small, shared machine.
+cpu=0; for p in "${PIDS[@]}"; do cpu=$(( cpu + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done
+echo "server CPU for the whole run: $(echo "$cpu $(getconf CLK_TCK)" | awk '{printf "%.2f", $1 / $2}') s"
 [ -n "${BENCH_PG:-}" ] || ls -l "$DB"
