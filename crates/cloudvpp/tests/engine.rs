@@ -779,22 +779,16 @@ async fn admin_api_key_must_match_exactly() {
 /// A second MDM service with its engine, on the system's database.
 fn spawn_second_mdm(sys: &System) -> common::Server {
     let ca = sys.env.dir.path().join("ca.pem");
-    sys.env.spawn(&[
-        "mdm",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--api-key",
-        KEY,
-        "--ca",
-        ca.to_str().unwrap(),
+    let extra = [
         "--status-poll-ms",
         "200",
         "--sync-interval-ms",
         "1000",
         "--engine-lease-ms",
         "3000",
-    ])
+    ];
+    sys.env
+        .spawn(&common::mdm_serve_args(KEY, ca.to_str().unwrap(), &extra))
 }
 
 /// Two MDM instances run engines on one database; the one working on the location is

@@ -264,17 +264,7 @@ struct Mdm {
 
 impl Mdm {
     fn start(env: &Env, ca: &Path, extra: &[&str]) -> Mdm {
-        let mut args = vec![
-            "mdm",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-key",
-            KEY,
-            "--ca",
-            ca.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
+        let args = common::mdm_serve_args(KEY, ca.to_str().unwrap(), extra);
         let log = env
             .dir
             .path()

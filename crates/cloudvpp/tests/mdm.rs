@@ -37,18 +37,7 @@ impl Mdm {
 
     fn spawn(env: &Env, extra: &[&str]) -> common::Server {
         let ca = env.dir.path().join("ca.pem");
-        let mut args = vec![
-            "mdm",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-key",
-            KEY,
-            "--ca",
-            ca.to_str().unwrap(),
-        ];
-        args.extend_from_slice(extra);
-        env.spawn(&args)
+        env.spawn(&common::mdm_serve_args(KEY, ca.to_str().unwrap(), extra))
     }
 
     fn restart(&mut self, extra: &[&str]) {

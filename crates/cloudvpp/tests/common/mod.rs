@@ -224,6 +224,23 @@ impl Env {
     }
 }
 
+/// The command line of `cloudvpp mdm serve` on a free loopback port with `key` as its
+/// admin API key and `ca` as its device CA, then `extra`.
+pub fn mdm_serve_args<'a>(key: &'a str, ca: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "mdm",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key",
+        key,
+        "--ca",
+        ca,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 pub struct Server {
     pub child: Child,
     pub base: String,
