@@ -18,7 +18,7 @@ const CACHE_SIZE: usize = 1_000_000;
 /// Issuer signatures tried for one certificate chain.
 const MAX_SIGNATURE_CHECKS: usize = 8;
 
-fn parse(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
+pub(crate) fn parse(der: &[u8]) -> Result<X509Certificate<'_>, IdentityError> {
     match X509Certificate::from_der(der) {
         Ok(([], c)) => Ok(c),
         _ => Err(IdentityError::Malformed(
@@ -151,7 +151,7 @@ const NAMING_ATTRIBUTES: [&[u8]; 3] = [
 /// The commonName, serialNumber and UID values and the subjectAltName strings, ASCII
 /// only and lower-cased (ASCII only, so no Unicode case folding can make two names
 /// meet), for the "certificate names this device" option.
-fn names(c: &X509Certificate) -> Vec<String> {
+pub(crate) fn names(c: &X509Certificate) -> Vec<String> {
     let ascii = |s: &str| s.is_ascii().then(|| s.to_ascii_lowercase());
     let mut out: Vec<String> = c
         .subject()
@@ -217,12 +217,14 @@ impl CaPool {
 
     /// Checks a presented certificate (and the intermediates that came with it) and
     /// returns the device identity: always the presented leaf itself.
+    /// A leaf whose chain was verified before costs one hash and one lookup: it is parsed
+    /// only when its chain is walked.
     pub fn verify(&self, presented: &Presented) -> Result<DeviceCert, IdentityError> {
-        let leaf = parse(&presented.leaf)?;
         let now = ASN1Time::now();
         let sha256 = crate::fingerprint(&presented.leaf);
         let cached = self.cache.lock().expect("lock").get(&sha256).copied();
         if cached.is_none_or(|until| until <= now.timestamp()) {
+            let leaf = parse(&presented.leaf)?;
             let until = self.walk(&leaf, presented, now)?;
             let mut cache = self.cache.lock().expect("lock");
             if cache.len() >= CACHE_SIZE {
@@ -233,8 +235,6 @@ impl CaPool {
         Ok(DeviceCert {
             der: presented.leaf.clone(),
             sha256,
-            subject: leaf.subject().to_string(),
-            names: names(&leaf),
         })
     }
 

@@ -30,9 +30,6 @@ pub const MAX_HEADER: usize = 64 * 1024;
 /// says which one.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    /// No signature or certificate header.
-    #[error("no device identity (missing Mdm-Signature or certificate header)")]
-    Missing,
     /// The header is not base64 / CMS / a certificate.
     #[error("malformed identity: {0}")]
     Malformed(String),
@@ -81,19 +78,27 @@ pub struct DeviceCert {
     pub der: Vec<u8>,
     /// Lower-case hex SHA-256 of the DER: the enrollment binding key.
     pub sha256: String,
-    /// The subject, for logs and the admin API.
-    pub subject: String,
-    /// Subject attribute values and subjectAltName strings, lower-cased.
-    pub names: Vec<String>,
 }
 
+// Read from the DER when asked (Authenticate, logs): most requests never need them.
 impl DeviceCert {
-    /// Whether the certificate names one of `ids` (a UDID, serial number or
-    /// EnrollmentID) in its subject or subjectAltName, ignoring case.
+    /// The subject, for logs and the admin API.
+    pub fn subject(&self) -> String {
+        chain::parse(&self.der)
+            .map(|c| c.subject().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Whether the certificate names one of `ids` (a UDID or EnrollmentID) in its
+    /// commonName, serialNumber or UID, or a subjectAltName string, ignoring ASCII case.
     pub fn names_any(&self, ids: &[&str]) -> bool {
+        let Ok(cert) = chain::parse(&self.der) else {
+            return false;
+        };
+        let names = chain::names(&cert);
         ids.iter()
             .filter(|id| !id.is_empty())
-            .any(|id| self.names.iter().any(|n| n.eq_ignore_ascii_case(id)))
+            .any(|id| names.iter().any(|n| n.eq_ignore_ascii_case(id)))
     }
 }
 

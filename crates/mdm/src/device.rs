@@ -209,13 +209,14 @@ async fn checkin(
             if state.config.require_device_id_in_cert && !dc.names_any(&[who.device_id.as_str()]) {
                 return Err(MdmError::bad(format!(
                     "certificate {} does not name this device's ID {}",
-                    dc.subject, who.device_id
+                    dc.subject(),
+                    who.device_id
                 ))
                 .for_enrollment(&who.id));
             }
             let replaced = match state
                 .store
-                .associate_cert(&who.device_id, &dc.sha256, &dc.subject, now)
+                .associate_cert(&who.device_id, &dc.sha256, &dc.subject(), now)
                 .await
             {
                 Ok(r) => r,
@@ -229,7 +230,7 @@ async fn checkin(
                     enrollment = who.id,
                     old_cert = old,
                     new_cert = dc.sha256,
-                    subject = dc.subject,
+                    subject = dc.subject(),
                     "re-enrollment: certificate binding replaced; the old certificate no longer works"
                 );
             }
