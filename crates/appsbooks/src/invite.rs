@@ -201,7 +201,7 @@ async fn accept(
         .get_org(org_id)
         .await
         .map_err(internal)?
-        .ok_or_else(|| internal(cloudvpp_store::StoreError::Other("org".into())))?;
+        .ok_or_else(|| internal(cloudvpp_store::StoreError::other("organisation vanished")))?;
     let outcome = state
         .store
         .accept_invitation(code, &id_hash(&org.secret, apple_id))

@@ -77,7 +77,7 @@ async fn process(
     let secret = match state.store.get_org(claim.org_id).await? {
         Some(org) => org.secret,
         None => {
-            return Err(StoreError::Other(format!(
+            return Err(StoreError::other(format!(
                 "event {} has no organisation",
                 claim.event_id
             )))

@@ -12,8 +12,8 @@ pub use cloudvpp_store_sql::SqlStore;
 use sqlx::any::AnyPoolOptions;
 use std::time::Duration;
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Other(e.to_string())
+fn err(e: impl Into<cloudvpp_store::Source>) -> StoreError {
+    StoreError::Other(e.into())
 }
 
 /// Connects to `url` (`postgres://...`) and migrates the database.
@@ -26,7 +26,7 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .acquire_timeout(Duration::from_secs(3))
         .connect(url)
         .await
-        .map_err(err)?;
+        .map_err(cloudvpp_store_sql::err)?;
     // Migrations take PostgreSQL's advisory lock, so instances starting together run them once.
     sqlx::migrate!("./migrations")
         .run(&pool)

@@ -7,6 +7,8 @@
 
 mod engine;
 mod mdm;
+#[allow(dead_code)] // used as the row mappers move to it
+mod row;
 
 use async_trait::async_trait;
 use cloudvpp_abwire::{MdmInfo, RequestUser, UserStatus};
@@ -96,14 +98,17 @@ pub struct SqlStore {
     pub(crate) dialect: Dialect,
 }
 
-pub(crate) fn err(e: sqlx::Error) -> StoreError {
+/// A sqlx error as the services see it: a broken uniqueness rule is a conflict, a database
+/// that cannot be reached is unavailable, a value that does not decode is corrupt; the
+/// sqlx error stays attached as the source.
+pub fn err(e: sqlx::Error) -> StoreError {
     match &e {
         sqlx::Error::Database(db) => {
             if db.is_unique_violation() {
                 return StoreError::Conflict(db.message().to_string());
             }
             if db.code().is_some_and(|c| unavailable_code(&c)) {
-                return StoreError::Unavailable(e.to_string());
+                return StoreError::Unavailable(e.into());
             }
         }
         sqlx::Error::PoolTimedOut
@@ -111,10 +116,11 @@ pub(crate) fn err(e: sqlx::Error) -> StoreError {
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => return StoreError::Unavailable(e.to_string()),
+        | sqlx::Error::WorkerCrashed => return StoreError::Unavailable(e.into()),
+        sqlx::Error::ColumnDecode { .. } => return StoreError::corrupt("column", e),
         _ => {}
     }
-    StoreError::Other(e.to_string())
+    StoreError::Other(e.into())
 }
 
 /// Whether a database error code means "cannot be reached now" rather than "this statement
@@ -412,7 +418,7 @@ impl AppsBooksStore for SqlStore {
         tx.commit().await.map_err(err)?;
         self.get_org(id)
             .await?
-            .ok_or_else(|| StoreError::Other("org vanished".into()))
+            .ok_or_else(|| StoreError::other("organisation vanished"))
     }
 
     async fn list_orgs(&self) -> Result<Vec<Org>> {

@@ -14,8 +14,8 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::Executor;
 use std::time::Duration;
 
-fn err(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Other(e.to_string())
+fn err(e: impl Into<cloudvpp_store::Source>) -> StoreError {
+    StoreError::Other(e.into())
 }
 
 /// `url` with the connection mode SQLite should open the file in (ours wins over one given).
@@ -77,7 +77,7 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         })
         .connect(&with_mode(url, "rwc"))
         .await
-        .map_err(err)?;
+        .map_err(cloudvpp_store_sql::err)?;
     sqlx::migrate!("./migrations")
         .run(&writer)
         .await
@@ -94,7 +94,7 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         })
         .connect(&with_mode(url, "ro"))
         .await
-        .map_err(err)?;
+        .map_err(cloudvpp_store_sql::err)?;
     let store = SqlStore::new(writer, reader, Dialect::Sqlite);
     store.digest_stored_secrets().await?;
     Ok(store)

@@ -18,6 +18,10 @@ use async_trait::async_trait;
 use cloudvpp_abwire::{MdmInfo, RequestUser, ResponseUser, UserStatus};
 use serde::{Deserialize, Serialize};
 
+/// The error a backend wraps: kept as the source of a [`StoreError`], so that the chain of
+/// causes reaches the log.
+pub type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -29,11 +33,37 @@ pub enum StoreError {
     LeaseLost,
     /// The database cannot be reached now (down, refusing connections, no connection free
     /// within the pool's short wait): worth trying again later, unlike [`StoreError::Other`].
+    /// The services answer it with Apple's 9603 or a 503 with `Retry-After`.
     #[error("storage unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] Source),
+    /// A stored value that cannot be what its column holds (an unknown state, a number out
+    /// of range, JSON that does not parse): the row is reported, never read as a default.
+    #[error("corrupt value in {column}: {source}")]
+    Corrupt {
+        /// `table.column` or the column's name.
+        column: &'static str,
+        /// What was wrong with it.
+        #[source]
+        source: Source,
+    },
     /// Anything else the backend reports.
     #[error("storage: {0}")]
-    Other(String),
+    Other(#[source] Source),
+}
+
+impl StoreError {
+    /// A corrupt `column`, for `why`.
+    pub fn corrupt(column: &'static str, why: impl Into<Source>) -> Self {
+        StoreError::Corrupt {
+            column,
+            source: why.into(),
+        }
+    }
+
+    /// Any other failure, described by `why`.
+    pub fn other(why: impl Into<Source>) -> Self {
+        StoreError::Other(why.into())
+    }
 }
 
 /// Result alias.
