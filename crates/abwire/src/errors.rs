@@ -54,6 +54,21 @@ impl AppleError {
     }
 }
 
+/// Stored and sent as its number; a number this service does not know does not read back.
+impl Serialize for AppleError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.number)
+    }
+}
+
+impl<'de> Deserialize<'de> for AppleError {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let number = u32::deserialize(d)?;
+        AppleError::by_number(number)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown Apple error number {number}")))
+    }
+}
+
 macro_rules! apple_errors {
     ($($name:ident = $num:literal, $status:literal, $msg:literal;)*) => {
         $(
@@ -110,6 +125,16 @@ mod tests {
         }
         assert_eq!(AppleError::by_number(9646).unwrap().http_status, 429);
         assert_eq!(AppleError::by_number(1), None);
+    }
+
+    #[test]
+    fn errors_serialise_as_their_number_and_unknown_numbers_do_not_read() {
+        assert_eq!(serde_json::to_string(&USER_NOT_FOUND).unwrap(), "9609");
+        assert_eq!(
+            serde_json::from_str::<AppleError>("9609").unwrap(),
+            USER_NOT_FOUND
+        );
+        assert!(serde_json::from_str::<AppleError>("1234").is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use cloudvpp_abwire::notification::types;
 use cloudvpp_abwire::{
     ClientConfigRequest, ClientConfigResponse, ResponseErrorCode, ServiceConfigResponse,
 };
-use cloudvpp_store::{logic, ClientConfig};
+use cloudvpp_store::ClientConfig;
 use std::collections::BTreeMap;
 
 /// `GET /mdm/v2/service/config`: no authentication, as at Apple.
@@ -128,14 +128,14 @@ pub async fn post_client_config(
                 return Err(errors::INVALID_ARGUMENT.into());
             }
             state.notifier.check(url).await?;
-            let test = logic::envelope(
+            let test = crate::envelope::envelope(
                 &ctx.org.uid,
                 types::TEST_NOTIFICATION,
                 serde_json::json!({}),
             );
             let timeout = state.config.notification_timeout;
             if let Err(why) = state.notifier.deliver(url, token, &test, timeout).await {
-                tracing::info!(org = ctx.org.id, %why, "test notification failed; configuration refused");
+                tracing::info!(org = %ctx.org.id, %why, "test notification failed; configuration refused");
                 return Err(errors::NOTIFICATION_URL_UNREACHABLE.into());
             }
             cfg.notification_url = Some(url.clone());

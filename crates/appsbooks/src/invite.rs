@@ -2,6 +2,7 @@
 //! `InviteToProgram` command: enter the Apple Account, accept, become `Associated`.
 //! `POST /invite/accept` is the same action in JSON, for scripts and simulators.
 
+use crate::events::{self, AcceptOutcome};
 use crate::ids::id_hash;
 use crate::users::valid_email;
 use crate::AppState;
@@ -9,8 +10,9 @@ use axum::extract::{Form, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
+use cloudvpp_abwire::notification::types::USER_ASSOCIATED;
 use cloudvpp_abwire::UserStatus;
-use cloudvpp_store::AcceptOutcome;
+use cloudvpp_store::{OrgId, StoreError, UserUpdate};
 use serde::Deserialize;
 
 /// Query of the page.
@@ -196,19 +198,49 @@ async fn accept(
     let Some((org_id, _)) = state.store.find_invitation(code).await.map_err(internal)? else {
         return Ok(AcceptOutcome::Unknown);
     };
-    let org = state
-        .store
-        .get_org(org_id)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| internal(cloudvpp_store::StoreError::other("organisation vanished")))?;
-    let outcome = state
-        .store
-        .accept_invitation(code, &id_hash(&org.secret, apple_id))
+    let outcome = associate(state, org_id, code, apple_id)
         .await
         .map_err(internal)?;
     if matches!(outcome, AcceptOutcome::Associated(_)) {
         state.outbox_waiting.notify_one();
+    }
+    Ok(outcome)
+}
+
+/// Accepts the invitation holding `code` in one transaction of its organisation: the
+/// record and the Apple Account's current holder are read, [`events::decide_accept`]
+/// decides, and an association is written with its change number and `USER_ASSOCIATED`.
+async fn associate(
+    state: &AppState,
+    org_id: OrgId,
+    code: &str,
+    apple_id: &str,
+) -> Result<AcceptOutcome, StoreError> {
+    let secret = state
+        .store
+        .get_org(org_id)
+        .await?
+        .ok_or_else(|| StoreError::other("organisation vanished"))?
+        .secret;
+    let hash = id_hash(&secret, apple_id);
+    let mut tx = state.store.begin_org_write(org_id).await?;
+    let user = tx.user_by_invite_code(code).await?;
+    let holder = tx.associated_with(&[&hash]).await?.into_iter().next();
+    let outcome = events::decide_accept(user, &hash, holder.as_ref(), tx.org().chg + 1);
+    if let AcceptOutcome::Associated(rec) = &outcome {
+        tx.update_users(&[UserUpdate {
+            record: rec.clone(),
+            managed_apple_id: None,
+        }])
+        .await?;
+        let org = tx.org().clone();
+        tx.set_counters(org.user_count, rec.chg).await?;
+        if org.config.subscribed(USER_ASSOCIATED) {
+            let body = crate::envelope::user_associated(&org.uid, rec.to_response());
+            tx.enqueue_notifications(USER_ASSOCIATED, &[body], crate::now_ms())
+                .await?;
+        }
+        tx.commit().await?;
     }
     Ok(outcome)
 }

@@ -8,7 +8,9 @@
 
 pub mod auth;
 pub mod config;
+pub mod envelope;
 pub mod error;
+pub mod events;
 pub mod ids;
 pub mod invite;
 pub mod limits;

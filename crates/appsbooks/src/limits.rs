@@ -82,11 +82,11 @@ impl RateLimiter {
     /// Counts one request; `false` when the organisation is over `per_second`. When the
     /// count cannot be stored the request is let through: the limit protects the service,
     /// and a database that cannot count will fail the request on its own anyway.
-    pub async fn allow(&self, org_id: i64, per_second: i64) -> bool {
+    pub async fn allow(&self, org_id: cloudvpp_store::OrgId, per_second: i64) -> bool {
         match self.store.count_request(org_id).await {
             Ok(n) => n <= per_second,
             Err(e) => {
-                tracing::warn!(error = %e, org_id, "counting a request; letting it through");
+                tracing::warn!(error = %e, %org_id, "counting a request; letting it through");
                 true
             }
         }

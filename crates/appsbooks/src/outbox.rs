@@ -47,11 +47,11 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
     let lease_ms = state.config.lease.as_millis() as i64;
     let timeout = attempt_timeout(&state);
     let global = Arc::new(Semaphore::new(GLOBAL_IN_FLIGHT));
-    let in_flight: Arc<Mutex<HashMap<i64, usize>>> = Arc::default();
+    let in_flight: Arc<Mutex<HashMap<cloudvpp_store::OrgId, usize>>> = Arc::default();
     let finished = Arc::new(Notify::new());
     let mut sends = tokio::task::JoinSet::new();
     let mut turn = 0usize;
-    let mut trimmed: HashMap<i64, Instant> = HashMap::new();
+    let mut trimmed: HashMap<cloudvpp_store::OrgId, Instant> = HashMap::new();
     let mut errors = 0u32;
     loop {
         if *shutdown.borrow() {
@@ -93,12 +93,12 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
                 match state.store.trim_notifications(org, keep, now).await {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(
-                        org,
+                        %org,
                         dropped = n,
                         keep,
                         "notification backlog full: oldest notifications dropped"
                     ),
-                    Err(e) => tracing::warn!(error = %e, org, "bounding the notification backlog"),
+                    Err(e) => tracing::warn!(error = %e, %org, "bounding the notification backlog"),
                 }
             }
             let busy = in_flight
@@ -120,7 +120,7 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
             {
                 Ok(items) => items,
                 Err(e) => {
-                    tracing::warn!(error = %e, org, "claiming notifications");
+                    tracing::warn!(error = %e, %org, "claiming notifications");
                     continue;
                 }
             };

@@ -1,6 +1,7 @@
 //! Get Users, Create/Update/Retire Users and Event Status.
 
 use crate::auth::OrgContext;
+use crate::envelope::failure_response;
 use crate::error::{ApiError, ApiResult, Body};
 use crate::ids::{decode_version, encode_version};
 use crate::AppState;
@@ -9,7 +10,6 @@ use axum::http::{header, HeaderMap};
 use axum::Json;
 use cloudvpp_abwire::errors::{self, AppleError};
 use cloudvpp_abwire::{EventResponse, GetUsersResponse, RequestUser, StatusResponse};
-use cloudvpp_store::logic::failure_response;
 use cloudvpp_store::{EventType, UserFilter, UserWindow};
 use std::collections::{HashMap, HashSet};
 
@@ -262,7 +262,7 @@ async fn manage(
         .await?;
     state.events_waiting.notify_one();
     tracing::debug!(
-        org = ctx.org.id,
+        org = %ctx.org.id,
         event_id,
         kind = event_type.as_str(),
         users = users.len(),
@@ -298,7 +298,7 @@ pub async fn event_status(
         .await?
         .ok_or(errors::EVENT_NOT_FOUND)?;
     Ok(Json(StatusResponse {
-        event_status: ev.status,
+        event_status: ev.status.as_str().to_string(),
         event_type: ev.event_type.as_str().to_string(),
         num_completed: ev.num_completed as u32,
         num_requested: ev.num_requested as u32,

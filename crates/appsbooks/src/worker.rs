@@ -5,9 +5,12 @@
 //! from the last step after a restart (by this or another instance once the lease
 //! expires) and no user is applied twice.
 
+use crate::events::{self, EventRef, Snapshot, UserOp, UserOutcome};
 use crate::ids::{id_hash, new_invite_code};
 use crate::AppState;
-use cloudvpp_store::{EventClaim, StoreError, UserOp};
+use cloudvpp_abwire::errors::{AppleError, INTERNAL_ERROR};
+use cloudvpp_abwire::notification::types::USER_MANAGEMENT;
+use cloudvpp_store::{EventClaim, StoreError};
 use std::time::Duration;
 
 /// Users per step when there is no processing delay (a notification's worth).
@@ -109,16 +112,7 @@ async fn process(
                 id_hash: u.managed_apple_id.as_deref().map(|m| id_hash(&secret, m)),
             })
             .collect();
-        match state
-            .store
-            .process_event_step(
-                &claim,
-                &ops,
-                crate::now_ms(),
-                state.config.lease.as_millis() as i64,
-            )
-            .await
-        {
+        match apply_step(state, &claim, &ops, None).await {
             Ok(_) => {
                 claim.cursor = end;
                 claim.step_failures = 0;
@@ -159,23 +153,12 @@ async fn process(
                     isolate_until = end;
                     continue;
                 } else {
-                    let cuid = ops[0].user.client_user_id.clone();
                     tracing::error!(
                         event_id = claim.event_id,
                         failures = claim.step_failures,
                         "a user of the event keeps failing; failing it with 9603"
                     );
-                    match state
-                        .store
-                        .fail_event_step(
-                            &claim,
-                            &[cuid],
-                            cloudvpp_abwire::errors::INTERNAL_ERROR.number,
-                            crate::now_ms(),
-                            state.config.lease.as_millis() as i64,
-                        )
-                        .await
-                    {
+                    match apply_step(state, &claim, &ops, Some(INTERNAL_ERROR)).await {
                         Ok(()) => {
                             claim.cursor = end;
                             claim.step_failures = 0;
@@ -190,4 +173,70 @@ async fn process(
     }
     tracing::debug!(event_id = claim.event_id, "event finished");
     Ok(())
+}
+
+/// Applies one step in one transaction of the event's organisation: reads the records the
+/// step's users name, decides with Apple's rules ([`events`]), writes the records, the
+/// counters, the event's progress and its notifications, and commits. With `fail_with`,
+/// every user of the step is refused with that error and no record is touched (a step the
+/// database keeps refusing). [`StoreError::LeaseLost`] when the claim no longer holds.
+async fn apply_step(
+    state: &AppState,
+    claim: &EventClaim,
+    ops: &[UserOp],
+    fail_with: Option<AppleError>,
+) -> Result<(), StoreError> {
+    let now = crate::now_ms();
+    let mut tx = state.store.begin_org_write(claim.org_id).await?;
+    let (mut progress, total) = tx.lock_event(claim).await?;
+    let outcomes = match fail_with {
+        Some(error) => ops
+            .iter()
+            .map(|op| UserOutcome::Failed {
+                client_user_id: op.user.client_user_id.clone(),
+                error,
+            })
+            .collect(),
+        None => {
+            let (cuids, hashes) = events::keys(ops);
+            let active = tx.active_users(&cuids).await?;
+            let associated = if hashes.is_empty() {
+                Vec::new()
+            } else {
+                tx.associated_with(&hashes).await?
+            };
+            let (user_count, chg) = (tx.org().user_count, tx.org().chg);
+            let mut snap = Snapshot::new(user_count, chg, active, associated);
+            let (outcomes, writes) = events::decide_step(claim.event_type, ops, &mut snap);
+            let inserts: Vec<_> = writes.inserts.into_values().collect();
+            let updates: Vec<_> = writes.updates.into_values().collect();
+            tx.insert_users(&inserts).await?;
+            tx.update_users(&updates).await?;
+            tx.set_counters(snap.user_count, snap.chg).await?;
+            outcomes
+        }
+    };
+    let org = tx.org();
+    let (status, notifications) = events::fold_step(
+        &mut progress,
+        &outcomes,
+        total as usize,
+        org.config.subscribed(USER_MANAGEMENT),
+        EventRef {
+            uid: &org.uid,
+            event_id: &claim.event_id,
+            event_type: claim.event_type,
+        },
+    );
+    tx.save_event(
+        claim,
+        &progress,
+        status,
+        now,
+        state.config.lease.as_millis() as i64,
+    )
+    .await?;
+    tx.enqueue_notifications(USER_MANAGEMENT, &notifications, now)
+        .await?;
+    tx.commit().await
 }

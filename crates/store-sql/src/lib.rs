@@ -7,20 +7,18 @@
 
 mod engine;
 mod mdm;
-#[allow(dead_code)] // used as the row mappers move to it
 mod row;
 
 use async_trait::async_trait;
-use cloudvpp_abwire::{MdmInfo, RequestUser, UserStatus};
-use cloudvpp_store::logic::{self, EventProgress};
+use cloudvpp_abwire::{RequestUser, UserStatus};
 use cloudvpp_store::secret;
 use cloudvpp_store::{
-    AcceptOutcome, AppsBooksStore, ClientConfig, EventClaim, EventRecord, EventType,
-    NewNotification, Org, OutboxItem, Result, StoreError, TokenRecord, UserFilter, UserOp,
-    UserOutcome, UserRecord, UserWindow,
+    AppsBooksStore, ClientConfig, EventClaim, EventProgress, EventRecord, EventStatus, EventType,
+    NewNotification, NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError, TokenRecord,
+    UserFilter, UserRecord, UserUpdate, UserWindow,
 };
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
 
 /// What differs between the SQL backends at run time. Everything else (queries with `$n`
 /// placeholders, which SQLite accepts too, row mapping, the rules of an event step) is
@@ -173,7 +171,8 @@ impl SqlStore {
             .await
             .map_err(err)?;
             for r in rows {
-                let (id, plain): (i64, String) = (r.get(0), r.get(1));
+                let id: i64 = row::get(&r, "id")?;
+                let plain: String = row::get(&r, column)?;
                 sqlx::query(&format!(
                     "UPDATE {table} SET {column} = $1 WHERE id = $2 AND {column} = $3"
                 ))
@@ -194,123 +193,42 @@ impl SqlStore {
             .await
             .map_err(err)
     }
-
-    /// Locks the claimed event for a step and checks the claim still holds it at its
-    /// cursor; returns the stored progress and the number of users requested.
-    async fn lock_step(
-        &self,
-        tx: &mut AnyConnection,
-        claim: &EventClaim,
-    ) -> Result<(EventProgress, i64)> {
-        let ev = sqlx::query(&format!(
-            "SELECT lease_owner, status, progress, num_requested FROM events WHERE id = $1{}",
-            self.dialect.for_update()
-        ))
-        .bind(claim.id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(err)?;
-        let lease_owner: Option<String> = ev.get(0);
-        let status: String = ev.get(1);
-        if lease_owner.as_deref() != Some(claim.owner.as_str()) || status != "PENDING" {
-            return Err(StoreError::LeaseLost);
-        }
-        let progress: EventProgress =
-            serde_json::from_str(ev.get::<&str, _>(2)).unwrap_or_default();
-        if progress.cursor != claim.cursor {
-            return Err(StoreError::LeaseLost);
-        }
-        Ok((progress, ev.get(3)))
-    }
-}
-
-/// The end of every step: folds the outcomes into the event's progress (and, at the end,
-/// its final status), renews the lease, clears the step's failure count and queues the
-/// `USER_MANAGEMENT` notifications, in the step's transaction.
-#[allow(clippy::too_many_arguments)]
-async fn finish_step(
-    tx: &mut AnyConnection,
-    claim: &EventClaim,
-    org: &Org,
-    progress: &mut EventProgress,
-    total: i64,
-    outcomes: &[UserOutcome],
-    now: i64,
-    lease_ms: i64,
-) -> Result<()> {
-    let notify = org
-        .config
-        .subscribed(cloudvpp_abwire::notification::types::USER_MANAGEMENT);
-    let step = logic::fold_step(
-        progress,
-        outcomes,
-        total as usize,
-        notify,
-        &org.uid,
-        &claim.event_id,
-        claim.event_type,
-    );
-    let status = step.final_status.unwrap_or("PENDING");
-    sqlx::query(
-        "UPDATE events SET progress = $1, num_completed = $2, status = $3, lease_until = $4, finished_at = $5, step_failures = 0 WHERE id = $6",
-    )
-    .bind(serde_json::to_string(&*progress).expect("serialisable"))
-    .bind(progress.num_completed)
-    .bind(status)
-    .bind(now + lease_ms)
-    .bind(step.final_status.map(|_| now))
-    .bind(claim.id)
-    .execute(&mut *tx)
-    .await
-    .map_err(err)?;
-    if notify {
-        for body in &step.notifications {
-            insert_notification(
-                tx,
-                org.id,
-                cloudvpp_abwire::notification::types::USER_MANAGEMENT,
-                body,
-                now,
-            )
-            .await?;
-        }
-    }
-    Ok(())
 }
 
 const ORG_COLS: &str = "id, uid, name, secret, user_count, chg, mdm_info, notification_url, notification_auth_token, notification_types";
 const USER_COLS: &str = "ord, chg, client_user_id, email, invite_code, id_hash, status";
 
-fn org_from_row(r: &AnyRow) -> Org {
-    let mdm_info: Option<String> = r.get(6);
-    let types: String = r.get(9);
-    Org {
-        id: r.get(0),
-        uid: r.get(1),
-        name: r.get(2),
-        secret: r.get(3),
-        user_count: r.get(4),
-        chg: r.get(5),
+fn org_from_row(r: &AnyRow) -> Result<Org> {
+    Ok(Org {
+        id: OrgId(row::get(r, "id")?),
+        uid: row::get(r, "uid")?,
+        name: row::get(r, "name")?,
+        secret: row::get(r, "secret")?,
+        user_count: row::get(r, "user_count")?,
+        chg: row::get(r, "chg")?,
         config: ClientConfig {
-            mdm_info: mdm_info.and_then(|s| serde_json::from_str::<MdmInfo>(&s).ok()),
-            notification_url: r.get(7),
-            notification_auth_token: r.get(8),
-            notification_types: serde_json::from_str(&types).unwrap_or_default(),
+            mdm_info: row::json_opt(r, "mdm_info")?,
+            notification_url: row::get(r, "notification_url")?,
+            notification_auth_token: row::get(r, "notification_auth_token")?,
+            notification_types: row::json(r, "notification_types")?,
         },
-    }
+    })
 }
 
-fn user_from_row(r: &AnyRow) -> UserRecord {
-    let status: String = r.get(6);
-    UserRecord {
-        ord: r.get(0),
-        chg: r.get(1),
-        client_user_id: r.get(2),
-        email: r.get(3),
-        invite_code: r.get(4),
-        id_hash: r.get(5),
-        status: UserStatus::parse(&status).unwrap_or(UserStatus::Registered),
-    }
+fn user_from_row(r: &AnyRow) -> Result<UserRecord> {
+    Ok(UserRecord {
+        ord: row::get(r, "ord")?,
+        chg: row::get(r, "chg")?,
+        client_user_id: row::get(r, "client_user_id")?,
+        email: row::get(r, "email")?,
+        invite_code: row::get(r, "invite_code")?,
+        id_hash: row::get(r, "id_hash")?,
+        status: row::parsed(r, "status", UserStatus::parse)?,
+    })
+}
+
+fn users_from_rows(rows: &[AnyRow]) -> Result<Vec<UserRecord>> {
+    rows.iter().map(user_from_row).collect()
 }
 
 fn filter_sql(f: &UserFilter) -> &'static str {
@@ -322,58 +240,59 @@ fn filter_sql(f: &UserFilter) -> &'static str {
     }
 }
 
-async fn insert_notification(
+/// Queues notifications of one organisation, several rows per statement.
+async fn insert_notifications(
     conn: &mut AnyConnection,
-    org_id: i64,
+    org_id: OrgId,
     kind: &str,
-    body: &str,
+    bodies: &[String],
     now: i64,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO outbox (org_id, notification_type, body, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(org_id)
-    .bind(kind)
-    .bind(body)
-    .bind(now)
-    .bind(now)
-    .execute(conn)
-    .await
-    .map_err(err)?;
+    for chunk in bodies.chunks(ROWS_PER_INSERT) {
+        let sql = format!(
+            "INSERT INTO outbox (org_id, notification_type, body, next_attempt_at, created_at) VALUES {}",
+            values_list(chunk.len(), 5, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for body in chunk {
+            q = q.bind(org_id.0).bind(kind).bind(body).bind(now).bind(now);
+        }
+        q.execute(&mut *conn).await.map_err(err)?;
+    }
     Ok(())
 }
 
-async fn active_user(
-    conn: &mut AnyConnection,
-    org_id: i64,
-    cuid: &str,
-) -> Result<Option<(i64, UserRecord)>> {
-    let row = sqlx::query(&format!(
-        "SELECT {USER_COLS}, id FROM users WHERE org_id = $1 AND client_user_id = $2 AND status <> 'Retired'"
-    ))
-    .bind(org_id)
-    .bind(cuid)
-    .fetch_optional(conn)
-    .await
-    .map_err(err)?;
-    Ok(row.map(|r| (r.get(7), user_from_row(&r))))
+/// `($first, ...), (...)`: `rows` tuples of `cols` placeholders, numbered from `first`.
+/// (sqlx's `QueryBuilder` writes `?` over the `Any` driver, which PostgreSQL refuses.)
+pub(crate) fn values_list(rows: usize, cols: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ", (" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(first + r * cols + c).to_string());
+        }
+        out.push(')');
+    }
+    out
 }
 
-async fn hash_in_use(
-    conn: &mut AnyConnection,
-    org_id: i64,
-    id_hash: &str,
-    except_id: i64,
-) -> Result<bool> {
-    let row = sqlx::query("SELECT id FROM users WHERE org_id = $1 AND id_hash = $2 AND status = 'Associated' AND id <> $3")
-        .bind(org_id)
-        .bind(id_hash)
-        .bind(except_id)
-        .fetch_optional(conn)
-        .await
-        .map_err(err)?;
-    Ok(row.is_some())
+/// `$first, ..., $(first + n - 1)`: the placeholders of an `IN (...)` list.
+pub(crate) fn in_list(n: usize, first: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
+
+/// Rows per multi-row INSERT: well under SQLite's 32,766 bound parameters at 9 columns.
+const ROWS_PER_INSERT: usize = 500;
+
+/// Values per `IN (...)` list.
+const KEYS_PER_QUERY: usize = 1000;
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -384,6 +303,7 @@ pub(crate) fn now_ms() -> i64 {
 
 #[async_trait]
 impl AppsBooksStore for SqlStore {
+    #[tracing::instrument(level = "debug", skip(self, secret, stoken))]
     async fn create_org(
         &self,
         uid: &str,
@@ -394,17 +314,19 @@ impl AppsBooksStore for SqlStore {
     ) -> Result<Org> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
-        let id: i64 = sqlx::query(
-            "INSERT INTO orgs (uid, name, secret, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
-        )
-        .bind(uid)
-        .bind(name)
-        .bind(secret)
-        .bind(now)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(err)?
-        .get(0);
+        let id: i64 = row::get(
+            &sqlx::query(
+                "INSERT INTO orgs (uid, name, secret, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            )
+            .bind(uid)
+            .bind(name)
+            .bind(secret)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(err)?,
+            "id",
+        )?;
         sqlx::query(
             "INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at) VALUES ($1, $2, $3, $4)",
         )
@@ -416,28 +338,31 @@ impl AppsBooksStore for SqlStore {
         .await
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
-        self.get_org(id)
+        self.get_org(OrgId(id))
             .await?
             .ok_or_else(|| StoreError::other("organisation vanished"))
     }
 
+    #[tracing::instrument(level = "debug", skip(self))]
     async fn list_orgs(&self) -> Result<Vec<Org>> {
         let rows = sqlx::query(&format!("SELECT {ORG_COLS} FROM orgs ORDER BY id"))
             .fetch_all(&self.reader)
             .await
             .map_err(err)?;
-        Ok(rows.iter().map(org_from_row).collect())
+        rows.iter().map(org_from_row).collect()
     }
 
-    async fn get_org(&self, org_id: i64) -> Result<Option<Org>> {
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_org(&self, org_id: OrgId) -> Result<Option<Org>> {
         let row = sqlx::query(&format!("SELECT {ORG_COLS} FROM orgs WHERE id = $1"))
-            .bind(org_id)
+            .bind(org_id.0)
             .fetch_optional(&self.reader)
             .await
             .map_err(err)?;
-        Ok(row.as_ref().map(org_from_row))
+        row.as_ref().map(org_from_row).transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip(self))]
     async fn find_org(&self, uid_or_name: &str) -> Result<Option<Org>> {
         let row = sqlx::query(&format!(
             "SELECT {ORG_COLS} FROM orgs WHERE uid = $1 OR name = $2 ORDER BY id LIMIT 1"
@@ -447,22 +372,23 @@ impl AppsBooksStore for SqlStore {
         .fetch_optional(&self.reader)
         .await
         .map_err(err)?;
-        Ok(row.as_ref().map(org_from_row))
+        row.as_ref().map(org_from_row).transpose()
     }
 
-    async fn renew_token(&self, org_id: i64, stoken: &str, expires_at: i64) -> Result<()> {
+    #[tracing::instrument(level = "debug", skip(self, stoken))]
+    async fn renew_token(&self, org_id: OrgId, stoken: &str, expires_at: i64) -> Result<()> {
         let now = now_ms();
         let mut tx = self.begin_write().await?;
         sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE org_id = $2 AND revoked_at IS NULL")
             .bind(now)
-            .bind(org_id)
+            .bind(org_id.0)
             .execute(&mut *tx)
             .await
             .map_err(err)?;
         sqlx::query(
             "INSERT INTO tokens (org_id, stoken, expires_at_secs, created_at) VALUES ($1, $2, $3, $4)",
         )
-        .bind(org_id)
+        .bind(org_id.0)
         .bind(secret::digest(stoken))
         .bind(expires_at)
         .bind(now)
@@ -472,6 +398,7 @@ impl AppsBooksStore for SqlStore {
         tx.commit().await.map_err(err)
     }
 
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn find_token(&self, stoken: &str) -> Result<Option<TokenRecord>> {
         let row =
             sqlx::query("SELECT org_id, expires_at_secs, revoked_at FROM tokens WHERE stoken = $1")
@@ -479,25 +406,30 @@ impl AppsBooksStore for SqlStore {
                 .fetch_optional(&self.reader)
                 .await
                 .map_err(err)?;
-        Ok(row.map(|r| TokenRecord {
-            org_id: r.get(0),
-            expires_at: r.get(1),
-            revoked: r.get::<Option<i64>, _>(2).is_some(),
-        }))
+        row.map(|r| {
+            Ok(TokenRecord {
+                org_id: OrgId(row::get(&r, "org_id")?),
+                expires_at: row::get(&r, "expires_at_secs")?,
+                revoked: row::get::<Option<i64>>(&r, "revoked_at")?.is_some(),
+            })
+        })
+        .transpose()
     }
 
-    async fn current_token_expiry(&self, org_id: i64) -> Result<Option<i64>> {
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn current_token_expiry(&self, org_id: OrgId) -> Result<Option<i64>> {
         let row = sqlx::query(
             "SELECT expires_at_secs FROM tokens WHERE org_id = $1 AND revoked_at IS NULL ORDER BY id DESC LIMIT 1",
         )
-        .bind(org_id)
+        .bind(org_id.0)
         .fetch_optional(&self.reader)
         .await
         .map_err(err)?;
-        Ok(row.map(|r| r.get(0)))
+        row.map(|r| row::get(&r, "expires_at_secs")).transpose()
     }
 
-    async fn set_client_config(&self, org_id: i64, config: &ClientConfig) -> Result<()> {
+    #[tracing::instrument(level = "debug", skip(self, config))]
+    async fn set_client_config(&self, org_id: OrgId, config: &ClientConfig) -> Result<()> {
         let mdm = config
             .mdm_info
             .as_ref()
@@ -509,16 +441,17 @@ impl AppsBooksStore for SqlStore {
         .bind(&config.notification_url)
         .bind(&config.notification_auth_token)
         .bind(serde_json::to_string(&config.notification_types).expect("serialisable"))
-        .bind(org_id)
+        .bind(org_id.0)
         .execute(&self.writer)
         .await
         .map_err(err)?;
         Ok(())
     }
 
+    #[tracing::instrument(level = "debug", skip(self))]
     async fn list_users_window(
         &self,
-        org_id: i64,
+        org_id: OrgId,
         window: UserWindow,
         filter: &UserFilter,
     ) -> Result<Vec<UserRecord>> {
@@ -531,18 +464,19 @@ impl AppsBooksStore for SqlStore {
             filter_sql(filter)
         );
         let rows = sqlx::query(&sql)
-            .bind(org_id)
+            .bind(org_id.0)
             .bind(lo)
             .bind(hi)
             .fetch_all(&self.reader)
             .await
             .map_err(err)?;
-        Ok(rows.iter().map(user_from_row).collect())
+        users_from_rows(&rows)
     }
 
+    #[tracing::instrument(level = "debug", skip(self))]
     async fn list_users_by_client_id(
         &self,
-        org_id: i64,
+        org_id: OrgId,
         cuid: &str,
         filter: &UserFilter,
     ) -> Result<Vec<UserRecord>> {
@@ -551,28 +485,30 @@ impl AppsBooksStore for SqlStore {
             filter_sql(filter)
         );
         let rows = sqlx::query(&sql)
-            .bind(org_id)
+            .bind(org_id.0)
             .bind(cuid)
             .fetch_all(&self.reader)
             .await
             .map_err(err)?;
-        Ok(rows.iter().map(user_from_row).collect())
+        users_from_rows(&rows)
     }
 
+    #[tracing::instrument(level = "debug", skip(self, users), fields(users = users.len()))]
     async fn insert_event(
         &self,
-        org_id: i64,
+        org_id: OrgId,
         event_id: &str,
         event_type: EventType,
         users: &[RequestUser],
         now: i64,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO events (org_id, event_id, event_type, status, users, num_requested, created_at) VALUES ($1, $2, $3, 'PENDING', $4, $5, $6)",
+            "INSERT INTO events (org_id, event_id, event_type, status, users, num_requested, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(org_id)
+        .bind(org_id.0)
         .bind(event_id)
         .bind(event_type.as_str())
+        .bind(EventStatus::Pending.as_str())
         .bind(serde_json::to_string(users).expect("serialisable"))
         .bind(users.len() as i64)
         .bind(now)
@@ -582,29 +518,31 @@ impl AppsBooksStore for SqlStore {
         Ok(())
     }
 
-    async fn get_event(&self, org_id: i64, event_id: &str) -> Result<Option<EventRecord>> {
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn get_event(&self, org_id: OrgId, event_id: &str) -> Result<Option<EventRecord>> {
         let row = sqlx::query(
             "SELECT event_type, status, num_requested, num_completed, progress FROM events WHERE org_id = $1 AND event_id = $2",
         )
-        .bind(org_id)
+        .bind(org_id.0)
         .bind(event_id)
         .fetch_optional(&self.reader)
         .await
         .map_err(err)?;
-        Ok(row.map(|r| {
-            let progress: EventProgress =
-                serde_json::from_str(r.get::<&str, _>(4)).unwrap_or_default();
-            EventRecord {
+        row.map(|r| {
+            let progress: EventProgress = row::json(&r, "progress")?;
+            Ok(EventRecord {
                 event_id: event_id.to_string(),
-                event_type: EventType::parse(r.get::<&str, _>(0)).unwrap_or(EventType::Create),
-                status: r.get(1),
-                num_requested: r.get(2),
-                num_completed: r.get(3),
+                event_type: row::parsed(&r, "event_type", EventType::parse)?,
+                status: row::parsed(&r, "status", EventStatus::parse)?,
+                num_requested: row::get(&r, "num_requested")?,
+                num_completed: row::get(&r, "num_completed")?,
                 failures: progress.failures,
-            }
-        }))
+            })
+        })
+        .transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip(self))]
     async fn claim_event(
         &self,
         owner: &str,
@@ -640,163 +578,44 @@ impl AppsBooksStore for SqlStore {
         .fetch_optional(&self.writer)
         .await
         .map_err(err)?;
-        Ok(row.map(|r| {
-            let progress: EventProgress =
-                serde_json::from_str(r.get::<&str, _>(5)).unwrap_or_default();
-            EventClaim {
-                id: r.get(0),
-                org_id: r.get(1),
-                event_id: r.get(2),
-                event_type: EventType::parse(r.get::<&str, _>(3)).unwrap_or(EventType::Create),
-                users: serde_json::from_str(r.get::<&str, _>(4)).unwrap_or_default(),
+        row.map(|r| {
+            let progress: EventProgress = row::json(&r, "progress")?;
+            Ok(EventClaim {
+                id: row::get(&r, "id")?,
+                org_id: OrgId(row::get(&r, "org_id")?),
+                event_id: row::get(&r, "event_id")?,
+                event_type: row::parsed(&r, "event_type", EventType::parse)?,
+                users: row::json(&r, "users")?,
                 cursor: progress.cursor,
                 owner: owner.to_string(),
-                step_failures: r.get(6),
-            }
-        }))
+                step_failures: row::get(&r, "step_failures")?,
+            })
+        })
+        .transpose()
     }
 
-    async fn process_event_step(
-        &self,
-        claim: &EventClaim,
-        ops: &[UserOp],
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<Vec<UserOutcome>> {
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn begin_org_write(&self, org_id: OrgId) -> Result<Box<dyn OrgTx>> {
         let mut tx = self.begin_write().await?;
-        let (mut progress, total) = self.lock_step(&mut tx, claim).await?;
         // The organisation's row lock orders every writer's change numbers.
-        let org = sqlx::query(&format!(
+        let row = sqlx::query(&format!(
             "SELECT {ORG_COLS} FROM orgs WHERE id = $1{}",
             self.dialect.for_update()
         ))
-        .bind(claim.org_id)
-        .fetch_one(&mut *tx)
+        .bind(org_id.0)
+        .fetch_optional(&mut *tx)
         .await
-        .map_err(err)?;
-        let org = org_from_row(&org);
-        let (mut user_count, mut chg) = (org.user_count, org.chg);
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
-            let cuid = op.user.client_user_id.as_str();
-            let failed = |error| UserOutcome::Failed {
-                client_user_id: cuid.to_string(),
-                error,
-            };
-            let outcome = match claim.event_type {
-                EventType::Create => {
-                    if active_user(&mut tx, org.id, cuid).await?.is_some() {
-                        failed(9716)
-                    } else if let Some(h) = op.id_hash.as_deref() {
-                        if hash_in_use(&mut tx, org.id, h, -1).await? {
-                            failed(9641)
-                        } else {
-                            user_count += 1;
-                            chg += 1;
-                            let rec = UserRecord {
-                                ord: user_count,
-                                chg,
-                                client_user_id: cuid.to_string(),
-                                email: op.user.email.clone(),
-                                invite_code: None,
-                                id_hash: Some(h.to_string()),
-                                status: UserStatus::Associated,
-                            };
-                            insert_user(&mut tx, org.id, &rec, op.user.managed_apple_id.as_deref())
-                                .await?;
-                            UserOutcome::Done(rec)
-                        }
-                    } else {
-                        user_count += 1;
-                        chg += 1;
-                        let rec = UserRecord {
-                            ord: user_count,
-                            chg,
-                            client_user_id: cuid.to_string(),
-                            email: op.user.email.clone(),
-                            invite_code: Some(op.new_invite_code.clone()),
-                            id_hash: None,
-                            status: UserStatus::Registered,
-                        };
-                        insert_user(&mut tx, org.id, &rec, None).await?;
-                        UserOutcome::Done(rec)
-                    }
-                }
-                EventType::Update => match active_user(&mut tx, org.id, cuid).await? {
-                    None => failed(9609),
-                    Some((row_id, mut rec)) => {
-                        let hash_taken = match op.id_hash.as_deref() {
-                            Some(h) => hash_in_use(&mut tx, org.id, h, row_id).await?,
-                            None => false,
-                        };
-                        if hash_taken {
-                            failed(9641)
-                        } else {
-                            chg += 1;
-                            rec.chg = chg;
-                            if op.user.email.is_some() {
-                                rec.email = op.user.email.clone();
-                            }
-                            if let Some(h) = &op.id_hash {
-                                rec.id_hash = Some(h.clone());
-                                rec.status = UserStatus::Associated;
-                            }
-                            sqlx::query(
-                                "UPDATE users SET chg = $1, email = $2, id_hash = $3, status = $4, managed_apple_id = COALESCE($5, managed_apple_id) WHERE id = $6",
-                            )
-                            .bind(rec.chg)
-                            .bind(&rec.email)
-                            .bind(&rec.id_hash)
-                            .bind(rec.status.as_str())
-                            .bind(&op.user.managed_apple_id)
-                            .bind(row_id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(err)?;
-                            UserOutcome::Done(rec)
-                        }
-                    }
-                },
-                EventType::Retire => match active_user(&mut tx, org.id, cuid).await? {
-                    None => failed(9609),
-                    Some((row_id, mut rec)) => {
-                        chg += 1;
-                        rec.chg = chg;
-                        rec.status = UserStatus::Retired;
-                        sqlx::query("UPDATE users SET chg = $1, status = 'Retired' WHERE id = $2")
-                            .bind(chg)
-                            .bind(row_id)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(err)?;
-                        UserOutcome::Done(rec)
-                    }
-                },
-            };
-            outcomes.push(outcome);
-        }
-        sqlx::query("UPDATE orgs SET user_count = $1, chg = $2 WHERE id = $3")
-            .bind(user_count)
-            .bind(chg)
-            .bind(org.id)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-        finish_step(
-            &mut tx,
-            claim,
-            &org,
-            &mut progress,
-            total,
-            &outcomes,
-            now,
-            lease_ms,
-        )
-        .await?;
-        tx.commit().await.map_err(err)?;
-        Ok(outcomes)
+        .map_err(err)?
+        .ok_or_else(|| StoreError::other(format!("no organisation {org_id}")))?;
+        let org = org_from_row(&row)?;
+        Ok(Box::new(SqlOrgTx {
+            tx,
+            org,
+            dialect: self.dialect,
+        }))
     }
 
+    #[tracing::instrument(level = "debug", skip(self, claim), fields(event_id = claim.event_id))]
     async fn event_step_failed(&self, claim: &EventClaim, now: i64, lease_ms: i64) -> Result<i64> {
         let row = sqlx::query(
             "UPDATE events SET step_failures = step_failures + 1, lease_until = $1
@@ -808,48 +627,13 @@ impl AppsBooksStore for SqlStore {
         .fetch_optional(&self.writer)
         .await
         .map_err(err)?;
-        row.map(|r| r.get(0)).ok_or(StoreError::LeaseLost)
+        row.map(|r| row::get(&r, "step_failures"))
+            .transpose()?
+            .ok_or(StoreError::LeaseLost)
     }
 
-    async fn fail_event_step(
-        &self,
-        claim: &EventClaim,
-        client_user_ids: &[String],
-        error: u32,
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        let (mut progress, total) = self.lock_step(&mut tx, claim).await?;
-        // No user row is touched: only the organisation's uId and subscription are needed.
-        let org = sqlx::query(&format!("SELECT {ORG_COLS} FROM orgs WHERE id = $1"))
-            .bind(claim.org_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?;
-        let org = org_from_row(&org);
-        let outcomes: Vec<UserOutcome> = client_user_ids
-            .iter()
-            .map(|cuid| UserOutcome::Failed {
-                client_user_id: cuid.clone(),
-                error,
-            })
-            .collect();
-        finish_step(
-            &mut tx,
-            claim,
-            &org,
-            &mut progress,
-            total,
-            &outcomes,
-            now,
-            lease_ms,
-        )
-        .await?;
-        tx.commit().await.map_err(err)
-    }
-
-    async fn find_invitation(&self, invite_code: &str) -> Result<Option<(i64, UserRecord)>> {
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn find_invitation(&self, invite_code: &str) -> Result<Option<(OrgId, UserRecord)>> {
         let row = sqlx::query(&format!(
             "SELECT {USER_COLS}, org_id FROM users WHERE invite_code = $1"
         ))
@@ -857,71 +641,23 @@ impl AppsBooksStore for SqlStore {
         .fetch_optional(&self.reader)
         .await
         .map_err(err)?;
-        Ok(row.map(|r| (r.get(7), user_from_row(&r))))
-    }
-
-    async fn accept_invitation(&self, invite_code: &str, id_hash: &str) -> Result<AcceptOutcome> {
-        let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        let Some(row) = sqlx::query(&format!(
-            "SELECT {USER_COLS}, org_id, id FROM users WHERE invite_code = $1"
-        ))
-        .bind(invite_code)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(err)?
-        else {
-            return Ok(AcceptOutcome::Unknown);
-        };
-        let mut rec = user_from_row(&row);
-        let (org_id, row_id): (i64, i64) = (row.get(7), row.get(8));
-        match rec.status {
-            UserStatus::Registered => {}
-            UserStatus::Associated => return Ok(AcceptOutcome::AlreadyAccepted),
-            UserStatus::Retired | UserStatus::Deleted => return Ok(AcceptOutcome::Retired),
-        }
-        if hash_in_use(&mut tx, org_id, id_hash, row_id).await? {
-            return Ok(AcceptOutcome::AccountInUse);
-        }
-        let org = sqlx::query(&format!(
-            "UPDATE orgs SET chg = chg + 1 WHERE id = $1 RETURNING {ORG_COLS}"
-        ))
-        .bind(org_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(err)?;
-        let org = org_from_row(&org);
-        rec.chg = org.chg;
-        rec.status = UserStatus::Associated;
-        rec.id_hash = Some(id_hash.to_string());
-        sqlx::query("UPDATE users SET chg = $1, status = 'Associated', id_hash = $2 WHERE id = $3")
-            .bind(rec.chg)
-            .bind(id_hash)
-            .bind(row_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-        let kind = cloudvpp_abwire::notification::types::USER_ASSOCIATED;
-        if org.config.subscribed(kind) {
-            insert_notification(
-                &mut tx,
-                org_id,
-                kind,
-                &logic::user_associated(&org.uid, rec.to_response()),
-                now,
-            )
-            .await?;
-        }
-        tx.commit().await.map_err(err)?;
-        Ok(AcceptOutcome::Associated(rec))
+        row.map(|r| Ok((OrgId(row::get(&r, "org_id")?), user_from_row(&r)?)))
+            .transpose()
     }
 
     async fn enqueue_notification(&self, n: &NewNotification) -> Result<()> {
         let mut conn = self.writer.acquire().await.map_err(err)?;
-        insert_notification(&mut conn, n.org_id, &n.notification_type, &n.body, now_ms()).await
+        insert_notifications(
+            &mut conn,
+            n.org_id,
+            &n.notification_type,
+            std::slice::from_ref(&n.body),
+            now_ms(),
+        )
+        .await
     }
 
-    async fn notification_orgs(&self) -> Result<Vec<i64>> {
+    async fn notification_orgs(&self) -> Result<Vec<OrgId>> {
         // A loose scan of `outbox_org_due`: one probe per organisation with pending
         // notifications, however many it has.
         let rows = sqlx::query(
@@ -935,13 +671,15 @@ impl AppsBooksStore for SqlStore {
         .fetch_all(&self.reader)
         .await
         .map_err(err)?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
+        rows.iter()
+            .map(|r| Ok(OrgId(row::get(r, "org_id")?)))
+            .collect()
     }
 
     async fn claim_notifications(
         &self,
         owner: &str,
-        org_id: i64,
+        org_id: OrgId,
         now: i64,
         lease_ms: i64,
         limit: i64,
@@ -955,7 +693,7 @@ impl AppsBooksStore for SqlStore {
         ))
         .bind(owner)
         .bind(now + lease_ms)
-        .bind(org_id)
+        .bind(org_id.0)
         .bind(now)
         .bind(now)
         .bind(limit)
@@ -968,40 +706,45 @@ impl AppsBooksStore for SqlStore {
         // The URL and secret are read at send time, so a new configuration applies.
         let cfg =
             sqlx::query("SELECT notification_url, notification_auth_token FROM orgs WHERE id = $1")
-                .bind(org_id)
+                .bind(org_id.0)
                 .fetch_one(&self.reader)
                 .await
                 .map_err(err)?;
-        let (url, auth_token): (Option<String>, Option<String>) = (cfg.get(0), cfg.get(1));
+        let url: Option<String> = row::get(&cfg, "notification_url")?;
+        let auth_token: Option<String> = row::get(&cfg, "notification_auth_token")?;
         let mut rows: Vec<(i64, i64, OutboxItem)> = rows
             .iter()
             .map(|r| {
-                (
-                    r.get(3),
-                    r.get(0),
+                let id = row::get(r, "id")?;
+                Ok((
+                    row::get(r, "next_attempt_at")?,
+                    id,
                     OutboxItem {
-                        id: r.get(0),
-                        body: r.get(1),
-                        attempts: r.get(2),
+                        id,
+                        body: row::get(r, "body")?,
+                        attempts: row::get(r, "attempts")?,
                         url: url.clone(),
                         auth_token: auth_token.clone(),
                     },
-                )
+                ))
             })
-            .collect();
+            .collect::<Result<_>>()?;
         // RETURNING has no order.
         rows.sort_by_key(|(due, id, _)| (*due, *id));
         Ok(rows.into_iter().map(|(_, _, item)| item).collect())
     }
 
-    async fn trim_notifications(&self, org_id: i64, keep: i64, now: i64) -> Result<u64> {
-        let pending: i64 =
-            sqlx::query("SELECT COUNT(*) FROM outbox WHERE org_id = $1 AND state = 'pending'")
-                .bind(org_id)
-                .fetch_one(&self.reader)
-                .await
-                .map_err(err)?
-                .get(0);
+    async fn trim_notifications(&self, org_id: OrgId, keep: i64, now: i64) -> Result<u64> {
+        let pending: i64 = row::get(
+            &sqlx::query(
+                "SELECT COUNT(*) AS n FROM outbox WHERE org_id = $1 AND state = 'pending'",
+            )
+            .bind(org_id.0)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(err)?,
+            "n",
+        )?;
         if pending <= keep {
             return Ok(0);
         }
@@ -1015,7 +758,7 @@ impl AppsBooksStore for SqlStore {
             self.dialect.skip_locked("outbox")
         ))
         .bind(now)
-        .bind(org_id)
+        .bind(org_id.0)
         .bind(now)
         .bind(pending - keep)
         .execute(&self.writer)
@@ -1049,15 +792,17 @@ impl AppsBooksStore for SqlStore {
         Ok(())
     }
 
-    async fn notification_counts(&self, org_id: i64) -> Result<Vec<(String, i64)>> {
+    async fn notification_counts(&self, org_id: OrgId) -> Result<Vec<(String, i64)>> {
         let rows = sqlx::query(
-            "SELECT state, COUNT(*) FROM outbox WHERE org_id = $1 GROUP BY state ORDER BY state",
+            "SELECT state, COUNT(*) AS n FROM outbox WHERE org_id = $1 GROUP BY state ORDER BY state",
         )
-        .bind(org_id)
+        .bind(org_id.0)
         .fetch_all(&self.reader)
         .await
         .map_err(err)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| Ok((row::get(r, "state")?, row::get(r, "n")?)))
+            .collect()
     }
 
     async fn get_limits(&self) -> Result<Vec<(String, i64)>> {
@@ -1065,7 +810,9 @@ impl AppsBooksStore for SqlStore {
             .fetch_all(&self.reader)
             .await
             .map_err(err)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| Ok((row::get(r, "name")?, row::get(r, "value")?)))
+            .collect()
     }
 
     async fn set_limit(&self, name: &str, value: i64) -> Result<()> {
@@ -1078,7 +825,7 @@ impl AppsBooksStore for SqlStore {
         Ok(())
     }
 
-    async fn count_request(&self, org_id: i64) -> Result<i64> {
+    async fn count_request(&self, org_id: OrgId) -> Result<i64> {
         // One statement: the row lock (PostgreSQL) or the single writer (SQLite) makes the
         // increment atomic. A request stamped with an older second (it read the clock just
         // before another moved the window on) counts into the newer window.
@@ -1087,37 +834,203 @@ impl AppsBooksStore for SqlStore {
              ON CONFLICT (org_id) DO UPDATE SET
                count = CASE WHEN excluded.second > request_windows.second THEN 1 ELSE request_windows.count + 1 END,
                second = CASE WHEN excluded.second > request_windows.second THEN excluded.second ELSE request_windows.second END
-             RETURNING count",
+             RETURNING count AS n",
             self.dialect.unix_seconds()
         ))
-        .bind(org_id)
+        .bind(org_id.0)
         .fetch_one(&self.writer)
         .await
         .map_err(err)?;
-        Ok(row.get(0))
+        row::get(&row, "n")
     }
 }
 
-async fn insert_user(
-    conn: &mut AnyConnection,
-    org_id: i64,
-    rec: &UserRecord,
-    maid: Option<&str>,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO users (org_id, ord, chg, client_user_id, email, managed_apple_id, invite_code, id_hash, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(org_id)
-    .bind(rec.ord)
-    .bind(rec.chg)
-    .bind(&rec.client_user_id)
-    .bind(&rec.email)
-    .bind(maid)
-    .bind(&rec.invite_code)
-    .bind(&rec.id_hash)
-    .bind(rec.status.as_str())
-    .execute(conn)
-    .await
-    .map_err(err)?;
-    Ok(())
+/// [`OrgTx`] over one SQL transaction, begun with the organisation's row locked.
+struct SqlOrgTx {
+    tx: Transaction<'static, Any>,
+    org: Org,
+    dialect: Dialect,
+}
+
+impl SqlOrgTx {
+    /// Records of this organisation where `col` is one of `keys` (and `extra` holds),
+    /// several keys per query.
+    async fn users_where_in(
+        &mut self,
+        col: &str,
+        keys: &[&str],
+        extra: &str,
+    ) -> Result<Vec<UserRecord>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(KEYS_PER_QUERY) {
+            let sql = format!(
+                "SELECT {USER_COLS} FROM users WHERE org_id = $1 AND {col} IN ({}){extra}",
+                in_list(chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql).bind(self.org.id.0);
+            for k in chunk {
+                q = q.bind(*k);
+            }
+            let rows = q.fetch_all(&mut *self.tx).await.map_err(err)?;
+            out.extend(users_from_rows(&rows)?);
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl OrgTx for SqlOrgTx {
+    fn org(&self) -> &Org {
+        &self.org
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(event_id = claim.event_id))]
+    async fn lock_event(&mut self, claim: &EventClaim) -> Result<(EventProgress, i64)> {
+        let ev = sqlx::query(&format!(
+            "SELECT lease_owner, status, progress, num_requested FROM events WHERE id = $1 AND org_id = $2{}",
+            self.dialect.for_update()
+        ))
+        .bind(claim.id)
+        .bind(self.org.id.0)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(err)?
+        .ok_or(StoreError::LeaseLost)?;
+        let lease_owner: Option<String> = row::get(&ev, "lease_owner")?;
+        let status = row::parsed(&ev, "status", EventStatus::parse)?;
+        if lease_owner.as_deref() != Some(claim.owner.as_str()) || status != EventStatus::Pending {
+            return Err(StoreError::LeaseLost);
+        }
+        let progress: EventProgress = row::json(&ev, "progress")?;
+        if progress.cursor != claim.cursor {
+            return Err(StoreError::LeaseLost);
+        }
+        Ok((progress, row::get(&ev, "num_requested")?))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(users = client_user_ids.len()))]
+    async fn active_users(&mut self, client_user_ids: &[&str]) -> Result<Vec<UserRecord>> {
+        self.users_where_in(
+            "client_user_id",
+            client_user_ids,
+            " AND status <> 'Retired'",
+        )
+        .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(hashes = id_hashes.len()))]
+    async fn associated_with(&mut self, id_hashes: &[&str]) -> Result<Vec<UserRecord>> {
+        self.users_where_in("id_hash", id_hashes, " AND status = 'Associated'")
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn user_by_invite_code(&mut self, invite_code: &str) -> Result<Option<UserRecord>> {
+        Ok(self
+            .users_where_in("invite_code", &[invite_code], "")
+            .await?
+            .pop())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
+    async fn insert_users(&mut self, users: &[NewUser]) -> Result<()> {
+        for chunk in users.chunks(ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO users (org_id, ord, chg, client_user_id, email, managed_apple_id, invite_code, id_hash, status) VALUES {}",
+                values_list(chunk.len(), 9, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for u in chunk {
+                let r = &u.record;
+                q = q
+                    .bind(self.org.id.0)
+                    .bind(r.ord)
+                    .bind(r.chg)
+                    .bind(&r.client_user_id)
+                    .bind(&r.email)
+                    .bind(&u.managed_apple_id)
+                    .bind(&r.invite_code)
+                    .bind(&r.id_hash)
+                    .bind(r.status.as_str());
+            }
+            q.execute(&mut *self.tx).await.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
+    async fn update_users(&mut self, users: &[UserUpdate]) -> Result<()> {
+        // One statement per record: the records of a step differ in every column, and a
+        // step is at most a notification's worth of users.
+        for u in users {
+            let r = &u.record;
+            sqlx::query(
+                "UPDATE users SET chg = $1, email = $2, id_hash = $3, status = $4, managed_apple_id = COALESCE($5, managed_apple_id) WHERE org_id = $6 AND ord = $7",
+            )
+            .bind(r.chg)
+            .bind(&r.email)
+            .bind(&r.id_hash)
+            .bind(r.status.as_str())
+            .bind(&u.managed_apple_id)
+            .bind(self.org.id.0)
+            .bind(r.ord)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    async fn set_counters(&mut self, user_count: i64, chg: i64) -> Result<()> {
+        if (user_count, chg) == (self.org.user_count, self.org.chg) {
+            return Ok(());
+        }
+        sqlx::query("UPDATE orgs SET user_count = $1, chg = $2 WHERE id = $3")
+            .bind(user_count)
+            .bind(chg)
+            .bind(self.org.id.0)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(err)?;
+        self.org.user_count = user_count;
+        self.org.chg = chg;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(event_id = claim.event_id, status = status.as_str()))]
+    async fn save_event(
+        &mut self,
+        claim: &EventClaim,
+        progress: &EventProgress,
+        status: EventStatus,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE events SET progress = $1, num_completed = $2, status = $3, lease_until = $4, finished_at = $5, step_failures = 0 WHERE id = $6",
+        )
+        .bind(serde_json::to_string(progress).expect("serialisable"))
+        .bind(progress.num_completed)
+        .bind(status.as_str())
+        .bind(now + lease_ms)
+        .bind((status != EventStatus::Pending).then_some(now))
+        .bind(claim.id)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    async fn enqueue_notifications(
+        &mut self,
+        kind: &str,
+        bodies: &[String],
+        now: i64,
+    ) -> Result<()> {
+        insert_notifications(&mut self.tx, self.org.id, kind, bodies, now).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        self.tx.commit().await.map_err(err)
+    }
 }

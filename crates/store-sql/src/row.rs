@@ -26,6 +26,7 @@ pub(crate) fn parsed<T>(
     parse(text).ok_or_else(|| StoreError::corrupt(col, format!("unknown value {text:?}")))
 }
 
+#[allow(dead_code)] // for nullable enum columns
 /// The nullable text column `col`, parsed by `parse`.
 pub(crate) fn parsed_opt<T>(
     r: &AnyRow,

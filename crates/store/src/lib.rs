@@ -2,20 +2,20 @@
 //!
 //! The SQL backends (`cloudvpp-store-sql`, opened by `cloudvpp-store-sqlite` or
 //! `cloudvpp-store-postgres`) implement [`AppsBooksStore`]; the
-//! services hold it as `Arc<dyn AppsBooksStore>` and never see SQL. Decisions that do not
-//! need SQL (how an event step folds into notifications, how failures group) live in
-//! [`logic`] so that every backend makes them the same way inside its own transaction.
+//! services hold it as `Arc<dyn AppsBooksStore>` and never see SQL. The store decides
+//! nothing of Apple's: a service reads what it needs through an [`OrgTx`], decides (the
+//! rules live in the service, as pure functions), and writes the result back through the
+//! same transaction.
 //!
 //! Contract shared by all methods: "nothing found" is `Ok(None)` or an empty list, never
 //! an error; every write that returns `Ok` is committed durably.
 
 pub mod engine;
-pub mod logic;
 pub mod mdm;
 pub mod secret;
 
 use async_trait::async_trait;
-use cloudvpp_abwire::{MdmInfo, RequestUser, ResponseUser, UserStatus};
+use cloudvpp_abwire::{AppleError, MdmInfo, RequestUser, ResponseUser, UserStatus};
 use serde::{Deserialize, Serialize};
 
 /// The error a backend wraps: kept as the source of a [`StoreError`], so that the chain of
@@ -69,11 +69,22 @@ impl StoreError {
 /// Result alias.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// An organisation's database id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct OrgId(pub i64);
+
+impl std::fmt::Display for OrgId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// An organisation (Apple's "location" / organisational unit).
 #[derive(Debug, Clone)]
 pub struct Org {
     /// Database id.
-    pub id: i64,
+    pub id: OrgId,
     /// Apple's `uId`: a numeric string.
     pub uid: String,
     /// Organisation / location name.
@@ -112,7 +123,7 @@ impl ClientConfig {
 #[derive(Debug, Clone)]
 pub struct TokenRecord {
     /// Organisation it belongs to.
-    pub org_id: i64,
+    pub org_id: OrgId,
     /// Expiry, Unix seconds.
     pub expires_at: i64,
     /// Set when a renewal replaced it.
@@ -214,6 +225,53 @@ impl EventType {
     }
 }
 
+/// An event's state as `GET status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum EventStatus {
+    /// Not finished.
+    Pending,
+    /// Finished, every user applied.
+    Complete,
+    /// Finished, some users refused.
+    Failed,
+}
+
+impl EventStatus {
+    /// Apple's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "PENDING",
+            EventStatus::Complete => "COMPLETE",
+            EventStatus::Failed => "FAILED",
+        }
+    }
+    /// Parses Apple's spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "PENDING" => EventStatus::Pending,
+            "COMPLETE" => EventStatus::Complete,
+            "FAILED" => EventStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// Progress of an event between steps, stored with the event (as JSON; a new event's is
+/// `{}`, every field at its start).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EventProgress {
+    /// Users applied or refused so far.
+    pub cursor: usize,
+    /// Users applied successfully.
+    pub num_completed: i64,
+    /// Error → users, in the order met.
+    pub failures: Vec<(AppleError, Vec<String>)>,
+    /// Users applied since the last notification was queued.
+    pub unreported: Vec<ResponseUser>,
+}
+
 /// An event as `GET status` reports it.
 #[derive(Debug, Clone)]
 pub struct EventRecord {
@@ -221,14 +279,14 @@ pub struct EventRecord {
     pub event_id: String,
     /// Type.
     pub event_type: EventType,
-    /// `PENDING`, `COMPLETE` or `FAILED`.
-    pub status: String,
+    /// State.
+    pub status: EventStatus,
     /// Users requested.
     pub num_requested: i64,
     /// Users done successfully.
     pub num_completed: i64,
-    /// Error number → clientUserIds it hit, in the order met.
-    pub failures: Vec<(u32, Vec<String>)>,
+    /// Error → clientUserIds it hit, in the order met.
+    pub failures: Vec<(AppleError, Vec<String>)>,
 }
 
 /// An event a worker has leased.
@@ -237,7 +295,7 @@ pub struct EventClaim {
     /// Database id.
     pub id: i64,
     /// Organisation.
-    pub org_id: i64,
+    pub org_id: OrgId,
     /// Apple's `eventId`.
     pub event_id: String,
     /// Type.
@@ -252,36 +310,75 @@ pub struct EventClaim {
     pub step_failures: i64,
 }
 
-/// One user operation of an event step, with the random parts decided by the service.
+/// A user record to add, with the `managedAppleId` it was created with (kept, not shown).
 #[derive(Debug, Clone)]
-pub struct UserOp {
-    /// The request user.
-    pub user: RequestUser,
-    /// For a create: the invite code to give a Registered user.
-    pub new_invite_code: String,
-    /// `idHash` of `managedAppleId`, when given.
-    pub id_hash: Option<String>,
+pub struct NewUser {
+    /// The record.
+    pub record: UserRecord,
+    /// `managedAppleId` of the request.
+    pub managed_apple_id: Option<String>,
 }
 
-/// The outcome of one user operation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum UserOutcome {
-    /// Applied; the record as it now is.
-    Done(UserRecord),
-    /// Refused with an Apple asynchronous error number.
-    Failed {
-        /// clientUserId.
-        client_user_id: String,
-        /// Apple error number (9716, 9609, 9641).
-        error: u32,
-    },
+/// A user record to write back over the organisation's record of the same `ord` (a
+/// record's identity: one `clientUserId` has a record per life).
+#[derive(Debug, Clone)]
+pub struct UserUpdate {
+    /// The record as it now is.
+    pub record: UserRecord,
+    /// A new `managedAppleId`, when the request gave one.
+    pub managed_apple_id: Option<String>,
+}
+
+/// A write transaction over one organisation's data, its row locked (PostgreSQL) or the
+/// database's one writer held (SQLite) from the start: the counters it reads are its own
+/// until it commits, so no two writers give out the same change number. Dropped without
+/// [`OrgTx::commit`], it writes nothing.
+#[async_trait]
+pub trait OrgTx: Send {
+    /// The organisation as locked.
+    fn org(&self) -> &Org;
+    /// Locks the claimed event and checks the claim still holds it at its cursor; returns
+    /// its progress and the number of users requested. [`StoreError::LeaseLost`] when the
+    /// lease or the cursor moved on.
+    async fn lock_event(&mut self, claim: &EventClaim) -> Result<(EventProgress, i64)>;
+    /// The active (not retired) record of each of `client_user_ids` that has one.
+    async fn active_users(&mut self, client_user_ids: &[&str]) -> Result<Vec<UserRecord>>;
+    /// The Associated records holding any of `id_hashes`.
+    async fn associated_with(&mut self, id_hashes: &[&str]) -> Result<Vec<UserRecord>>;
+    /// The record holding `invite_code`, whatever its state.
+    async fn user_by_invite_code(&mut self, invite_code: &str) -> Result<Option<UserRecord>>;
+    /// Adds records.
+    async fn insert_users(&mut self, users: &[NewUser]) -> Result<()>;
+    /// Writes records back.
+    async fn update_users(&mut self, users: &[UserUpdate]) -> Result<()>;
+    /// Stores the organisation's counters: the highest `ord` and the latest change number.
+    async fn set_counters(&mut self, user_count: i64, chg: i64) -> Result<()>;
+    /// Stores a claimed event's progress and status, renews its lease to `now + lease_ms`
+    /// and clears its step failures; a final status also stamps `finished_at`.
+    async fn save_event(
+        &mut self,
+        claim: &EventClaim,
+        progress: &EventProgress,
+        status: EventStatus,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<()>;
+    /// Queues notifications of one type (whole envelopes, JSON) of this organisation.
+    async fn enqueue_notifications(
+        &mut self,
+        kind: &str,
+        bodies: &[String],
+        now: i64,
+    ) -> Result<()>;
+    /// Commits every write.
+    async fn commit(self: Box<Self>) -> Result<()>;
 }
 
 /// A notification to put in the outbox.
 #[derive(Debug, Clone)]
 pub struct NewNotification {
     /// Organisation.
-    pub org_id: i64,
+    pub org_id: OrgId,
     /// Type name.
     pub notification_type: String,
     /// The whole envelope, JSON.
@@ -303,21 +400,6 @@ pub struct OutboxItem {
     pub auth_token: Option<String>,
 }
 
-/// Result of accepting an invitation.
-#[derive(Debug, Clone, PartialEq)]
-pub enum AcceptOutcome {
-    /// The user is now Associated.
-    Associated(UserRecord),
-    /// No such code.
-    Unknown,
-    /// The code was already used (the user is Associated).
-    AlreadyAccepted,
-    /// The user was retired.
-    Retired,
-    /// The Apple Account is associated with another active user of the organisation.
-    AccountInUse,
-}
-
 /// Storage of the Apps and Books service.
 #[async_trait]
 pub trait AppsBooksStore: Send + Sync + 'static {
@@ -333,29 +415,29 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     /// Every organisation.
     async fn list_orgs(&self) -> Result<Vec<Org>>;
     /// One organisation by database id.
-    async fn get_org(&self, org_id: i64) -> Result<Option<Org>>;
+    async fn get_org(&self, org_id: OrgId) -> Result<Option<Org>>;
     /// One organisation by `uId` or name.
     async fn find_org(&self, uid_or_name: &str) -> Result<Option<Org>>;
     /// Revokes every live token of the organisation and stores `stoken` as the new one.
-    async fn renew_token(&self, org_id: i64, stoken: &str, expires_at: i64) -> Result<()>;
+    async fn renew_token(&self, org_id: OrgId, stoken: &str, expires_at: i64) -> Result<()>;
     /// Looks a whole sToken string up (by its digest: tokens are only compared).
     async fn find_token(&self, stoken: &str) -> Result<Option<TokenRecord>>;
     /// Latest token expiry of an org (for display).
-    async fn current_token_expiry(&self, org_id: i64) -> Result<Option<i64>>;
+    async fn current_token_expiry(&self, org_id: OrgId) -> Result<Option<i64>>;
     /// Replaces the client config.
-    async fn set_client_config(&self, org_id: i64, config: &ClientConfig) -> Result<()>;
+    async fn set_client_config(&self, org_id: OrgId, config: &ClientConfig) -> Result<()>;
 
     /// Users of one window, in window order.
     async fn list_users_window(
         &self,
-        org_id: i64,
+        org_id: OrgId,
         window: UserWindow,
         filter: &UserFilter,
     ) -> Result<Vec<UserRecord>>;
     /// Every record of one clientUserId, oldest first.
     async fn list_users_by_client_id(
         &self,
-        org_id: i64,
+        org_id: OrgId,
         client_user_id: &str,
         filter: &UserFilter,
     ) -> Result<Vec<UserRecord>>;
@@ -363,73 +445,51 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     /// Stores a new PENDING event. All `now` values in this trait are Unix milliseconds.
     async fn insert_event(
         &self,
-        org_id: i64,
+        org_id: OrgId,
         event_id: &str,
         event_type: EventType,
         users: &[RequestUser],
         now: i64,
     ) -> Result<()>;
     /// One event of one organisation.
-    async fn get_event(&self, org_id: i64, event_id: &str) -> Result<Option<EventRecord>>;
+    async fn get_event(&self, org_id: OrgId, event_id: &str) -> Result<Option<EventRecord>>;
     /// Leases the oldest PENDING event whose organisation has no older PENDING event, and
     /// whose lease is free or expired.
     async fn claim_event(&self, owner: &str, now: i64, lease_ms: i64)
         -> Result<Option<EventClaim>>;
-    /// Applies `ops` (the next users from the claim's cursor) in one transaction: users,
-    /// progress, failures, notifications (built by [`logic`]) and, when `ops` reaches the
-    /// end, the final status. Fails with [`StoreError::LeaseLost`] if the lease moved on.
-    async fn process_event_step(
-        &self,
-        claim: &EventClaim,
-        ops: &[UserOp],
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<Vec<UserOutcome>>;
+    /// Starts a write transaction over one organisation's data (see [`OrgTx`]).
+    async fn begin_org_write(&self, org_id: OrgId) -> Result<Box<dyn OrgTx>>;
     /// Records one more failed attempt of the step at the claim's cursor (renewing the
     /// lease) and returns how many there have been since the last step that succeeded.
     /// Fails with [`StoreError::LeaseLost`] if the lease moved on.
     async fn event_step_failed(&self, claim: &EventClaim, now: i64, lease_ms: i64) -> Result<i64>;
-    /// Fails the next users from the claim's cursor with Apple asynchronous error `error`,
-    /// touching none of their records: for a step that can never succeed. Progress,
-    /// final status and notifications as [`AppsBooksStore::process_event_step`].
-    async fn fail_event_step(
-        &self,
-        claim: &EventClaim,
-        client_user_ids: &[String],
-        error: u32,
-        now: i64,
-        lease_ms: i64,
-    ) -> Result<()>;
 
     /// The Registered user holding `invite_code`, with its organisation.
-    async fn find_invitation(&self, invite_code: &str) -> Result<Option<(i64, UserRecord)>>;
-    /// Associates the user holding `invite_code` with the Apple Account hashed as
-    /// `id_hash`, and queues `USER_ASSOCIATED` when subscribed.
-    async fn accept_invitation(&self, invite_code: &str, id_hash: &str) -> Result<AcceptOutcome>;
+    async fn find_invitation(&self, invite_code: &str) -> Result<Option<(OrgId, UserRecord)>>;
 
     /// Queues a notification.
     async fn enqueue_notification(&self, n: &NewNotification) -> Result<()>;
     /// Organisations with pending notifications (due or not), in id order.
-    async fn notification_orgs(&self) -> Result<Vec<i64>>;
+    async fn notification_orgs(&self) -> Result<Vec<OrgId>>;
     /// Leases up to `limit` due notifications of one organisation, soonest due first.
     async fn claim_notifications(
         &self,
         owner: &str,
-        org_id: i64,
+        org_id: OrgId,
         now: i64,
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<OutboxItem>>;
     /// Bounds an organisation's backlog: of its pending notifications beyond the newest
     /// `keep`, those not leased are dropped (state `dropped`). Returns how many were.
-    async fn trim_notifications(&self, org_id: i64, keep: i64, now: i64) -> Result<u64>;
+    async fn trim_notifications(&self, org_id: OrgId, keep: i64, now: i64) -> Result<u64>;
     /// Marks one delivered.
     async fn notification_delivered(&self, id: i64, now: i64) -> Result<()>;
     /// Records a failed attempt; `retry_at` None gives up.
     async fn notification_failed(&self, id: i64, retry_at: Option<i64>, error: &str) -> Result<()>;
     /// Counts notifications by state (`pending`, `delivered`, `dead`, `dropped`), for tests
     /// and ops.
-    async fn notification_counts(&self, org_id: i64) -> Result<Vec<(String, i64)>>;
+    async fn notification_counts(&self, org_id: OrgId) -> Result<Vec<(String, i64)>>;
 
     /// Service limits overriding Apple's defaults.
     async fn get_limits(&self) -> Result<Vec<(String, i64)>>;
@@ -440,7 +500,7 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     /// clock and returns how many it has made in that second, this one included. Every
     /// instance on the database counts into the same window, so `maxRequestPerSecond` is
     /// the organisation's budget whichever instance a request reaches.
-    async fn count_request(&self, org_id: i64) -> Result<i64>;
+    async fn count_request(&self, org_id: OrgId) -> Result<i64>;
 }
 
 /// Every store of cloudvpp: what a backend implements and the binary hands out.
