@@ -12,6 +12,7 @@
 //! - the location is claimed with `mdmInfo`, and a response carrying another MDM's
 //!   `mdmInfo` raises an alarm ([`Client::ownership_conflict`]).
 
+use cloudvpp_abwire::limits::Limit;
 use cloudvpp_abwire::{
     ClientConfigRequest, ClientConfigResponse, ErrorResponse, EventResponse, GetUsersResponse,
     MdmInfo, RequestUser, ResponseUser, ServiceConfigResponse, StatusResponse,
@@ -219,7 +220,7 @@ impl Client {
         auth: bool,
     ) -> Result<T> {
         let per_second = if auth {
-            self.limit("maxRequestPerSecond").await.unwrap_or(15)
+            self.limit(Limit::MaxRequestPerSecond).await.unwrap_or(15)
         } else {
             i64::MAX
         };
@@ -350,7 +351,8 @@ impl Client {
     }
 
     /// One limit from (cached) service config.
-    pub async fn limit(&self, name: &str) -> Option<i64> {
+    pub async fn limit(&self, limit: Limit) -> Option<i64> {
+        let name = limit.name();
         let cached = self
             .config
             .lock()
@@ -487,7 +489,7 @@ impl Client {
     }
 
     async fn manage(&self, action: &str, users: &[RequestUser]) -> Result<Vec<String>> {
-        let max = self.limit("maxUsers").await.unwrap_or(100).max(1) as usize;
+        let max = self.limit(Limit::MaxUsers).await.unwrap_or(100).max(1) as usize;
         let mut events = Vec::new();
         for chunk in users.chunks(max) {
             let body = serde_json::json!({ "users": chunk });

@@ -6,6 +6,7 @@
 //! message, taken from Apple's Service Config example (see `docs/apple-error-messages.md`).
 
 pub mod errors;
+pub mod limits;
 pub mod notification;
 
 use serde::{Deserialize, Serialize};

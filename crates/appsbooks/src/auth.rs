@@ -63,7 +63,10 @@ impl FromRequestParts<AppState> for OrgContext {
             return Err(errors::TOKEN_EXPIRED.into());
         }
         // Counted before the organisation is loaded: a refused request skips that read.
-        let per_second = state.limits.get("maxRequestPerSecond").await;
+        let per_second = state
+            .limits
+            .get(crate::limits::Limit::MaxRequestPerSecond)
+            .await;
         if !state.rate.allow(record.org_id, per_second).await {
             return Err(ApiError {
                 retry_after: Some(1),

@@ -2,6 +2,7 @@
 
 use crate::auth::OrgContext;
 use crate::error::{ApiError, ApiResult, Body};
+use crate::limits::Limit;
 use crate::users::require_json;
 use crate::AppState;
 use axum::extract::State;
@@ -93,20 +94,26 @@ pub async fn post_client_config(
     let req: ClientConfigRequest =
         serde_json::from_slice(&body).map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?;
     let limits = state.limits.all().await;
-    let limit = |k: &str| limits.get(k).copied().unwrap_or(i64::MAX) as usize;
+    let limit = |l: Limit| {
+        limits
+            .get(l.name())
+            .copied()
+            .unwrap_or_else(|| l.apple_default())
+            .max(0) as usize
+    };
     let mut cfg = ctx.org.config.clone();
 
     if let Some(info) = &req.mdm_info {
         let (Some(id), Some(name), Some(metadata)) = (&info.id, &info.name, &info.metadata) else {
             return Err(errors::MDM_INFO_INCOMPLETE.into());
         };
-        if id.chars().count() > limit("maxMdmIdLength") {
+        if id.chars().count() > limit(Limit::MaxMdmIdLength) {
             return Err(errors::MDM_ID_TOO_LONG.into());
         }
-        if name.chars().count() > limit("maxMdmNameLength") {
+        if name.chars().count() > limit(Limit::MaxMdmNameLength) {
             return Err(errors::MDM_NAME_TOO_LONG.into());
         }
-        if metadata.chars().count() > limit("maxMdmMetadataLength") {
+        if metadata.chars().count() > limit(Limit::MaxMdmMetadataLength) {
             return Err(errors::MDM_METADATA_TOO_LONG.into());
         }
         cfg.mdm_info = Some(info.clone());
@@ -119,7 +126,7 @@ pub async fn post_client_config(
             cfg.notification_auth_token = None;
         }
         (Some(url), Some(token)) if !url.is_empty() && !token.is_empty() => {
-            let max = limit("maxNotificationLength");
+            let max = limit(Limit::MaxNotificationLength);
             if url.chars().count() > max || token.chars().count() > max {
                 return Err(errors::NOTIFICATION_TOO_LONG.into());
             }

@@ -1,27 +1,11 @@
 //! Service limits (Apple's example values, overridable in the store at run time) and the
 //! per-organisation rate limiter behind 9646.
 
+pub use cloudvpp_abwire::limits::Limit;
 use cloudvpp_store::AppsBooksStore;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// Apple's Service Config example limits.
-pub const APPLE_DEFAULTS: &[(&str, i64)] = &[
-    ("maxAssets", 25),
-    ("maxUsers", 100),
-    ("maxNotificationLength", 512),
-    ("maxRevokeClientUserIds", 100),
-    ("maxClientUserIds", 1000),
-    ("maxSerialNumbers", 1000),
-    ("maxRevokeSerialNumbers", 100),
-    ("maxRequestPerSecond", 15),
-    ("maxSubscriptions", 25),
-    ("maxSubscriptionClientUserIds", 1000),
-    ("maxMdmNameLength", 100),
-    ("maxMdmMetadataLength", 255),
-    ("maxMdmIdLength", 100),
-];
 
 /// How long a read of the overrides is reused: limits change "without notice", and a
 /// change made with `cloudvpp appsbooks limits set` shows within this time.
@@ -49,12 +33,14 @@ impl Limits {
                 return map.clone();
             }
         }
-        let mut map: BTreeMap<String, i64> = APPLE_DEFAULTS
+        let mut map: BTreeMap<String, i64> = Limit::ALL
             .iter()
-            .map(|(k, v)| (k.to_string(), *v))
+            .map(|(k, v)| (k.name().to_string(), *v))
             .collect();
         match self.store.get_limits().await {
-            Ok(over) => map.extend(over),
+            // Only Apple's names: a row stored under another name by an older version
+            // changes nothing.
+            Ok(over) => map.extend(over.into_iter().filter(|(k, _)| Limit::parse(k).is_some())),
             Err(e) => tracing::warn!(error = %e, "reading limits; using defaults"),
         }
         *self.cache.lock().expect("lock") = Some((Instant::now(), map.clone()));
@@ -62,8 +48,12 @@ impl Limits {
     }
 
     /// One limit.
-    pub async fn get(&self, name: &str) -> i64 {
-        self.all().await.get(name).copied().unwrap_or(i64::MAX)
+    pub async fn get(&self, limit: Limit) -> i64 {
+        self.all()
+            .await
+            .get(limit.name())
+            .copied()
+            .unwrap_or_else(|| limit.apple_default())
     }
 }
 

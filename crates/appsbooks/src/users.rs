@@ -253,7 +253,7 @@ async fn manage(
     event_type: EventType,
 ) -> ApiResult<Json<EventResponse>> {
     require_json(&headers)?;
-    let max_users = state.limits.get("maxUsers").await;
+    let max_users = state.limits.get(crate::limits::Limit::MaxUsers).await;
     let users = validate_manage_request(&body, max_users)?;
     let event_id = uuid::Uuid::new_v4().to_string();
     state

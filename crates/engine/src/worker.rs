@@ -215,7 +215,11 @@ pub(crate) async fn sync(engine: &Engine, loc: &Location, full: bool) -> Result<
 /// Registers the people of `invs` in batches of `maxUsers` (the client splits).
 async fn create_users(engine: &Engine, loc: &Location, invs: Vec<Invitation>) -> Result<(), Error> {
     let client = engine.client(loc);
-    let max = client.limit("maxUsers").await.unwrap_or(100).max(1) as usize;
+    let max = client
+        .limit(cloudvpp_abwire::limits::Limit::MaxUsers)
+        .await
+        .unwrap_or(100)
+        .max(1) as usize;
     let mut seen = HashSet::new();
     let people: Vec<RequestUser> = invs
         .iter()
