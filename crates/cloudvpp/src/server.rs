@@ -200,10 +200,8 @@ pub async fn start(config: ServerConfig, listeners: Listeners) -> Result<Running
             cfg.allow_http_notifications = true;
         }
         let state = cloudvpp_appsbooks::AppState::new(store.clone(), cfg);
-        for (name, mut worker) in
-            cloudvpp_appsbooks::workers(state.clone(), supervisor.stop.clone())
-        {
-            tasks.push(supervisor.spawn(name, move || worker()));
+        for (name, worker) in cloudvpp_appsbooks::workers(state.clone(), supervisor.stop.clone()) {
+            tasks.push(supervisor.spawn(name, worker));
         }
         tracing::info!(base = %bound.base, %public_url, "appsbooks service started");
         let router = cloudvpp_appsbooks::router(state).merge(readiness(store.clone(), &health));

@@ -174,27 +174,31 @@ async fn limits(command: LimitsCommand) -> Result<()> {
     Ok(())
 }
 
+impl ServeArgs {
+    /// The server this command line describes (its listener is `--listen`, bound apart).
+    pub fn into_config(self) -> ServerConfig {
+        ServerConfig {
+            database: self.db.database,
+            appsbooks: Some(AppsbooksConfig {
+                public_url: self.public_url,
+                opts: self.opts,
+            }),
+            mdm: None,
+            tls: self.tls,
+            conn: self.conn,
+            supervise: self.supervise,
+        }
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let bound = Bound::bind(args.listen, args.tls.pair().is_some())?;
     let base = bound.base.clone();
-    let running = server::start(
-        ServerConfig {
-            database: args.db.database,
-            appsbooks: Some(AppsbooksConfig {
-                public_url: args.public_url,
-                opts: args.opts,
-            }),
-            mdm: None,
-            tls: args.tls,
-            conn: args.conn,
-            supervise: args.supervise,
-        },
-        Listeners {
-            appsbooks: Some(bound),
-            mdm: None,
-        },
-    )
-    .await?;
+    let listeners = Listeners {
+        appsbooks: Some(bound),
+        mdm: None,
+    };
+    let running = server::start(args.into_config(), listeners).await?;
     // Scripts and tests read the bound address from this line.
     println!("appsbooks listening on {base}");
     running.serve(server::shutdown_signal()).await

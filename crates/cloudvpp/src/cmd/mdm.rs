@@ -217,24 +217,28 @@ pub async fn run(cmd: MdmCommand) -> Result<()> {
     }
 }
 
+impl ServeArgs {
+    /// The server this command line describes (its listener is `--listen`, bound apart).
+    pub fn into_config(self) -> ServerConfig {
+        ServerConfig {
+            database: self.db.database,
+            appsbooks: None,
+            mdm: Some(self.opts),
+            tls: self.tls,
+            conn: self.conn,
+            supervise: self.supervise,
+        }
+    }
+}
+
 async fn serve(args: ServeArgs) -> Result<()> {
     let bound = Bound::bind(args.listen, args.tls.pair().is_some())?;
     let base = bound.base.clone();
-    let running = server::start(
-        ServerConfig {
-            database: args.db.database,
-            appsbooks: None,
-            mdm: Some(args.opts),
-            tls: args.tls,
-            conn: args.conn,
-            supervise: args.supervise,
-        },
-        Listeners {
-            appsbooks: None,
-            mdm: Some(bound),
-        },
-    )
-    .await?;
+    let listeners = Listeners {
+        appsbooks: None,
+        mdm: Some(bound),
+    };
+    let running = server::start(args.into_config(), listeners).await?;
     println!("mdm listening on {base}");
     running.serve(server::shutdown_signal()).await
 }

@@ -35,6 +35,24 @@ pub struct ServeArgs {
     pub supervise: SuperviseArgs,
 }
 
+impl ServeArgs {
+    /// The server this command line describes (its listeners are `--appsbooks-listen` and
+    /// `--mdm-listen`, bound apart).
+    pub fn into_config(self) -> ServerConfig {
+        ServerConfig {
+            database: self.db.database,
+            appsbooks: Some(AppsbooksConfig {
+                public_url: self.appsbooks_public_url,
+                opts: self.appsbooks,
+            }),
+            mdm: Some(self.mdm),
+            tls: self.tls,
+            conn: self.conn,
+            supervise: self.supervise,
+        }
+    }
+}
+
 /// Runs `cloudvpp serve`.
 pub async fn run(mut a: ServeArgs) -> Result<()> {
     if a.mdm.ca.is_none() {
@@ -88,24 +106,11 @@ pub async fn run(mut a: ServeArgs) -> Result<()> {
         .unwrap_or_else(|| ab.base.clone());
     let ab_base = ab_base.trim_end_matches('/').to_string();
     let (ab_listen, mdm_listen) = (ab.base.clone(), mdm.base.clone());
-    let running = server::start(
-        ServerConfig {
-            database: a.db.database,
-            appsbooks: Some(AppsbooksConfig {
-                public_url: a.appsbooks_public_url,
-                opts: a.appsbooks,
-            }),
-            mdm: Some(a.mdm),
-            tls: a.tls,
-            conn: a.conn,
-            supervise: a.supervise,
-        },
-        Listeners {
-            appsbooks: Some(ab),
-            mdm: Some(mdm),
-        },
-    )
-    .await?;
+    let listeners = Listeners {
+        appsbooks: Some(ab),
+        mdm: Some(mdm),
+    };
+    let running = server::start(a.into_config(), listeners).await?;
     // Scripts and tests read the bound addresses from these lines.
     println!("appsbooks listening on {ab_listen}");
     println!("mdm listening on {mdm_listen}");
