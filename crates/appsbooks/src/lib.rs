@@ -1,7 +1,7 @@
 //! The Apps and Books service: a persistent implementation of Apple's App and Book
 //! Management API v2 for users (`/mdm/v2/...`), its notifications and its invitation page.
 //!
-//! [`router`] builds the axum app over an [`AppState`]; [`spawn_workers`] starts the
+//! [`router`] builds the axum app over an [`AppState`]; [`workers`] are the
 //! durable event worker ([`worker`]) and notification sender ([`outbox`]). Handlers are
 //! thin: they authenticate ([`auth::OrgContext`]), validate synchronously with Apple's
 //! error numbers ([`error::ApiError`]) and hand writes to the store as PENDING events.
@@ -153,14 +153,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Starts the event worker and the notification sender; they stop when `shutdown` fires.
-pub fn spawn_workers(
+/// One background task: each call starts one run, which ends when `shutdown` fires.
+pub type Worker =
+    Box<dyn FnMut() -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send>;
+
+/// The event worker and the notification sender, by name, for the caller to run (under
+/// a supervisor that restarts a run that dies); they stop when `shutdown` fires.
+pub fn workers(
     state: AppState,
     shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<(&'static str, Worker)> {
+    let (s, stop) = (state.clone(), shutdown.clone());
     vec![
-        tokio::spawn(worker::run(state.clone(), shutdown.clone())),
-        tokio::spawn(outbox::run(state, shutdown)),
+        (
+            "appsbooks-events",
+            Box::new(move || Box::pin(worker::run(s.clone(), stop.clone()))),
+        ),
+        (
+            "appsbooks-outbox",
+            Box::new(move || Box::pin(outbox::run(state.clone(), shutdown.clone()))),
+        ),
     ]
 }
 

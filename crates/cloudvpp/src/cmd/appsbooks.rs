@@ -1,0 +1,205 @@
+//! `cloudvpp appsbooks ...`: the Apps and Books service, its organisations and limits.
+
+use crate::flags::{parse_limit, AppsbooksOptions, ConnLimits, DbArg, SuperviseArgs, TlsArgs};
+use crate::server::{self, AppsbooksConfig, Bound, Listeners, ServerConfig};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use cloudvpp_appsbooks::ids;
+use cloudvpp_store::AppsBooksStore;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// `cloudvpp appsbooks ...`.
+#[derive(Subcommand)]
+pub enum AppsbooksCommand {
+    /// Serve /mdm/v2 and the invitation page.
+    Serve(Box<ServeArgs>),
+    /// Organisations and their sTokens.
+    Org {
+        #[command(subcommand)]
+        command: OrgCommand,
+    },
+    /// Service limits advertised in service config and enforced (maxUsers, maxRequestPerSecond, ...).
+    Limits {
+        #[command(subcommand)]
+        command: LimitsCommand,
+    },
+}
+
+/// `cloudvpp appsbooks serve`.
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free one (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Base URL advertised in service config and invitation links; defaults to the listen address.
+    #[arg(long)]
+    pub public_url: Option<String>,
+    #[command(flatten)]
+    pub db: DbArg,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+    #[command(flatten)]
+    pub opts: AppsbooksOptions,
+    #[command(flatten)]
+    pub conn: ConnLimits,
+    #[command(flatten)]
+    pub supervise: SuperviseArgs,
+}
+
+#[derive(Subcommand)]
+pub enum OrgCommand {
+    /// Create an organisation; prints its sToken alone on stdout.
+    Create {
+        #[command(flatten)]
+        db: DbArg,
+        /// Organisation (location) name.
+        #[arg(long)]
+        name: String,
+        /// Token expiry, RFC 3339; default one year from now.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// List organisations.
+    List {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Issue a new sToken; the old one then answers 9625. Prints the new token.
+    Renew {
+        #[command(flatten)]
+        db: DbArg,
+        /// The organisation's uId or name.
+        #[arg(long)]
+        org: String,
+        /// Token expiry, RFC 3339; default one year from now.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LimitsCommand {
+    /// Show every limit.
+    Show {
+        #[command(flatten)]
+        db: DbArg,
+    },
+    /// Set limits, NAME=VALUE ...; running services pick them up within a second.
+    Set {
+        #[command(flatten)]
+        db: DbArg,
+        /// NAME=VALUE pairs.
+        #[arg(required = true, value_parser = parse_limit)]
+        limits: Vec<(String, i64)>,
+    },
+}
+
+async fn open_store(url: &str) -> Result<Arc<dyn AppsBooksStore>> {
+    Ok(server::open_db(url).await?)
+}
+
+fn expiry(expires: Option<&str>) -> Result<i64> {
+    match expires {
+        None => Ok(chrono::Utc::now().timestamp() + 365 * 24 * 3600),
+        Some(s) => Ok(chrono::DateTime::parse_from_rfc3339(s)
+            .with_context(|| format!("--expires {s:?} is not RFC 3339"))?
+            .timestamp()),
+    }
+}
+
+/// Runs `cloudvpp appsbooks ...`.
+pub async fn run(command: AppsbooksCommand) -> Result<()> {
+    match command {
+        AppsbooksCommand::Serve(args) => serve(*args).await,
+        AppsbooksCommand::Org { command } => org(command).await,
+        AppsbooksCommand::Limits { command } => limits(command).await,
+    }
+}
+
+async fn org(command: OrgCommand) -> Result<()> {
+    match command {
+        OrgCommand::Create { db, name, expires } => {
+            let store = open_store(&db.database).await?;
+            let exp = expiry(expires.as_deref())?;
+            let stoken = ids::new_stoken(&name, exp);
+            store
+                .create_org(&ids::new_uid(), &name, &ids::new_secret(), &stoken, exp)
+                .await?;
+            println!("{stoken}");
+        }
+        OrgCommand::List { db } => {
+            let store = open_store(&db.database).await?;
+            println!("{:<18} {:<26} {:>10} NAME", "UID", "TOKEN EXPIRES", "USERS");
+            for o in store.list_orgs().await? {
+                let exp = store
+                    .current_token_expiry(o.id)
+                    .await?
+                    .map(ids::apple_date)
+                    .unwrap_or_default();
+                println!("{:<18} {:<26} {:>10} {}", o.uid, exp, o.user_count, o.name);
+            }
+        }
+        OrgCommand::Renew { db, org, expires } => {
+            let store = open_store(&db.database).await?;
+            let o = store
+                .find_org(&org)
+                .await?
+                .with_context(|| format!("no organisation {org:?}"))?;
+            let exp = expiry(expires.as_deref())?;
+            let stoken = ids::new_stoken(&o.name, exp);
+            store.renew_token(o.id, &stoken, exp).await?;
+            println!("{stoken}");
+        }
+    }
+    Ok(())
+}
+
+async fn limits(command: LimitsCommand) -> Result<()> {
+    match command {
+        LimitsCommand::Show { db } => {
+            let store = open_store(&db.database).await?;
+            let limits = cloudvpp_appsbooks::limits::Limits::new(store);
+            for (k, v) in limits.all().await {
+                println!("{k}={v}");
+            }
+        }
+        LimitsCommand::Set { db, limits } => {
+            let store = open_store(&db.database).await?;
+            for (k, v) in limits {
+                store.set_limit(&k, v).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl ServeArgs {
+    /// The server this command line describes (its listener is `--listen`, bound apart).
+    pub fn into_config(self) -> ServerConfig {
+        ServerConfig {
+            database: self.db.database,
+            appsbooks: Some(AppsbooksConfig {
+                public_url: self.public_url,
+                opts: self.opts,
+            }),
+            mdm: None,
+            tls: self.tls,
+            conn: self.conn,
+            supervise: self.supervise,
+        }
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<()> {
+    let bound = Bound::bind(args.listen, args.tls.pair().is_some())?;
+    let base = bound.base.clone();
+    let listeners = Listeners {
+        appsbooks: Some(bound),
+        mdm: None,
+    };
+    let running = server::start(args.into_config(), listeners).await?;
+    // Scripts and tests read the bound address from this line.
+    println!("appsbooks listening on {base}");
+    running.serve(server::shutdown_signal()).await
+}

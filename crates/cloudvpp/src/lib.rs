@@ -1,0 +1,67 @@
+//! `cloudvpp`: Apple's Apps and Books service and an MDM with its invitation engine, in one
+//! binary. This is the CLI root: [`Cli`] and its subcommands, one module of [`cmd`] each.
+//! [`server`] assembles the services for the three server commands (and for tests,
+//! in-process); [`flags`] holds the flag groups they share.
+
+pub mod cmd;
+pub mod flags;
+pub mod listener;
+pub mod server;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// The command line.
+#[derive(Parser)]
+#[command(
+    name = "cloudvpp",
+    version,
+    about = "Apple Apps and Books service and MDM, in one binary"
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+pub enum Command {
+    /// The Apps and Books service (Apple's App and Book Management API v2).
+    Appsbooks {
+        /// What to do.
+        #[command(subcommand)]
+        command: cmd::appsbooks::AppsbooksCommand,
+    },
+    /// The MDM service and its admin API client.
+    Mdm {
+        /// What to do.
+        #[command(subcommand)]
+        command: cmd::mdm::MdmCommand,
+    },
+    /// Both services in one process on one database, wired to each other.
+    Serve(Box<cmd::serve::ServeArgs>),
+    /// Invite people: register them with Apps and Books and send InviteToProgram.
+    Invite(cmd::invite::InviteArgs),
+    /// List invitations and where each person stands.
+    Invitations(cmd::invite::InvitationsArgs),
+    /// Simulated Apple devices: PKI, enrollment, polling, load bodies.
+    Simulate {
+        /// What to do.
+        #[command(subcommand)]
+        command: cmd::simulate::SimulateCommand,
+    },
+}
+
+/// Runs a parsed command line. A server whose background task was given up ends with
+/// [`server::Fatal`].
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Appsbooks { command } => cmd::appsbooks::run(command).await,
+        Command::Mdm { command } => cmd::mdm::run(command).await,
+        Command::Simulate { command } => cmd::simulate::run(command).await,
+        Command::Serve(a) => cmd::serve::run(*a).await,
+        Command::Invite(a) => cmd::invite::invite(a).await,
+        Command::Invitations(a) => cmd::invite::invitations(a).await,
+    }
+}
