@@ -209,7 +209,9 @@ pub fn parse_limit(s: &str) -> Result<(String, i64), String> {
     if v < 0 {
         return Err("limits are not negative".into());
     }
-    Ok((k.trim().to_string(), v))
+    // Only Apple's names: a typo would otherwise be stored and change nothing.
+    let limit: cloudvpp_abwire::limits::Limit = k.trim().parse()?;
+    Ok((limit.name().to_string(), v))
 }
 
 /// An address (`10.0.0.5`) or a network (`10.0.0.0/24`).
@@ -217,4 +219,20 @@ pub fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<ipnet::IpNet>()
         .or_else(|_| s.parse::<IpAddr>().map(ipnet::IpNet::from))
         .map_err(|_| format!("{s:?} is neither an IP address nor a CIDR network"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_apples_names_only() {
+        assert_eq!(parse_limit("maxUsers=50"), Ok(("maxUsers".into(), 50)));
+        let typo = parse_limit("maxUser=50").unwrap_err();
+        assert!(
+            typo.contains("unknown limit") && typo.contains("maxUsers"),
+            "{typo}"
+        );
+        assert!(parse_limit("maxUsers=-1").is_err());
+    }
 }

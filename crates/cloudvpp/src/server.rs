@@ -361,7 +361,8 @@ fn readiness(store: Arc<dyn cloudvpp_store::Store>, health: &Health) -> axum::Ro
                     );
                 }
                 // A primary-key probe: cheap, and it needs a connection and the schema.
-                let probe = cloudvpp_store::AppsBooksStore::get_org(&*store, 0);
+                let probe =
+                    cloudvpp_store::AppsBooksStore::get_org(&*store, cloudvpp_store::OrgId(0));
                 match tokio::time::timeout(Duration::from_secs(2), probe).await {
                     Ok(Ok(_)) => (StatusCode::OK, "ready\n".to_string()),
                     Ok(Err(e)) => {
