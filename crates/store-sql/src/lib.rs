@@ -684,10 +684,14 @@ impl AppsBooksStore for SqlStore {
         lease_ms: i64,
         limit: i64,
     ) -> Result<Vec<OutboxItem>> {
+        // The choice is a materialised CTE, run once: as an `IN (subquery)`, PostgreSQL may
+        // run it again for each row of a semi-join, and the locked subquery then skips the
+        // rows this very statement updated and goes on past its LIMIT.
         let rows = sqlx::query(&format!(
-            "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN (
+            "WITH picked AS MATERIALIZED (
                 SELECT id FROM outbox WHERE org_id = $3 AND state = 'pending' AND next_attempt_at <= $4
                   AND (lease_until IS NULL OR lease_until < $5) ORDER BY next_attempt_at, id LIMIT $6{})
+             UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN (SELECT id FROM picked)
              RETURNING id, body, attempts, next_attempt_at",
             self.dialect.skip_locked("outbox")
         ))
@@ -748,13 +752,16 @@ impl AppsBooksStore for SqlStore {
         if pending <= keep {
             return Ok(0);
         }
-        // The lease is checked again outside the subquery: PostgreSQL re-checks those
-        // conditions on a row another instance leased meanwhile, and leaves it be.
+        // A materialised CTE, run once (see claim_notifications: as a subquery it dropped the
+        // whole backlog on PostgreSQL). The lease is checked again outside it: PostgreSQL
+        // re-checks those conditions on a row another instance leased meanwhile.
         let done = sqlx::query(&format!(
-            "UPDATE outbox SET state = 'dropped', last_error = 'dropped: the organisation''s backlog was full'
+            "WITH picked AS MATERIALIZED (
+                SELECT id FROM outbox WHERE org_id = $2 AND state = 'pending'
+                  AND (lease_until IS NULL OR lease_until < $3) ORDER BY id LIMIT $4{})
+             UPDATE outbox SET state = 'dropped', last_error = 'dropped: the organisation''s backlog was full'
              WHERE state = 'pending' AND (lease_until IS NULL OR lease_until < $1)
-               AND id IN (SELECT id FROM outbox WHERE org_id = $2 AND state = 'pending'
-                            AND (lease_until IS NULL OR lease_until < $3) ORDER BY id LIMIT $4{})",
+               AND id IN (SELECT id FROM picked)",
             self.dialect.skip_locked("outbox")
         ))
         .bind(now)

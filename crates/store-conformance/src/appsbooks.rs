@@ -1,0 +1,632 @@
+//! [`cloudvpp_store::AppsBooksStore`] and its [`cloudvpp_store::OrgTx`].
+
+use crate::Backend;
+use cloudvpp_abwire::errors::USER_NOT_FOUND;
+use cloudvpp_abwire::{RequestUser, UserStatus};
+use cloudvpp_store::{
+    EventClaim, EventProgress, EventStatus, EventType, NewNotification, NewUser, Org, StoreError,
+    UserFilter, UserRecord, UserUpdate, UserWindow,
+};
+
+const NOW: i64 = 1_700_000_000_000;
+
+async fn org(b: &Backend, uid: &str) -> Org {
+    b.store
+        .create_org(
+            uid,
+            &format!("Org {uid}"),
+            "secret",
+            &format!("token-{uid}"),
+            2_000_000_000,
+        )
+        .await
+        .expect("create_org")
+}
+
+fn record(cuid: &str, status: UserStatus) -> UserRecord {
+    UserRecord {
+        ord: 0,
+        chg: 0,
+        client_user_id: cuid.to_string(),
+        email: Some(format!("{cuid}@example.com")),
+        invite_code: Some(format!("code{cuid}")),
+        id_hash: (status == UserStatus::Associated).then(|| format!("hash-{cuid}")),
+        status,
+    }
+}
+
+/// Adds records in one organisation transaction, numbering them as the service does.
+async fn add_users(b: &Backend, org: &Org, users: &[(&str, UserStatus)]) -> Vec<UserRecord> {
+    let mut tx = b.store.begin_org_write(org.id).await.expect("begin");
+    let (mut count, mut chg) = (tx.org().user_count, tx.org().chg);
+    let mut added = Vec::new();
+    for (cuid, status) in users {
+        count += 1;
+        chg += 1;
+        let mut r = record(cuid, *status);
+        r.ord = count;
+        r.chg = chg;
+        r.invite_code = Some(format!("code{cuid}-{count}"));
+        added.push(r);
+    }
+    let new: Vec<NewUser> = added
+        .iter()
+        .map(|r| NewUser {
+            record: r.clone(),
+            managed_apple_id: None,
+        })
+        .collect();
+    tx.insert_users(&new).await.expect("insert_users");
+    tx.set_counters(count, chg).await.expect("set_counters");
+    tx.commit().await.expect("commit");
+    added
+}
+
+fn request(cuids: &[&str]) -> Vec<RequestUser> {
+    cuids
+        .iter()
+        .map(|c| RequestUser {
+            client_user_id: c.to_string(),
+            email: None,
+            managed_apple_id: None,
+        })
+        .collect()
+}
+
+/// Organisations by id, uId and name; tokens only by their whole string; a renewal
+/// revokes the old token; limits are stored by name.
+pub async fn orgs_tokens_and_limits(b: &Backend) {
+    let a = org(b, "1001").await;
+    let c = org(b, "1002").await;
+    assert_ne!(a.id, c.id);
+    assert_eq!((a.user_count, a.chg), (0, 0));
+    assert_eq!(b.store.find_org("1002").await.unwrap().unwrap().id, c.id);
+    assert_eq!(
+        b.store.find_org("Org 1001").await.unwrap().unwrap().id,
+        a.id
+    );
+    assert!(b.store.find_org("nope").await.unwrap().is_none());
+    assert_eq!(b.store.list_orgs().await.unwrap().len(), 2);
+
+    let t = b.store.find_token("token-1001").await.unwrap().unwrap();
+    assert_eq!((t.org_id, t.revoked), (a.id, false));
+    assert!(b.store.find_token("token-100").await.unwrap().is_none());
+    b.store
+        .renew_token(a.id, "fresh", 2_100_000_000)
+        .await
+        .unwrap();
+    assert!(
+        b.store
+            .find_token("token-1001")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    assert!(!b.store.find_token("fresh").await.unwrap().unwrap().revoked);
+    assert_eq!(
+        b.store.current_token_expiry(a.id).await.unwrap(),
+        Some(2_100_000_000)
+    );
+    // Only the digest is stored.
+    let plain: i64 = sqlx::query_scalar::<_, i64>(
+        "SELECT COUNT(*) FROM tokens WHERE stoken = 'fresh' OR stoken = 'token-1001'",
+    )
+    .fetch_one(&b.raw)
+    .await
+    .unwrap();
+    assert_eq!(plain, 0);
+
+    b.store.set_limit("maxUsers", 7).await.unwrap();
+    b.store.set_limit("maxUsers", 9).await.unwrap();
+    assert_eq!(
+        b.store.get_limits().await.unwrap(),
+        vec![("maxUsers".to_string(), 9)]
+    );
+}
+
+/// Windows of `ord` (full listings) and `chg` (`sinceVersionId`), with Apple's filters;
+/// a clientUserId's records oldest first.
+pub async fn user_windows_and_filters(b: &Backend) {
+    let o = org(b, "2001").await;
+    let other = org(b, "2002").await;
+    add_users(b, &other, &[("x", UserStatus::Registered)]).await;
+    add_users(
+        b,
+        &o,
+        &[
+            ("a", UserStatus::Registered),
+            ("b", UserStatus::Retired),
+            ("c", UserStatus::Associated),
+            ("b", UserStatus::Registered),
+        ],
+    )
+    .await;
+    let cuids = |v: Vec<UserRecord>| v.into_iter().map(|u| u.client_user_id).collect::<Vec<_>>();
+    let all = UserFilter::default();
+    let active = UserFilter {
+        active_only: true,
+        ..Default::default()
+    };
+    let retired = UserFilter {
+        retired_only: true,
+        ..Default::default()
+    };
+    let w = |lo, hi| UserWindow::Ord { lo, hi };
+    assert_eq!(
+        cuids(
+            b.store
+                .list_users_window(o.id, w(1, 5), &all)
+                .await
+                .unwrap()
+        ),
+        ["a", "b", "c", "b"]
+    );
+    assert_eq!(
+        cuids(
+            b.store
+                .list_users_window(o.id, w(2, 4), &all)
+                .await
+                .unwrap()
+        ),
+        ["b", "c"]
+    );
+    assert_eq!(
+        cuids(
+            b.store
+                .list_users_window(o.id, w(1, 5), &active)
+                .await
+                .unwrap()
+        ),
+        ["a", "c", "b"]
+    );
+    assert_eq!(
+        cuids(
+            b.store
+                .list_users_window(o.id, w(1, 5), &retired)
+                .await
+                .unwrap()
+        ),
+        ["b"]
+    );
+    // A change moves a record to the end of the chg order.
+    let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+    let mut a = tx.active_users(&["a"]).await.unwrap().pop().unwrap();
+    a.chg = tx.org().chg + 1;
+    a.email = Some("new@example.com".into());
+    tx.update_users(&[UserUpdate {
+        record: a.clone(),
+        managed_apple_id: Some("a@appleid.example".into()),
+    }])
+    .await
+    .unwrap();
+    let count = tx.org().user_count;
+    tx.set_counters(count, a.chg).await.unwrap();
+    tx.commit().await.unwrap();
+    let since = b
+        .store
+        .list_users_window(o.id, UserWindow::Chg { lo: 2, hi: 100 }, &all)
+        .await
+        .unwrap();
+    assert_eq!(cuids(since.clone()), ["b", "c", "b", "a"]);
+    assert_eq!(since[3].email.as_deref(), Some("new@example.com"));
+    let org_now = b.store.get_org(o.id).await.unwrap().unwrap();
+    assert_eq!((org_now.user_count, org_now.chg), (4, 5));
+
+    let bs = b
+        .store
+        .list_users_by_client_id(o.id, "b", &all)
+        .await
+        .unwrap();
+    assert_eq!(
+        bs.iter().map(|u| (u.ord, u.status)).collect::<Vec<_>>(),
+        [(2, UserStatus::Retired), (4, UserStatus::Registered)]
+    );
+    let (found_org, found) = b.store.find_invitation("codec-3").await.unwrap().unwrap();
+    assert_eq!((found_org, found.client_user_id.as_str()), (o.id, "c"));
+    assert!(b.store.find_invitation("nope").await.unwrap().is_none());
+}
+
+/// The reads an organisation transaction offers: active records by clientUserId, the
+/// holders of Apple Accounts, a record by invite code; many keys at once.
+pub async fn org_transaction_reads(b: &Backend) {
+    let o = org(b, "3001").await;
+    let many: Vec<String> = (0..2500).map(|i| format!("u{i}")).collect();
+    let specs: Vec<(&str, UserStatus)> = many
+        .iter()
+        .map(|c| (c.as_str(), UserStatus::Registered))
+        .chain([
+            ("gone", UserStatus::Retired),
+            ("held", UserStatus::Associated),
+        ])
+        .collect();
+    add_users(b, &o, &specs).await;
+    let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+    let mut keys: Vec<&str> = many.iter().map(String::as_str).collect();
+    keys.extend(["gone", "held", "missing"]);
+    let active = tx.active_users(&keys).await.unwrap();
+    assert_eq!(
+        active.len(),
+        2501,
+        "every active record, none retired, across chunks"
+    );
+    let holders = tx
+        .associated_with(&["hash-held", "hash-gone", "x"])
+        .await
+        .unwrap();
+    assert_eq!(holders.len(), 1);
+    assert_eq!(holders[0].client_user_id, "held");
+    let by_code = tx.user_by_invite_code("codeu7-8").await.unwrap().unwrap();
+    assert_eq!(by_code.client_user_id, "u7");
+    assert!(tx.user_by_invite_code("nope").await.unwrap().is_none());
+}
+
+/// A transaction dropped without commit writes nothing; one that commits writes
+/// everything, notifications included.
+pub async fn org_transactions_are_all_or_nothing(b: &Backend) {
+    let o = org(b, "4001").await;
+    {
+        let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+        let mut r = record("lost", UserStatus::Registered);
+        (r.ord, r.chg) = (1, 1);
+        tx.insert_users(&[NewUser {
+            record: r,
+            managed_apple_id: None,
+        }])
+        .await
+        .unwrap();
+        tx.set_counters(1, 1).await.unwrap();
+        tx.enqueue_notifications("USER_MANAGEMENT", &["{}".into()], NOW)
+            .await
+            .unwrap();
+    }
+    let after = b.store.get_org(o.id).await.unwrap().unwrap();
+    assert_eq!((after.user_count, after.chg), (0, 0));
+    assert!(b.store.notification_orgs().await.unwrap().is_empty());
+    assert!(b
+        .store
+        .list_users_by_client_id(o.id, "lost", &UserFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+
+    let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+    tx.enqueue_notifications(
+        "USER_MANAGEMENT",
+        &["{\"n\":1}".into(), "{\"n\":2}".into()],
+        NOW,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        b.store.notification_counts(o.id).await.unwrap(),
+        vec![("pending".to_string(), 2)]
+    );
+}
+
+/// Writers of one organisation never share a change number or an ordinal: each holds
+/// the organisation until it commits.
+pub async fn concurrent_writers_never_share_numbers(b: &Backend) {
+    let o = org(b, "5001").await;
+    let mut tasks = Vec::new();
+    for t in 0..4 {
+        let store = b.store.clone();
+        let id = o.id;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..15 {
+                let mut tx = store.begin_org_write(id).await.unwrap();
+                let (count, chg) = (tx.org().user_count + 1, tx.org().chg + 1);
+                // Another writer waiting here must not read the same counters.
+                tokio::task::yield_now().await;
+                let mut r = record(&format!("t{t}-{i}"), UserStatus::Registered);
+                (r.ord, r.chg) = (count, chg);
+                r.invite_code = Some(format!("c{t}x{i}"));
+                tx.insert_users(&[NewUser {
+                    record: r,
+                    managed_apple_id: None,
+                }])
+                .await
+                .unwrap();
+                tx.set_counters(count, chg).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = b.store.get_org(o.id).await.unwrap().unwrap();
+    assert_eq!((after.user_count, after.chg), (60, 60));
+    let users = b
+        .store
+        .list_users_window(
+            o.id,
+            UserWindow::Chg { lo: 1, hi: 61 },
+            &UserFilter::default(),
+        )
+        .await
+        .unwrap();
+    let chgs: Vec<i64> = users.iter().map(|u| u.chg).collect();
+    assert_eq!(chgs, (1..=60).collect::<Vec<_>>());
+}
+
+async fn claim(b: &Backend, owner: &str, now: i64) -> Option<EventClaim> {
+    b.store.claim_event(owner, now, 1000).await.unwrap()
+}
+
+/// Events run in order per organisation and in parallel across organisations, under
+/// leases that expire; a claim that lost its lease can write nothing.
+pub async fn event_claims_leases_and_steps(b: &Backend) {
+    let a = org(b, "6001").await;
+    let c = org(b, "6002").await;
+    for (o, id) in [(&a, "a1"), (&a, "a2"), (&c, "c1")] {
+        b.store
+            .insert_event(o.id, id, EventType::Create, &request(&["p", "q"]), NOW)
+            .await
+            .unwrap();
+    }
+    let first = claim(b, "w1", NOW).await.unwrap();
+    assert_eq!((first.event_id.as_str(), first.cursor), ("a1", 0));
+    assert_eq!(first.users.len(), 2);
+    // a2 waits for a1; c1 is free.
+    let second = claim(b, "w2", NOW).await.unwrap();
+    assert_eq!(second.event_id, "c1");
+    assert!(claim(b, "w3", NOW).await.is_none());
+
+    // One step of a1 under w1's lease.
+    let mut tx = b.store.begin_org_write(a.id).await.unwrap();
+    let (mut progress, total) = tx.lock_event(&first).await.unwrap();
+    assert_eq!((progress.clone(), total), (EventProgress::default(), 2));
+    progress.cursor = 1;
+    progress.num_completed = 1;
+    tx.save_event(&first, &progress, EventStatus::Pending, NOW, 1000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ev = b.store.get_event(a.id, "a1").await.unwrap().unwrap();
+    assert_eq!(
+        (ev.status, ev.num_completed, ev.num_requested),
+        (EventStatus::Pending, 1, 2)
+    );
+
+    // The claim's cursor is now stale: its holder must re-read before writing.
+    let mut tx = b.store.begin_org_write(a.id).await.unwrap();
+    assert!(matches!(
+        tx.lock_event(&first).await,
+        Err(StoreError::LeaseLost)
+    ));
+    drop(tx);
+
+    // The lease ran out (the step renewed it to NOW + 1000): w3 takes a1 where it was.
+    let taken = claim(b, "w3", NOW + 1001).await.unwrap();
+    assert_eq!((taken.event_id.as_str(), taken.cursor), ("a1", 1));
+    let mut stale = first.clone();
+    stale.cursor = 1;
+    let mut tx = b.store.begin_org_write(a.id).await.unwrap();
+    assert!(matches!(
+        tx.lock_event(&stale).await,
+        Err(StoreError::LeaseLost)
+    ));
+    drop(tx);
+    assert!(matches!(
+        b.store.event_step_failed(&stale, NOW + 1001, 1000).await,
+        Err(StoreError::LeaseLost)
+    ));
+    assert_eq!(
+        b.store
+            .event_step_failed(&taken, NOW + 1001, 1000)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        b.store
+            .event_step_failed(&taken, NOW + 1001, 1000)
+            .await
+            .unwrap(),
+        2
+    );
+    let again = claim(b, "w4", NOW + 5000).await.unwrap();
+    assert_eq!(again.step_failures, 2, "failures are kept with the event");
+
+    // Finishing a1 lets a2 be claimed; the failures and final status read back.
+    let mut tx = b.store.begin_org_write(a.id).await.unwrap();
+    let (mut progress, _) = tx.lock_event(&again).await.unwrap();
+    progress.cursor = 2;
+    progress.failures = vec![(USER_NOT_FOUND, vec!["q".into()])];
+    tx.save_event(&again, &progress, EventStatus::Failed, NOW + 5000, 1000)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let ev = b.store.get_event(a.id, "a1").await.unwrap().unwrap();
+    assert_eq!(ev.status, EventStatus::Failed);
+    assert_eq!(ev.failures, vec![(USER_NOT_FOUND, vec!["q".to_string()])]);
+    assert!(
+        b.store.get_event(c.id, "a1").await.unwrap().is_none(),
+        "events are per organisation"
+    );
+    let next = claim(b, "w5", NOW + 5000).await.unwrap();
+    assert_eq!(next.event_id, "a2");
+}
+
+/// Notifications are leased per organisation, soonest due first; a retry waits for its
+/// time, a dead one is never handed out again; a full backlog drops the oldest.
+pub async fn outbox_order_leases_retries_and_trim(b: &Backend) {
+    let a = org(b, "7001").await;
+    let c = org(b, "7002").await;
+    for (o, body) in [(&a, "a1"), (&a, "a2"), (&a, "a3"), (&c, "c1")] {
+        b.store
+            .enqueue_notification(&NewNotification {
+                org_id: o.id,
+                notification_type: "TEST_NOTIFICATION".into(),
+                body: body.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let mut orgs = b.store.notification_orgs().await.unwrap();
+    orgs.sort();
+    let mut want = vec![a.id, c.id];
+    want.sort();
+    assert_eq!(orgs, want);
+    let now = cloudvpp_now();
+    let got = b
+        .store
+        .claim_notifications("s1", a.id, now, 1000, 2)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|i| i.body.as_str()).collect::<Vec<_>>(),
+        ["a1", "a2"]
+    );
+    assert_eq!(got[0].attempts, 0);
+    // Leased: another sender gets only the third.
+    let rest = b
+        .store
+        .claim_notifications("s2", a.id, now, 1000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|i| i.body.as_str()).collect::<Vec<_>>(),
+        ["a3"]
+    );
+    b.store
+        .notification_delivered(got[0].id, now)
+        .await
+        .unwrap();
+    b.store
+        .notification_failed(got[1].id, Some(now + 60_000), "HTTP 500")
+        .await
+        .unwrap();
+    b.store
+        .notification_failed(rest[0].id, None, "gave up")
+        .await
+        .unwrap();
+    assert!(b
+        .store
+        .claim_notifications("s3", a.id, now + 1, 1000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let retry = b
+        .store
+        .claim_notifications("s3", a.id, now + 60_000, 1000, 10)
+        .await
+        .unwrap();
+    assert_eq!(retry.len(), 1);
+    assert_eq!((retry[0].body.as_str(), retry[0].attempts), ("a2", 1));
+    let mut counts = b.store.notification_counts(a.id).await.unwrap();
+    counts.sort();
+    assert_eq!(
+        counts,
+        vec![
+            ("dead".to_string(), 1),
+            ("delivered".to_string(), 1),
+            ("pending".to_string(), 1)
+        ]
+    );
+
+    for i in 0..5 {
+        b.store
+            .enqueue_notification(&NewNotification {
+                org_id: c.id,
+                notification_type: "TEST_NOTIFICATION".into(),
+                body: format!("c{}", i + 2),
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(b.store.trim_notifications(c.id, 2, now).await.unwrap(), 4);
+    let kept = b
+        .store
+        .claim_notifications("s4", c.id, cloudvpp_now(), 1000, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        kept.iter().map(|i| i.body.as_str()).collect::<Vec<_>>(),
+        ["c5", "c6"]
+    );
+}
+
+/// Requests are counted per organisation in the database's current second.
+pub async fn request_windows(b: &Backend) {
+    let a = org(b, "8001").await;
+    let c = org(b, "8002").await;
+    // A window may roll over between two counts: retry until three land in one.
+    for _ in 0..5 {
+        let n1 = b.store.count_request(a.id).await.unwrap();
+        let n2 = b.store.count_request(a.id).await.unwrap();
+        let other = b.store.count_request(c.id).await.unwrap();
+        let n3 = b.store.count_request(a.id).await.unwrap();
+        if n3 == n1 + 2 {
+            assert_eq!(n2, n1 + 1);
+            assert!(
+                other >= 1 && other <= n3,
+                "another organisation counts apart"
+            );
+            return;
+        }
+    }
+    panic!("no three requests counted in one second in five tries");
+}
+
+/// A value a column cannot hold is an error naming the column, never a default.
+pub async fn corrupt_values_are_reported(b: &Backend) {
+    let o = org(b, "9001").await;
+    add_users(b, &o, &[("a", UserStatus::Registered)]).await;
+    b.store
+        .insert_event(o.id, "e1", EventType::Retire, &request(&["a"]), NOW)
+        .await
+        .unwrap();
+    let corrupt = |r: Result<_, StoreError>, col: &str| match r {
+        Err(StoreError::Corrupt { column, .. }) => assert_eq!(column, col),
+        Err(e) => panic!("{col}: expected Corrupt, got {e}"),
+        Ok(_) => panic!("{col}: a corrupt value was read as a good one"),
+    };
+
+    b.exec("UPDATE events SET event_type = 'REVIVE'").await;
+    corrupt(
+        b.store.get_event(o.id, "e1").await.map(|_| ()),
+        "event_type",
+    );
+    corrupt(
+        b.store.claim_event("w", NOW, 1000).await.map(|_| ()),
+        "event_type",
+    );
+    b.exec("UPDATE events SET event_type = 'RETIRE', status = 'DONE-ISH'")
+        .await;
+    corrupt(b.store.get_event(o.id, "e1").await.map(|_| ()), "status");
+    b.exec("UPDATE events SET status = 'PENDING', progress = '{\"cursor\": -4}'")
+        .await;
+    corrupt(b.store.get_event(o.id, "e1").await.map(|_| ()), "progress");
+    b.exec("UPDATE events SET progress = '{\"failures\": [[1234, [\"a\"]]]}'")
+        .await;
+    corrupt(b.store.get_event(o.id, "e1").await.map(|_| ()), "progress");
+
+    b.exec("UPDATE users SET status = 'Asleep'").await;
+    corrupt(
+        b.store
+            .list_users_window(
+                o.id,
+                UserWindow::Ord { lo: 1, hi: 2 },
+                &UserFilter::default(),
+            )
+            .await
+            .map(|_| ()),
+        "status",
+    );
+    b.exec("UPDATE orgs SET notification_types = 'not json'")
+        .await;
+    corrupt(
+        b.store.get_org(o.id).await.map(|_| ()),
+        "notification_types",
+    );
+}
+
+fn cloudvpp_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

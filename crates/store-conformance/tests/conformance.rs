@@ -1,0 +1,13 @@
+//! Every case of the store's contract, on SQLite and on PostgreSQL.
+
+cloudvpp_store_conformance::conformance!(
+    appsbooks::orgs_tokens_and_limits,
+    appsbooks::user_windows_and_filters,
+    appsbooks::org_transaction_reads,
+    appsbooks::org_transactions_are_all_or_nothing,
+    appsbooks::concurrent_writers_never_share_numbers,
+    appsbooks::event_claims_leases_and_steps,
+    appsbooks::outbox_order_leases_retries_and_trim,
+    appsbooks::request_windows,
+    appsbooks::corrupt_values_are_reported,
+);
