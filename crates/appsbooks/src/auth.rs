@@ -59,7 +59,7 @@ impl FromRequestParts<AppState> for OrgContext {
         if record.revoked {
             return Err(errors::TOKEN_REVOKED.into());
         }
-        if record.expires_at <= crate::now_ms() / 1000 {
+        if record.expires_at <= state.config.clock.now_ms() / 1000 {
             return Err(errors::TOKEN_EXPIRED.into());
         }
         // Counted before the organisation is loaded: a refused request skips that read.

@@ -237,10 +237,12 @@ async fn associate(
         tx.set_counters(org.user_count, rec.chg).await?;
         if org.config.subscribed(USER_ASSOCIATED) {
             let body = crate::envelope::user_associated(&org.uid, rec.to_response());
-            tx.enqueue_notifications(USER_ASSOCIATED, &[body], crate::now_ms())
+            tx.enqueue_notifications(USER_ASSOCIATED, &[body], state.config.clock.now_ms())
                 .await?;
         }
         tx.commit().await?;
+    } else {
+        tx.rollback().await?;
     }
     Ok(outcome)
 }

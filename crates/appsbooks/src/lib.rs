@@ -21,6 +21,7 @@ pub mod worker;
 
 use axum::routing::{get, post};
 use axum::Router;
+use cloudvpp_store::clock::{Clock, SystemClock};
 use cloudvpp_store::AppsBooksStore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub struct Config {
     /// How long an event or a notification batch stays with the instance that took it
     /// (renewed at every step); after a crash another instance takes it over then.
     pub lease: Duration,
+    /// The time token expiry, leases and notification retries are reckoned by.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             drop_notifications_percent: 0,
             instance_id: format!("appsbooks-{}", uuid::Uuid::new_v4().simple()),
             lease: Duration::from_secs(30),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -174,12 +178,4 @@ pub fn workers(
             Box::new(move || Box::pin(outbox::run(state.clone(), shutdown.clone()))),
         ),
     ]
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

@@ -83,7 +83,7 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
         trimmed.retain(|_, at| at.elapsed() < TRIM_EVERY * 2);
         let mut claimed = false;
         for org in orgs {
-            let now = crate::now_ms();
+            let now = state.config.clock.now_ms();
             if trimmed
                 .get(&org)
                 .is_none_or(|at| at.elapsed() >= TRIM_EVERY)
@@ -189,12 +189,16 @@ async fn send_one(state: &AppState, item: OutboxItem, timeout: Duration) {
         Err(_) => Err("timed out".to_string()),
     };
     let outcome = match result {
-        Ok(()) => store.notification_delivered(item.id, crate::now_ms()).await,
+        Ok(()) => {
+            store
+                .notification_delivered(item.id, state.config.clock.now_ms())
+                .await
+        }
         Err(why) => {
             let delays = &state.config.notification_retry_delays;
             let retry_at = delays
                 .get(item.attempts as usize)
-                .map(|d| crate::now_ms() + d.as_millis() as i64);
+                .map(|d| state.config.clock.now_ms() + d.as_millis() as i64);
             tracing::info!(id = item.id, attempt = item.attempts + 1, %why, gives_up = retry_at.is_none(), "notification not delivered");
             store.notification_failed(item.id, retry_at, &why).await
         }

@@ -258,7 +258,13 @@ async fn manage(
     let event_id = uuid::Uuid::new_v4().to_string();
     state
         .store
-        .insert_event(ctx.org.id, &event_id, event_type, &users, crate::now_ms())
+        .insert_event(
+            ctx.org.id,
+            &event_id,
+            event_type,
+            &users,
+            state.config.clock.now_ms(),
+        )
         .await?;
     state.events_waiting.notify_one();
     tracing::debug!(

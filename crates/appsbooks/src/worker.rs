@@ -36,7 +36,7 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
             .store
             .claim_event(
                 &owner,
-                crate::now_ms(),
+                state.config.clock.now_ms(),
                 state.config.lease.as_millis() as i64,
             )
             .await
@@ -132,7 +132,7 @@ async fn process(
                     .store
                     .event_step_failed(
                         &claim,
-                        crate::now_ms(),
+                        state.config.clock.now_ms(),
                         state.config.lease.as_millis() as i64,
                     )
                     .await
@@ -186,9 +186,16 @@ async fn apply_step(
     ops: &[UserOp],
     fail_with: Option<AppleError>,
 ) -> Result<(), StoreError> {
-    let now = crate::now_ms();
+    let now = state.config.clock.now_ms();
     let mut tx = state.store.begin_org_write(claim.org_id).await?;
-    let (mut progress, total) = tx.lock_event(claim).await?;
+    let (mut progress, total) = match tx.lock_event(claim).await {
+        Ok(locked) => locked,
+        Err(e) => {
+            // Let the rows go now: another instance may be claiming the event.
+            let _ = tx.rollback().await;
+            return Err(e);
+        }
+    };
     let outcomes = match fail_with {
         Some(error) => ops
             .iter()

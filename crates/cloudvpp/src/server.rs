@@ -97,6 +97,8 @@ pub struct ServerConfig {
     pub conn: ConnLimits,
     /// Supervision of the background tasks.
     pub supervise: SuperviseArgs,
+    /// The time the services reckon by (the system's; tests may hold or move it).
+    pub clock: Arc<dyn cloudvpp_store::clock::Clock>,
 }
 
 /// The listeners of a server, one per service it runs.
@@ -185,6 +187,7 @@ pub async fn start(config: ServerConfig, listeners: Listeners) -> Result<Running
         }
         let public_url = ab.public_url.clone().unwrap_or_else(|| bound.base.clone());
         let mut cfg = ab.opts.config(&public_url);
+        cfg.clock = config.clock.clone();
         if let Some((mdm, _, mdm_bound)) = &mdm_parts {
             // Notifications may reach this process's own MDM notification endpoint,
             // however private its address, and no other private address (not its admin

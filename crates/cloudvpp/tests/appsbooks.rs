@@ -141,6 +141,50 @@ async fn seed_document_examples_reproduce() {
     assert_eq!(statuses, vec!["Retired", "Registered"]);
 }
 
+/// The service reckons by its config's clock (here one held still, started in-process):
+/// moved past a token's expiry, the same token turns from accepted to 9621 at once, with no
+/// waiting and no token made to expire in the past.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_expiry_follows_the_services_clock() {
+    let env = Env::new();
+    let in_an_hour = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let token = env.cli(&[
+        "appsbooks",
+        "org",
+        "create",
+        "--name",
+        "Soon",
+        "--expires",
+        &in_an_hour,
+    ]);
+    let (mut config, listeners, base) = common::appsbooks_in_process(&["--database", &env.db()]);
+    let clock = std::sync::Arc::new(cloudvpp_store::clock::ManualClock::now());
+    config.clock = clock.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(cloudvpp::server::serve_with_listener(
+        config,
+        listeners,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+    let get = |auth: String| {
+        http.get(format!("{base}/mdm/v2/client/config"))
+            .header("Authorization", auth)
+            .send()
+    };
+    let auth = format!("Bearer {}", token.trim());
+    let r = get(auth.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    clock.advance(Duration::from_secs(3601));
+    let r = get(auth).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["errorNumber"], 9621);
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn authentication_errors_are_apples() {
     let env = Env::new();

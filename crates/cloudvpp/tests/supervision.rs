@@ -12,31 +12,9 @@
 
 mod common;
 
-use clap::Parser;
-use cloudvpp::server::{self, Bound, Listeners};
-use common::Env;
+use cloudvpp::server;
+use common::{appsbooks_in_process, Env};
 use std::time::{Duration, Instant};
-
-/// `cloudvpp appsbooks serve ARGS` as a server config, on a free loopback listener.
-fn appsbooks_in_process(args: &[&str]) -> (server::ServerConfig, Listeners, String) {
-    let mut line = vec!["cloudvpp", "appsbooks", "serve"];
-    line.extend_from_slice(args);
-    let cli = cloudvpp::Cli::try_parse_from(line).unwrap();
-    let cloudvpp::Command::Appsbooks {
-        command: cloudvpp::cmd::appsbooks::AppsbooksCommand::Serve(serve),
-    } = cli.command
-    else {
-        unreachable!()
-    };
-    let bound =
-        Bound::from_std(std::net::TcpListener::bind("127.0.0.1:0").unwrap(), false).unwrap();
-    let base = bound.base.clone();
-    let listeners = Listeners {
-        appsbooks: Some(bound),
-        mdm: None,
-    };
-    (serve.into_config(), listeners, base)
-}
 
 async fn status(http: &reqwest::Client, url: &str) -> (u16, String) {
     let r = http.get(url).send().await.unwrap();

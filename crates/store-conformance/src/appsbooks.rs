@@ -4,8 +4,8 @@ use crate::Backend;
 use cloudvpp_abwire::errors::USER_NOT_FOUND;
 use cloudvpp_abwire::{RequestUser, UserStatus};
 use cloudvpp_store::{
-    EventClaim, EventProgress, EventStatus, EventType, NewNotification, NewUser, Org, StoreError,
-    UserFilter, UserRecord, UserUpdate, UserWindow,
+    EventClaim, EventProgress, EventStatus, EventType, NewUser, Org, StoreError, UserFilter,
+    UserRecord, UserUpdate, UserWindow,
 };
 
 const NOW: i64 = 1_700_000_000_000;
@@ -351,6 +351,15 @@ pub async fn concurrent_writers_never_share_numbers(b: &Backend) {
     assert_eq!(chgs, (1..=60).collect::<Vec<_>>());
 }
 
+/// Queues one notification of `o`, due now.
+async fn enqueue(b: &Backend, o: &Org, body: impl Into<String>) {
+    let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+    tx.enqueue_notifications("TEST_NOTIFICATION", &[body.into()], cloudvpp_now())
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+}
+
 async fn claim(b: &Backend, owner: &str, now: i64) -> Option<EventClaim> {
     b.store.claim_event(owner, now, 1000).await.unwrap()
 }
@@ -396,7 +405,7 @@ pub async fn event_claims_leases_and_steps(b: &Backend) {
         tx.lock_event(&first).await,
         Err(StoreError::LeaseLost)
     ));
-    drop(tx);
+    tx.rollback().await.unwrap();
 
     // The lease ran out (the step renewed it to NOW + 1000): w3 takes a1 where it was.
     let taken = claim(b, "w3", NOW + 1001).await.unwrap();
@@ -408,7 +417,7 @@ pub async fn event_claims_leases_and_steps(b: &Backend) {
         tx.lock_event(&stale).await,
         Err(StoreError::LeaseLost)
     ));
-    drop(tx);
+    tx.rollback().await.unwrap();
     assert!(matches!(
         b.store.event_step_failed(&stale, NOW + 1001, 1000).await,
         Err(StoreError::LeaseLost)
@@ -456,14 +465,7 @@ pub async fn outbox_order_leases_retries_and_trim(b: &Backend) {
     let a = org(b, "7001").await;
     let c = org(b, "7002").await;
     for (o, body) in [(&a, "a1"), (&a, "a2"), (&a, "a3"), (&c, "c1")] {
-        b.store
-            .enqueue_notification(&NewNotification {
-                org_id: o.id,
-                notification_type: "TEST_NOTIFICATION".into(),
-                body: body.into(),
-            })
-            .await
-            .unwrap();
+        enqueue(b, &o, body).await;
     }
     let mut orgs = b.store.notification_orgs().await.unwrap();
     orgs.sort();
@@ -528,14 +530,7 @@ pub async fn outbox_order_leases_retries_and_trim(b: &Backend) {
     );
 
     for i in 0..5 {
-        b.store
-            .enqueue_notification(&NewNotification {
-                org_id: c.id,
-                notification_type: "TEST_NOTIFICATION".into(),
-                body: format!("c{}", i + 2),
-            })
-            .await
-            .unwrap();
+        enqueue(b, &c, format!("c{}", i + 2)).await;
     }
     assert_eq!(b.store.trim_notifications(c.id, 2, now).await.unwrap(), 4);
     let kept = b

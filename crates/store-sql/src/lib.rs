@@ -14,8 +14,8 @@ use cloudvpp_abwire::{RequestUser, UserStatus};
 use cloudvpp_store::secret;
 use cloudvpp_store::{
     AppsBooksStore, ClientConfig, EventClaim, EventProgress, EventRecord, EventStatus, EventType,
-    NewNotification, NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError, TokenRecord,
-    UserFilter, UserRecord, UserUpdate, UserWindow,
+    NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError, TokenRecord, UserFilter,
+    UserRecord, UserUpdate, UserWindow,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
@@ -645,18 +645,6 @@ impl AppsBooksStore for SqlStore {
             .transpose()
     }
 
-    async fn enqueue_notification(&self, n: &NewNotification) -> Result<()> {
-        let mut conn = self.writer.acquire().await.map_err(err)?;
-        insert_notifications(
-            &mut conn,
-            n.org_id,
-            &n.notification_type,
-            std::slice::from_ref(&n.body),
-            now_ms(),
-        )
-        .await
-    }
-
     async fn notification_orgs(&self) -> Result<Vec<OrgId>> {
         // A loose scan of `outbox_org_due`: one probe per organisation with pending
         // notifications, however many it has.
@@ -1039,5 +1027,9 @@ impl OrgTx for SqlOrgTx {
 
     async fn commit(self: Box<Self>) -> Result<()> {
         self.tx.commit().await.map_err(err)
+    }
+
+    async fn rollback(self: Box<Self>) -> Result<()> {
+        self.tx.rollback().await.map_err(err)
     }
 }

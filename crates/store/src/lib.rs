@@ -10,6 +10,7 @@
 //! Contract shared by all methods: "nothing found" is `Ok(None)` or an empty list, never
 //! an error; every write that returns `Ok` is committed durably.
 
+pub mod clock;
 pub mod engine;
 pub mod mdm;
 pub mod secret;
@@ -372,17 +373,9 @@ pub trait OrgTx: Send {
     ) -> Result<()>;
     /// Commits every write.
     async fn commit(self: Box<Self>) -> Result<()>;
-}
-
-/// A notification to put in the outbox.
-#[derive(Debug, Clone)]
-pub struct NewNotification {
-    /// Organisation.
-    pub org_id: OrgId,
-    /// Type name.
-    pub notification_type: String,
-    /// The whole envelope, JSON.
-    pub body: String,
+    /// Undoes every write and lets the locks go now (a dropped transaction is rolled back
+    /// too, but only once its connection is next used).
+    async fn rollback(self: Box<Self>) -> Result<()>;
 }
 
 /// A notification a sender has leased, with where to send it.
@@ -467,8 +460,6 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     /// The Registered user holding `invite_code`, with its organisation.
     async fn find_invitation(&self, invite_code: &str) -> Result<Option<(OrgId, UserRecord)>>;
 
-    /// Queues a notification.
-    async fn enqueue_notification(&self, n: &NewNotification) -> Result<()>;
     /// Organisations with pending notifications (due or not), in id order.
     async fn notification_orgs(&self) -> Result<Vec<OrgId>>;
     /// Leases up to `limit` due notifications of one organisation, soonest due first.

@@ -227,6 +227,7 @@ impl ServeArgs {
             tls: self.tls,
             conn: self.conn,
             supervise: self.supervise,
+            clock: std::sync::Arc::new(cloudvpp_store::clock::SystemClock),
         }
     }
 }

@@ -555,3 +555,33 @@ async fn hang(mut conn: tokio::net::TcpStream, holding: Arc<AtomicUsize>, most: 
         return;
     }
 }
+
+/// `cloudvpp appsbooks serve ARGS` as a server config, on a free loopback listener.
+pub fn appsbooks_in_process(
+    args: &[&str],
+) -> (
+    cloudvpp::server::ServerConfig,
+    cloudvpp::server::Listeners,
+    String,
+) {
+    let mut line = vec!["cloudvpp", "appsbooks", "serve"];
+    line.extend_from_slice(args);
+    let cli = <cloudvpp::Cli as clap::Parser>::try_parse_from(line).unwrap();
+    let cloudvpp::Command::Appsbooks {
+        command: cloudvpp::cmd::appsbooks::AppsbooksCommand::Serve(serve),
+    } = cli.command
+    else {
+        unreachable!()
+    };
+    let bound = cloudvpp::server::Bound::from_std(
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        false,
+    )
+    .unwrap();
+    let base = bound.base.clone();
+    let listeners = cloudvpp::server::Listeners {
+        appsbooks: Some(bound),
+        mdm: None,
+    };
+    (serve.into_config(), listeners, base)
+}
