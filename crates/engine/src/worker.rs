@@ -19,6 +19,7 @@ use std::time::Duration;
 pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let mut last_sync: HashMap<LocationId, i64> = HashMap::new();
     let mut warned: HashMap<LocationId, i64> = HashMap::new();
+    let mut cursor: Option<InvitationId> = None;
     let lease_ms = engine.config.lease.as_millis() as i64;
     loop {
         if *shutdown.borrow() {
@@ -35,7 +36,7 @@ pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool
             Ok(held) => {
                 warn_expiring(&held, &mut warned);
                 let renewer = tokio::spawn(renew_while_working(engine.clone()));
-                if let Err(e) = tick(&engine, &held, &mut last_sync).await {
+                if let Err(e) = tick(&engine, &held, &mut last_sync, &mut cursor).await {
                     tracing::warn!(error = %e, "engine tick");
                 }
                 renewer.abort();
@@ -85,6 +86,7 @@ async fn tick(
     engine: &Engine,
     locations: &[Location],
     last_sync: &mut HashMap<LocationId, i64>,
+    cursor: &mut Option<InvitationId>,
 ) -> Result<(), Error> {
     let now = now_ms();
     let dirty = engine.take_dirty();
@@ -105,7 +107,7 @@ async fn tick(
             }
         }
     }
-    observe(engine, &held).await?;
+    observe(engine, &held, cursor).await?;
     let by_id: HashMap<LocationId, &Location> = locations.iter().map(|l| (l.id, l)).collect();
     let due = engine.store.due_invitations(&held, now, 5000).await?;
     // The mirror's records of the people still registering: one query per location.
@@ -203,12 +205,28 @@ async fn fail(engine: &Engine, inv: &mut Invitation, reason: String) -> Result<(
     transition(engine, inv, &step).await
 }
 
-/// What the devices answered and who the mirror shows Associated, for every queued or
-/// associable invitation of the held locations, in a few batched reads; the invitations
-/// that move are written back in one transaction.
-async fn observe(engine: &Engine, held: &[LocationId]) -> Result<(), Error> {
+/// Queued invitations looked at per round; with more, `cursor` pages through them.
+const OBSERVE_PAGE: i64 = 5000;
+
+/// What the devices answered and who the mirror shows Associated, for the queued (a page of
+/// them, from `cursor`) and associable invitations of the held locations, in a few batched
+/// reads; the invitations that move are written back in one transaction.
+async fn observe(
+    engine: &Engine,
+    held: &[LocationId],
+    cursor: &mut Option<InvitationId>,
+) -> Result<(), Error> {
     let mut watch: BTreeMap<InvitationId, (Invitation, Option<MirrorUser>)> = BTreeMap::new();
-    for inv in engine.store.queued_invitations(held, 5000).await? {
+    let queued = engine
+        .store
+        .queued_invitations(held, cursor.as_ref(), OBSERVE_PAGE)
+        .await?;
+    // A short page ends a pass: the next round starts from the first again.
+    *cursor = match queued.last() {
+        Some(last) if queued.len() as i64 == OBSERVE_PAGE => Some(last.id.clone()),
+        _ => None,
+    };
+    for inv in queued {
         watch.insert(inv.id.clone(), (inv, None));
     }
     for (inv, person) in engine.store.associable_invitations(held, 5000).await? {

@@ -495,6 +495,7 @@ impl EngineStore for SqlStore {
     async fn queued_invitations(
         &self,
         location_ids: &[LocationId],
+        after: Option<&InvitationId>,
         limit: i64,
     ) -> Result<Vec<Invitation>> {
         if location_ids.is_empty() {
@@ -502,10 +503,12 @@ impl EngineStore for SqlStore {
         }
         let rows = sqlx::query(&format!(
             "SELECT {INV_COLS} FROM engine_invitations i WHERE i.state = $1 AND i.location_id IN ({})
-             ORDER BY i.updated_at LIMIT $2",
+               AND i.id > $2
+             ORDER BY i.id LIMIT $3",
             id_list(location_ids)
         ))
         .bind(InvitationState::Queued.as_str())
+        .bind(after.map_or("", InvitationId::as_str))
         .bind(limit)
         .fetch_all(&self.reader)
         .await

@@ -199,3 +199,34 @@ async fn unknown_values_in_rows_are_corrupt_not_defaults() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn queued_invitations_are_read_page_after_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _raw) = open(&dir).await;
+    let loc = store
+        .add_location("Acme", "stoken", "http://127.0.0.1:1", "secret", None)
+        .await
+        .unwrap();
+    let mut all: Vec<Invitation> = ["q3", "q1", "q2", "r1"]
+        .iter()
+        .map(|id| invitation(id, loc.id, id))
+        .collect();
+    for inv in &mut all[..3] {
+        inv.state = InvitationState::Queued;
+    }
+    store.create_invitations(&all).await.unwrap();
+    let ids = |page: &[Invitation]| page.iter().map(|i| i.id.to_string()).collect::<Vec<_>>();
+    let first = store.queued_invitations(&[loc.id], None, 2).await.unwrap();
+    assert_eq!(ids(&first), ["q1", "q2"]);
+    let rest = store
+        .queued_invitations(&[loc.id], Some(&first[1].id), 2)
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest), ["q3"]);
+    assert!(store
+        .queued_invitations(&[LocationId(loc.id.0 + 1)], None, 2)
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -263,10 +263,12 @@ pub trait EngineStore: Send + Sync + 'static {
         now: i64,
         limit: i64,
     ) -> Result<Vec<Invitation>>;
-    /// Invitations waiting for the device's answer (`queued`), oldest update first.
+    /// Invitations waiting for the device's answer (`queued`), by ID, after `after` (a
+    /// page of at most `limit`; the caller pages through them round after round).
     async fn queued_invitations(
         &self,
         location_ids: &[LocationId],
+        after: Option<&InvitationId>,
         limit: i64,
     ) -> Result<Vec<Invitation>>;
     /// Non-terminal invitations whose person the mirror shows Associated, with that record.
