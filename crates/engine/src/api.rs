@@ -12,15 +12,18 @@ use cloudvpp_abclient::Client;
 use cloudvpp_abwire::notification::{
     types, NotificationEnvelope, UserAssociatedNotification, UserManagementNotification,
 };
-use cloudvpp_mdm::api::{authorize, fail, json_body, ApiResult};
-use cloudvpp_store::engine::{states, Invitation, InvitationFilter, Location};
+use cloudvpp_mdm::admin::{fail, json_body, require_api_key, ApiFailure, ApiResult};
+use cloudvpp_store::engine::{
+    Invitation, InvitationFilter, InvitationId, InvitationState, Location, LocationId,
+};
+use cloudvpp_store::mdm::EnrollmentId;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Routes to merge into the MDM service's router.
 pub fn router(engine: Engine) -> Router {
-    Router::new()
+    let admin = Router::new()
         .route("/api/v1/locations", post(add_location).get(list_locations))
         .route(
             "/api/v1/invitations",
@@ -28,12 +31,15 @@ pub fn router(engine: Engine) -> Router {
         )
         .route("/api/v1/invitations/{id}", get(get_invitation))
         .route("/api/v1/invitations/{id}/resend", post(resend))
-        .route("/api/v1/invitations/{id}/retire", post(retire))
+        .route("/api/v1/invitations/{id}/retire", post(retire));
+    Router::new()
+        .merge(require_api_key(admin, engine.admin.clone()))
+        // Apps and Books authenticates with the location's own secret, checked there.
         .route("/notifications/appsbooks/{location}", post(notification))
         .with_state(engine)
 }
 
-fn internal(e: impl std::fmt::Display) -> cloudvpp_mdm::api::ApiFailure {
+fn internal(e: impl std::fmt::Display) -> ApiFailure {
     tracing::error!(error = %e, "engine API failure");
     fail(StatusCode::INTERNAL_SERVER_ERROR, "storage failure")
 }
@@ -60,12 +66,7 @@ pub struct AddLocation {
     pub base_url: Option<String>,
 }
 
-async fn add_location(
-    State(engine): State<Engine>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    authorize(&engine.mdm, &headers)?;
+async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Response> {
     let req: AddLocation = json_body(&body)?;
     let base = req
         .base_url
@@ -94,7 +95,7 @@ async fn add_location(
         .map_err(internal)?;
     if expires.is_some_and(|e| e - now_ms() / 1000 < EXPIRY_WARNING_SECS) {
         tracing::warn!(
-            location = loc.id,
+            location = %loc.id,
             name = loc.name,
             "the sToken expires within 15 days: renew it in Apple Business or School Manager"
         );
@@ -112,7 +113,7 @@ async fn add_location(
         Ok(_) => json!({ "url": url, "subscribed": true }),
         Err(e) => {
             // Notifications are an optimisation: without them status polling and sync still work.
-            tracing::warn!(location = loc.id, error = %e, "notifications not configured; relying on polling");
+            tracing::warn!(location = %loc.id, error = %e, "notifications not configured; relying on polling");
             let _ = client.claim(None).await;
             json!({ "url": url, "subscribed": false, "error": e.to_string() })
         }
@@ -139,11 +140,7 @@ async fn add_location(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-async fn list_locations(
-    State(engine): State<Engine>,
-    headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
-    authorize(&engine.mdm, &headers)?;
+async fn list_locations(State(engine): State<Engine>) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
     for l in engine.store.locations().await.map_err(internal)? {
         let n = engine.store.mirror_count(l.id).await.map_err(internal)?;
@@ -159,7 +156,7 @@ async fn list_locations(
 pub struct NewInvitation {
     /// Location; the only one when omitted.
     #[serde(default)]
-    pub location_id: Option<i64>,
+    pub location_id: Option<LocationId>,
     /// The person's clientUserId (a stable ID, not an email).
     pub client_user_id: String,
     /// Email address.
@@ -167,7 +164,7 @@ pub struct NewInvitation {
     pub email: Option<String>,
     /// Enrollment to send InviteToProgram to; none for an email link only.
     #[serde(default)]
-    pub enrollment_id: Option<String>,
+    pub enrollment_id: Option<EnrollmentId>,
 }
 
 #[derive(Deserialize)]
@@ -187,12 +184,7 @@ fn invitation_json(i: &Invitation) -> Value {
     })
 }
 
-async fn create_invitations(
-    State(engine): State<Engine>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
-    authorize(&engine.mdm, &headers)?;
+async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiResult<Response> {
     let req: InvitationsBody = json_body(&body)?;
     let wanted = match req {
         InvitationsBody::Many { invitations } => invitations,
@@ -205,10 +197,8 @@ async fn create_invitations(
         ));
     }
     let locations = engine.store.locations().await.map_err(internal)?;
-    let now = now_ms();
-    let mut created = Vec::with_capacity(wanted.len());
-    let mut out = Vec::with_capacity(wanted.len());
-    let mut seen: HashMap<(i64, String, Option<String>), usize> = HashMap::new();
+    // Every request is checked before anything is read or stored.
+    let mut checked: Vec<(LocationId, String, NewInvitation)> = Vec::with_capacity(wanted.len());
     for w in wanted {
         let cuid = w.client_user_id.trim().to_string();
         if cuid.is_empty() {
@@ -241,33 +231,57 @@ async fn create_invitations(
                 ))
             }
         };
+        checked.push((location_id, cuid, w));
+    }
+    // Invitations in progress for these people: one read for the whole request.
+    let people: Vec<(LocationId, String)> = checked
+        .iter()
+        .map(|(loc, cuid, _)| (*loc, cuid.clone()))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    let mut in_progress: HashMap<(LocationId, String, Option<EnrollmentId>), Invitation> =
+        HashMap::new();
+    for inv in engine
+        .store
+        .open_invitations(&people)
+        .await
+        .map_err(internal)?
+    {
+        let key = (
+            inv.location_id,
+            inv.client_user_id.clone(),
+            inv.enrollment_id.clone(),
+        );
+        match in_progress.get(&key) {
+            Some(newer) if (newer.created_at, &newer.id) >= (inv.created_at, &inv.id) => {}
+            _ => {
+                in_progress.insert(key, inv);
+            }
+        }
+    }
+    let now = now_ms();
+    let mut created = Vec::with_capacity(checked.len());
+    let mut out = Vec::with_capacity(checked.len());
+    let mut seen: HashSet<(LocationId, String, Option<EnrollmentId>)> = HashSet::new();
+    for (location_id, cuid, w) in checked {
         // Asking twice for the same person and device returns the invitation in progress.
         let key = (location_id, cuid.clone(), w.enrollment_id.clone());
-        if seen.contains_key(&key) {
+        if !seen.insert(key.clone()) {
             continue;
         }
-        let filter = InvitationFilter {
-            location_id: Some(location_id),
-            client_user_id: Some(cuid.clone()),
-            limit: Some(50),
-            ..Default::default()
-        };
-        let existing = engine.store.invitations(&filter).await.map_err(internal)?;
-        if let Some(e) = existing.iter().find(|e| {
-            e.enrollment_id == w.enrollment_id && !states::TERMINAL.contains(&e.state.as_str())
-        }) {
-            seen.insert(key, out.len());
+        if let Some(e) = in_progress.get(&key) {
             out.push(invitation_json(e));
             continue;
         }
         let inv = Invitation {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: InvitationId::new(uuid::Uuid::new_v4().to_string()),
             location_id,
             client_user_id: cuid,
             email: w.email.clone(),
             enrollment_id: w.enrollment_id.clone(),
             channel: None,
-            state: states::REGISTERING.into(),
+            state: InvitationState::Registering,
             reason: None,
             invite_code: None,
             invitation_url: None,
@@ -279,7 +293,6 @@ async fn create_invitations(
             updated_at: now,
             next_action_at: now,
         };
-        seen.insert(key, out.len());
         out.push(invitation_json(&inv));
         created.push(inv);
     }
@@ -294,29 +307,36 @@ async fn create_invitations(
 
 async fn list_invitations(
     State(engine): State<Engine>,
-    headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&engine.mdm, &headers)?;
+    let limit = q
+        .get("limit")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1000)
+        .clamp(1, 100_000);
     let filter = InvitationFilter {
-        state: q.get("state").cloned(),
-        location_id: q.get("location_id").and_then(|s| s.parse().ok()),
+        state: q.get("state").and_then(|s| InvitationState::parse(s)),
+        location_id: q
+            .get("location_id")
+            .and_then(|s| s.parse().ok())
+            .map(LocationId),
         client_user_id: q.get("client_user_id").cloned(),
-        limit: Some(
-            q.get("limit")
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(1000)
-                .clamp(1, 100_000),
-        ),
+        limit: Some(limit),
     };
-    let list = engine.store.invitations(&filter).await.map_err(internal)?;
+    // A state that does not exist matches no invitation.
+    let unknown_state = q.contains_key("state") && filter.state.is_none();
+    let list = if unknown_state {
+        Vec::new()
+    } else {
+        engine.store.invitations(&filter).await.map_err(internal)?
+    };
     let counts: serde_json::Map<String, Value> = engine
         .store
         .invitation_counts()
         .await
         .map_err(internal)?
         .into_iter()
-        .map(|(k, v)| (k, json!(v)))
+        .map(|(k, v)| (k.as_str().to_string(), json!(v)))
         .collect();
     Ok(Json(
         json!({ "counts": counts, "invitations": list.iter().map(invitation_json).collect::<Vec<_>>() }),
@@ -325,16 +345,14 @@ async fn list_invitations(
 
 async fn get_invitation(
     State(engine): State<Engine>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<InvitationId>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&engine.mdm, &headers)?;
     let inv = find_invitation(&engine, &id).await?;
     Ok(Json(invitation_json(&inv)))
 }
 
 /// The invitation `id`, or 404.
-async fn find_invitation(engine: &Engine, id: &str) -> ApiResult<Invitation> {
+async fn find_invitation(engine: &Engine, id: &InvitationId) -> ApiResult<Invitation> {
     engine
         .store
         .invitation(id)
@@ -347,12 +365,13 @@ async fn find_invitation(engine: &Engine, id: &str) -> ApiResult<Invitation> {
 /// registration if registration failed.
 async fn resend(
     State(engine): State<Engine>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<InvitationId>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&engine.mdm, &headers)?;
     let mut inv = find_invitation(&engine, &id).await?;
-    if inv.state == states::ASSOCIATED || inv.state == states::RETIRED {
+    if matches!(
+        inv.state,
+        InvitationState::Associated | InvitationState::Retired
+    ) {
         return Err(fail(
             StatusCode::CONFLICT,
             format!("invitation is {}", inv.state),
@@ -366,7 +385,7 @@ async fn resend(
                 .map_err(internal)?;
         }
         (Some(_), None) => {
-            inv.state = states::REGISTERED.into();
+            inv.state = InvitationState::Registered;
             inv.next_action_at = now_ms();
             inv.updated_at = now_ms();
             engine
@@ -376,7 +395,7 @@ async fn resend(
                 .map_err(internal)?;
         }
         (None, _) => {
-            inv.state = states::REGISTERING.into();
+            inv.state = InvitationState::Registering;
             inv.event_id = None;
             inv.reason = None;
             inv.next_action_at = now_ms();
@@ -395,10 +414,8 @@ async fn resend(
 /// Retires the person at Apps and Books and ends the invitation.
 async fn retire(
     State(engine): State<Engine>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(id): Path<InvitationId>,
 ) -> ApiResult<Json<Value>> {
-    authorize(&engine.mdm, &headers)?;
     let mut inv = find_invitation(&engine, &id).await?;
     let loc = engine
         .store
@@ -415,7 +432,7 @@ async fn retire(
         .retire_users(&[user])
         .await
         .map_err(|e| fail(StatusCode::BAD_GATEWAY, e.to_string()))?;
-    inv.state = states::RETIRED.into();
+    inv.state = InvitationState::Retired;
     inv.reason = Some(format!("retired (event {})", events.join(",")));
     inv.updated_at = now_ms();
     inv.next_action_at = i64::MAX;
@@ -433,7 +450,7 @@ async fn retire(
 async fn notification(
     State(engine): State<Engine>,
     headers: HeaderMap,
-    Path(location): Path<i64>,
+    Path(location): Path<LocationId>,
     body: Bytes,
 ) -> Response {
     let Ok(Some(loc)) = engine.store.location(location).await else {
@@ -495,7 +512,7 @@ async fn notification(
         engine.wake.notify_one();
     }
     tracing::debug!(
-        location = loc.id,
+        location = %loc.id,
         kind = env.notification_type,
         users = users.len(),
         "notification"

@@ -8,12 +8,15 @@
 //! confirmed by polling status, and association by syncing users (`sinceVersionId`).
 
 pub mod api;
+pub mod machine;
 mod worker;
 
 use cloudvpp_abclient::Client;
 use cloudvpp_abwire::MdmInfo;
+use cloudvpp_mdm::admin::AdminKey;
+use cloudvpp_mdm::service::MdmService;
 use cloudvpp_mdm::MdmState;
-use cloudvpp_store::engine::{EngineStore, Location};
+use cloudvpp_store::engine::{EngineStore, Location, LocationId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,13 +74,15 @@ impl Default for EngineConfig {
 pub struct Engine {
     /// Engine storage.
     pub store: Arc<dyn EngineStore>,
-    /// The MDM service it delivers through.
-    pub mdm: MdmState,
+    /// The MDM service it delivers through (queue, channels, push, command states).
+    pub mdm: MdmService,
+    /// The admin API key check its admin routes share with the MDM's.
+    pub admin: AdminKey,
     /// Settings.
     pub config: Arc<EngineConfig>,
-    clients: Arc<Mutex<HashMap<i64, Arc<Client>>>>,
+    clients: Arc<Mutex<HashMap<LocationId, Arc<Client>>>>,
     /// Locations to sync at the next tick.
-    dirty: Arc<Mutex<HashSet<i64>>>,
+    dirty: Arc<Mutex<HashSet<LocationId>>>,
     /// Wakes the worker.
     pub wake: Arc<Notify>,
     /// This instance's name on the location leases it holds.
@@ -85,11 +90,12 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the engine.
+    /// Builds the engine on the MDM service of `mdm`.
     pub fn new(store: Arc<dyn EngineStore>, mdm: MdmState, config: EngineConfig) -> Self {
         Engine {
             store,
-            mdm,
+            admin: mdm.admin_key(),
+            mdm: mdm.service,
             config: Arc::new(config),
             clients: Arc::default(),
             dirty: Arc::default(),
@@ -119,17 +125,17 @@ impl Engine {
     }
 
     /// Asks for a sync of `location_id` at the next tick.
-    pub fn mark_dirty(&self, location_id: i64) {
+    pub fn mark_dirty(&self, location_id: LocationId) {
         self.dirty.lock().expect("lock").insert(location_id);
         self.wake.notify_one();
     }
 
-    fn take_dirty(&self) -> HashSet<i64> {
+    fn take_dirty(&self) -> HashSet<LocationId> {
         std::mem::take(&mut *self.dirty.lock().expect("lock"))
     }
 
     /// The notification URL of a location.
-    pub fn notification_url(&self, location_id: i64) -> String {
+    pub fn notification_url(&self, location_id: LocationId) -> String {
         format!(
             "{}/notifications/appsbooks/{location_id}",
             self.config.public_url.trim_end_matches('/')

@@ -1,14 +1,15 @@
 //! The engine's loop: sync locations, move invitations forward, read device answers.
 
+use crate::machine::{self, Observed, Step};
 use crate::{now_ms, Engine};
 use cloudvpp_abclient::{ClientError, UsersQuery};
 use cloudvpp_abwire::RequestUser;
-use cloudvpp_mdm::api::invite_channel_check;
-use cloudvpp_mdmwire::EnrollmentType;
-use cloudvpp_store::engine::{states, Invitation, Location};
-use cloudvpp_store::mdm::QueuedCommand;
-use cloudvpp_store::StoreError;
-use std::collections::{HashMap, HashSet};
+use cloudvpp_mdm::service::{EnqueueError, PushOutcome};
+use cloudvpp_store::engine::{
+    Invitation, InvitationId, InvitationState, Location, LocationId, MirrorUser,
+};
+use cloudvpp_store::mdm::{CommandUuid, EnrollmentId};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 /// Runs until `shutdown`. Each round takes or renews the leases of the locations this
@@ -16,8 +17,9 @@ use std::time::Duration;
 /// one database never work on the same location at once and a crashed instance's
 /// locations are taken over when its leases run out.
 pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut last_sync: HashMap<i64, i64> = HashMap::new();
-    let mut warned: HashMap<i64, i64> = HashMap::new();
+    let mut last_sync: HashMap<LocationId, i64> = HashMap::new();
+    let mut warned: HashMap<LocationId, i64> = HashMap::new();
+    let mut cursor: Option<InvitationId> = None;
     let lease_ms = engine.config.lease.as_millis() as i64;
     loop {
         if *shutdown.borrow() {
@@ -34,7 +36,7 @@ pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool
             Ok(held) => {
                 warn_expiring(&held, &mut warned);
                 let renewer = tokio::spawn(renew_while_working(engine.clone()));
-                if let Err(e) = tick(&engine, &held, &mut last_sync).await {
+                if let Err(e) = tick(&engine, &held, &mut last_sync, &mut cursor).await {
                     tracing::warn!(error = %e, "engine tick");
                 }
                 renewer.abort();
@@ -68,14 +70,14 @@ async fn renew_while_working(engine: Engine) {
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Logs, once a day per location, that its sToken expires within 15 days.
-fn warn_expiring(locations: &[Location], warned: &mut HashMap<i64, i64>) {
+fn warn_expiring(locations: &[Location], warned: &mut HashMap<LocationId, i64>) {
     let now = now_ms();
     for loc in locations {
         let Some(exp) = loc.expires_at else { continue };
         let left = exp - now / 1000;
         if left < 15 * 86_400 && warned.get(&loc.id).is_none_or(|t| now - t > 86_400_000) {
             warned.insert(loc.id, now);
-            tracing::warn!(location = loc.id, name = loc.name, days_left = left / 86_400, "the sToken expires soon: download a new one from Apple Business or School Manager and add it");
+            tracing::warn!(location = %loc.id, name = loc.name, days_left = left / 86_400, "the sToken expires soon: download a new one from Apple Business or School Manager and add it");
         }
     }
 }
@@ -83,11 +85,12 @@ fn warn_expiring(locations: &[Location], warned: &mut HashMap<i64, i64>) {
 async fn tick(
     engine: &Engine,
     locations: &[Location],
-    last_sync: &mut HashMap<i64, i64>,
+    last_sync: &mut HashMap<LocationId, i64>,
+    cursor: &mut Option<InvitationId>,
 ) -> Result<(), Error> {
     let now = now_ms();
     let dirty = engine.take_dirty();
-    let held: Vec<i64> = locations.iter().map(|l| l.id).collect();
+    let held: Vec<LocationId> = locations.iter().map(|l| l.id).collect();
     for loc in locations {
         let full_due = loc
             .last_full_sync_at
@@ -100,45 +103,58 @@ async fn tick(
         if due {
             last_sync.insert(loc.id, now);
             if let Err(e) = sync(engine, loc, full_due).await {
-                tracing::warn!(location = loc.id, error = %e, "sync failed; will retry");
+                tracing::warn!(location = %loc.id, error = %e, "sync failed; will retry");
             }
         }
-        engine.store.associate_from_mirror(loc.id, now).await?;
     }
-    deliveries(engine, &held).await?;
-    let by_id: HashMap<i64, &Location> = locations.iter().map(|l| (l.id, l)).collect();
+    observe(engine, &held, cursor).await?;
+    let by_id: HashMap<LocationId, &Location> = locations.iter().map(|l| (l.id, l)).collect();
     let due = engine.store.due_invitations(&held, now, 5000).await?;
-    let mut to_create: HashMap<i64, Vec<Invitation>> = HashMap::new();
-    let mut to_check: HashMap<(i64, String), Vec<Invitation>> = HashMap::new();
+    // The mirror's records of the people still registering: one query per location.
+    let mut registering: HashMap<LocationId, Vec<String>> = HashMap::new();
+    for inv in due
+        .iter()
+        .filter(|i| i.state == InvitationState::Registering)
+    {
+        registering
+            .entry(inv.location_id)
+            .or_default()
+            .push(inv.client_user_id.clone());
+    }
+    let mut mirror: HashMap<(LocationId, String), MirrorUser> = HashMap::new();
+    for (loc, people) in registering {
+        for m in engine.store.mirror_users(loc, &people).await? {
+            mirror.insert((loc, m.client_user_id.clone()), m);
+        }
+    }
+    let mut to_create: HashMap<LocationId, Vec<Invitation>> = HashMap::new();
+    let mut to_check: HashMap<(LocationId, String), Vec<Invitation>> = HashMap::new();
     for mut inv in due {
         let Some(loc) = by_id.get(&inv.location_id) else {
             continue;
         };
-        if inv.state == states::REGISTERING {
-            match engine
-                .store
-                .mirror_user(loc.id, &inv.client_user_id)
-                .await?
-            {
-                Some(m) if m.status == "Associated" => {
-                    finish(engine, &mut inv, states::ASSOCIATED, None).await?;
+        if inv.state == InvitationState::Registering {
+            let person = mirror.get(&(loc.id, inv.client_user_id.clone()));
+            let seen = Observed {
+                person,
+                command: None,
+            };
+            match machine::step(&inv, seen) {
+                Step::Register => {
+                    match &inv.event_id {
+                        None => to_create.entry(loc.id).or_default().push(inv),
+                        Some(ev) => to_check.entry((loc.id, ev.clone())).or_default().push(inv),
+                    }
                     continue;
                 }
-                Some(m) if m.status == "Registered" && m.invite_code.is_some() => {
-                    // An existing Registered user is reused, never duplicated.
-                    inv.invite_code = m.invite_code;
-                    inv.state = states::REGISTERED.into();
+                // An existing Registered user is reused, never duplicated: on at once.
+                s @ Step::Registered { .. } => {
+                    machine::apply(&mut inv, &s, now_ms(), repush_ms(engine));
                 }
-                _ => match &inv.event_id {
-                    None => {
-                        to_create.entry(loc.id).or_default().push(inv);
-                        continue;
-                    }
-                    Some(ev) => {
-                        to_check.entry((loc.id, ev.clone())).or_default().push(inv);
-                        continue;
-                    }
-                },
+                s => {
+                    transition(engine, &mut inv, &s).await?;
+                    continue;
+                }
             }
         }
         advance(engine, loc, inv).await?;
@@ -152,24 +168,97 @@ async fn tick(
     Ok(())
 }
 
-async fn finish(
+fn repush_ms(engine: &Engine) -> i64 {
+    engine.config.repush_after.as_millis() as i64
+}
+
+/// Applies `step` to `inv` now, stores it and logs the change of state.
+async fn transition(engine: &Engine, inv: &mut Invitation, step: &Step) -> Result<(), Error> {
+    let before = inv.state;
+    if machine::apply(inv, step, now_ms(), repush_ms(engine)) {
+        engine.store.update_invitation(inv).await?;
+        log_change(inv, before);
+    }
+    Ok(())
+}
+
+fn log_change(inv: &Invitation, before: InvitationState) {
+    if inv.state != before && inv.state.is_terminal() {
+        tracing::info!(
+            invitation = %inv.id,
+            person = inv.client_user_id,
+            state = inv.state.as_str(),
+            reason = inv.reason.as_deref().unwrap_or(""),
+            "invitation"
+        );
+    } else if inv.state != before {
+        tracing::debug!(invitation = %inv.id, state = inv.state.as_str(), "invitation");
+    }
+}
+
+/// Ends `inv` as failed for `reason`.
+async fn fail(engine: &Engine, inv: &mut Invitation, reason: String) -> Result<(), Error> {
+    let step = Step::Failed {
+        reason,
+        invitation_result: None,
+    };
+    transition(engine, inv, &step).await
+}
+
+/// Queued invitations looked at per round; with more, `cursor` pages through them.
+const OBSERVE_PAGE: i64 = 5000;
+
+/// What the devices answered and who the mirror shows Associated, for the queued (a page of
+/// them, from `cursor`) and associable invitations of the held locations, in a few batched
+/// reads; the invitations that move are written back in one transaction.
+async fn observe(
     engine: &Engine,
-    inv: &mut Invitation,
-    state: &str,
-    reason: Option<String>,
+    held: &[LocationId],
+    cursor: &mut Option<InvitationId>,
 ) -> Result<(), Error> {
-    inv.state = state.into();
-    inv.reason = reason;
-    inv.updated_at = now_ms();
-    inv.next_action_at = i64::MAX;
-    engine.store.update_invitation(inv).await?;
-    tracing::info!(
-        invitation = inv.id,
-        person = inv.client_user_id,
-        state,
-        reason = inv.reason.as_deref().unwrap_or(""),
-        "invitation"
-    );
+    let mut watch: BTreeMap<InvitationId, (Invitation, Option<MirrorUser>)> = BTreeMap::new();
+    let queued = engine
+        .store
+        .queued_invitations(held, cursor.as_ref(), OBSERVE_PAGE)
+        .await?;
+    // A short page ends a pass: the next round starts from the first again.
+    *cursor = match queued.last() {
+        Some(last) if queued.len() as i64 == OBSERVE_PAGE => Some(last.id.clone()),
+        _ => None,
+    };
+    for inv in queued {
+        watch.insert(inv.id.clone(), (inv, None));
+    }
+    for (inv, person) in engine.store.associable_invitations(held, 5000).await? {
+        watch.entry(inv.id.clone()).or_insert((inv, None)).1 = Some(person);
+    }
+    if watch.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<(EnrollmentId, CommandUuid)> = watch
+        .values()
+        .filter_map(|(inv, _)| Some((inv.channel.clone()?, inv.command_uuid.clone()?)))
+        .collect();
+    let answers = engine.mdm.command_states(&keys).await?;
+    let now = now_ms();
+    let mut changed = Vec::new();
+    for (mut inv, person) in watch.into_values() {
+        let command = match (&inv.channel, &inv.command_uuid) {
+            (Some(ch), Some(uuid)) => answers.get(&(ch.clone(), uuid.clone())),
+            _ => None,
+        };
+        let seen = Observed {
+            person: person.as_ref(),
+            command,
+        };
+        let step = machine::step(&inv, seen);
+        let before = inv.state;
+        if machine::apply(&mut inv, &step, now, repush_ms(engine)) {
+            log_change(&inv, before);
+            changed.push(inv);
+        }
+    }
+    engine.store.update_invitations(&changed).await?;
     Ok(())
 }
 
@@ -187,7 +276,7 @@ pub(crate) async fn sync(engine: &Engine, loc: &Location, full: bool) -> Result<
     };
     let (users, version, meta) = match client.all_users_with_meta(&q, 5).await {
         Err(e) if e.apple_number() == Some(9721) => {
-            tracing::warn!(location = loc.id, "versionId refused (9721); full import");
+            tracing::warn!(location = %loc.id, "versionId refused (9721); full import");
             client
                 .all_users_with_meta(&UsersQuery::default(), 5)
                 .await?
@@ -204,7 +293,7 @@ pub(crate) async fn sync(engine: &Engine, loc: &Location, full: bool) -> Result<
         engine.store.set_location_conflict(loc.id, true).await?;
     }
     tracing::debug!(
-        location = loc.id,
+        location = %loc.id,
         users = users.len(),
         full = since.is_none(),
         "synced"
@@ -270,18 +359,12 @@ async fn create_users(engine: &Engine, loc: &Location, invs: Vec<Invitation>) ->
                     .filter(|i| ids.contains(i.client_user_id.as_str()))
                 {
                     let mut inv = inv.clone();
-                    finish(
-                        engine,
-                        &mut inv,
-                        states::FAILED,
-                        Some(format!("registration refused: {e}")),
-                    )
-                    .await?;
+                    fail(engine, &mut inv, format!("registration refused: {e}")).await?;
                 }
             }
             Err(e) => {
                 // Rate limited or unreachable: try again later, nothing was created.
-                tracing::warn!(location = loc.id, error = %e, "users/create; will retry");
+                tracing::warn!(location = %loc.id, error = %e, "users/create; will retry");
                 for inv in invs
                     .iter()
                     .filter(|i| ids.contains(i.client_user_id.as_str()))
@@ -302,7 +385,7 @@ async fn create_users(engine: &Engine, loc: &Location, invs: Vec<Invitation>) ->
 async fn mirror_person(
     engine: &Engine,
     client: &cloudvpp_abclient::Client,
-    location_id: i64,
+    location_id: LocationId,
     client_user_id: &str,
 ) -> Result<(), Error> {
     let q = UsersQuery {
@@ -330,7 +413,7 @@ async fn check_event(
     let status = match client.event_status(event_id).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(location = loc.id, event_id, error = %e, "status; will retry");
+            tracing::warn!(location = %loc.id, event_id, error = %e, "status; will retry");
             for mut inv in invs {
                 inv.next_action_at = later(engine.config.status_poll);
                 engine.store.update_invitation(&inv).await?;
@@ -372,16 +455,11 @@ async fn check_event(
                 engine.store.update_invitation(&inv).await?;
             }
             Some(err) => {
-                finish(
-                    engine,
-                    &mut inv,
-                    states::FAILED,
-                    Some(format!(
-                        "registration failed: {} {}",
-                        err.error_number, err.error_message
-                    )),
-                )
-                .await?;
+                let why = format!(
+                    "registration failed: {} {}",
+                    err.error_number, err.error_message
+                );
+                fail(engine, &mut inv, why).await?;
             }
             None => {
                 need_sync = true;
@@ -403,46 +481,11 @@ async fn check_event(
     Ok(())
 }
 
-/// Picks the channel InviteToProgram goes to for a target enrollment: a macOS device's
-/// user channel, a Shared iPad's one user, an iPhone's device channel.
-async fn pick_channel(engine: &Engine, target: &str) -> Result<String, String> {
-    let store = &engine.mdm.store;
-    let e = store
-        .enrollment(target)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("enrollment {target} is unknown"))?;
-    let siblings = store
-        .list_enrollments(Some(&e.device_id))
-        .await
-        .map_err(|e| e.to_string())?;
-    let shared = siblings
-        .iter()
-        .any(|s| s.kind == EnrollmentType::SharedIpad.as_str());
-    let chosen = if e.kind == EnrollmentType::Device.as_str() && (e.platform == "macOS" || shared) {
-        let users: Vec<_> = siblings
-            .iter()
-            .filter(|s| {
-                s.enabled && EnrollmentType::parse(&s.kind).is_some_and(|k| k.is_user_channel())
-            })
-            .collect();
-        match users.as_slice() {
-            [one] => (*one).clone(),
-            [] => return Err("no user channel enrolled yet on this device".into()),
-            _ => return Err("several user channels on this device: name one".into()),
-        }
-    } else {
-        e
-    };
-    invite_channel_check(&chosen, shared)?;
-    Ok(chosen.id)
-}
-
 /// Moves a registered (or queued and unanswered) invitation on.
 async fn advance(engine: &Engine, loc: &Location, mut inv: Invitation) -> Result<(), Error> {
     let client = engine.client(loc);
-    match inv.state.as_str() {
-        states::REGISTERED => {
+    match inv.state {
+        InvitationState::Registered => {
             if inv.invitation_url.is_none() {
                 let code = inv.invite_code.clone().unwrap_or_default();
                 match client.invitation_url(&code).await {
@@ -462,17 +505,17 @@ async fn advance(engine: &Engine, loc: &Location, mut inv: Invitation) -> Result
                     inv.next_action_at = later(engine.config.repush_after);
                     engine.store.update_invitation(&inv).await?;
                 }
-                Some(target) => match pick_channel(engine, &target).await {
-                    Err(why) => finish(engine, &mut inv, states::FAILED, Some(why)).await?,
+                Some(target) => match engine.mdm.invite_channel(&target).await? {
+                    Err(refused) => fail(engine, &mut inv, refused.to_string()).await?,
                     Ok(channel) => deliver(engine, &mut inv, channel).await?,
                 },
             }
         }
-        states::QUEUED | states::DELIVERED => {
+        InvitationState::Queued | InvitationState::Delivered => {
             // Unanswered for a while: push again (APNs keeps only the last push anyway).
-            if inv.state == states::QUEUED {
+            if inv.state == InvitationState::Queued {
                 if let Some(ch) = &inv.channel {
-                    cloudvpp_mdm::api::push_many(&engine.mdm, std::slice::from_ref(ch)).await;
+                    engine.mdm.push_one(ch).await;
                 }
             }
             inv.next_action_at = later(engine.config.repush_after);
@@ -491,118 +534,51 @@ const INVITE_NAMESPACE: uuid::Uuid =
 pub(crate) async fn deliver(
     engine: &Engine,
     inv: &mut Invitation,
-    channel: String,
+    channel: EnrollmentId,
 ) -> Result<(), Error> {
     // The UUID follows from the invitation and the attempt: if this instance dies between
     // queueing and recording it, the one that takes over queues the same UUID, finds it
     // there, and the device gets one InviteToProgram, not two.
     let attempt = format!("{}/{}", inv.id, inv.attempts + 1);
-    let uuid = uuid::Uuid::new_v5(&INVITE_NAMESPACE, attempt.as_bytes())
-        .to_string()
-        .to_uppercase();
+    let uuid = CommandUuid::new(
+        uuid::Uuid::new_v5(&INVITE_NAMESPACE, attempt.as_bytes())
+            .to_string()
+            .to_uppercase(),
+    );
     let url = inv.invitation_url.clone().unwrap_or_default();
-    let cmd = QueuedCommand {
-        command_uuid: uuid.clone(),
-        request_type: "InviteToProgram".into(),
-        command: cloudvpp_mdmwire::invite_to_program(&uuid, &url),
-    };
+    let cmd = cloudvpp_mdm::service::invite_to_program(uuid.clone(), &url);
     let queued = match engine
         .mdm
-        .store
-        .enqueue(std::slice::from_ref(&channel), &cmd, now_ms())
+        .enqueue(std::slice::from_ref(&channel), &cmd)
         .await
     {
-        Err(StoreError::Conflict(_)) => vec![channel.clone()],
-        other => other?,
+        Ok(done) => !done.queued.is_empty(),
+        // Queued by an instance that died before recording it.
+        Err(EnqueueError::Duplicate(_)) => true,
+        Err(EnqueueError::Store(e)) => return Err(e.into()),
     };
-    if queued.is_empty() {
-        return finish(
-            engine,
-            inv,
-            states::FAILED,
-            Some(format!("enrollment {channel} is unknown")),
-        )
-        .await;
+    if !queued {
+        return fail(engine, inv, format!("enrollment {channel} is unknown")).await;
     }
+    let before = inv.state;
     inv.channel = Some(channel.clone());
     inv.command_uuid = Some(uuid);
     inv.invitation_result = None;
     inv.attempts += 1;
-    inv.state = states::QUEUED.into();
+    inv.state = InvitationState::Queued;
     inv.reason = None;
     inv.updated_at = now_ms();
     inv.next_action_at = later(engine.config.repush_after);
     engine.store.update_invitation(inv).await?;
-    if engine.mdm.config.pusher.is_some() {
-        let r = cloudvpp_mdm::api::push_many(&engine.mdm, std::slice::from_ref(&channel)).await;
-        if let Some(err) = r
-            .get(&channel)
-            .and_then(|v| v.get("push_error"))
-            .and_then(|v| v.as_str())
-        {
+    log_change(inv, before);
+    if engine.mdm.can_push() {
+        if let PushOutcome::Failed(err) = engine.mdm.push_one(&channel).await {
             tracing::info!(
-                invitation = inv.id,
-                channel,
-                err,
+                invitation = %inv.id,
+                channel = %channel,
+                err = %err,
                 "push failed; the device gets the invitation at its next check-in"
             );
-        }
-    }
-    Ok(())
-}
-
-/// Reads the devices' answers to queued invitations.
-async fn deliveries(engine: &Engine, held: &[i64]) -> Result<(), Error> {
-    for d in engine.store.delivery_states(held, 5000).await? {
-        let mut inv = d.invitation;
-        match (
-            d.status.as_deref(),
-            d.invitation_result.as_deref(),
-            d.active,
-        ) {
-            (Some("Acknowledged"), Some("Acknowledged") | None, _) => {
-                inv.invitation_result = d.invitation_result.clone();
-                inv.state = states::DELIVERED.into();
-                inv.reason = None;
-                inv.updated_at = now_ms();
-                inv.next_action_at = later(engine.config.repush_after);
-                engine.store.update_invitation(&inv).await?;
-            }
-            (Some("Acknowledged"), Some(other), _) => {
-                inv.invitation_result = Some(other.to_string());
-                finish(
-                    engine,
-                    &mut inv,
-                    states::FAILED,
-                    Some(format!("device answered InvitationResult {other}")),
-                )
-                .await?;
-            }
-            (Some(s @ ("Error" | "CommandFormatError")), _, _) => {
-                finish(
-                    engine,
-                    &mut inv,
-                    states::FAILED,
-                    Some(format!("device answered {s}")),
-                )
-                .await?;
-            }
-            (Some("NotNow"), _, true) => {
-                inv.reason =
-                    Some("device answered NotNow (Setup Assistant or locked); stays queued".into());
-                inv.updated_at = now_ms();
-                engine.store.update_invitation(&inv).await?;
-            }
-            (_, _, false) => {
-                finish(
-                    engine,
-                    &mut inv,
-                    states::FAILED,
-                    Some("command cleared: the device enrolled again; resend".into()),
-                )
-                .await?;
-            }
-            _ => {}
         }
     }
     Ok(())

@@ -11,7 +11,9 @@ use cloudvpp_identity::{cert_from_header, chain_from_header, verify_mdm_signatur
 use cloudvpp_mdmwire::{
     CheckinMessage, EnrollmentType, Platform, Report, ReportStatus, CHECKIN_CONTENT_TYPE,
 };
-use cloudvpp_store::mdm::{AuthenticateInfo, ReportOutcome, TokenUpdateInfo};
+use cloudvpp_store::mdm::{
+    AuthenticateInfo, CommandStatus, CommandUuid, EnrollmentId, ReportOutcome, TokenUpdateInfo,
+};
 use cloudvpp_store::StoreError;
 use std::net::SocketAddr;
 
@@ -92,12 +94,16 @@ fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Mdm
 
 /// Every message after Authenticate must come with the certificate the device
 /// authenticated with last (user channels present the device's certificate).
-async fn require_bound(state: &MdmState, device_id: &str, dc: &DeviceCert) -> Result<(), MdmError> {
+async fn require_bound(
+    state: &MdmState,
+    device_id: &EnrollmentId,
+    dc: &DeviceCert,
+) -> Result<(), MdmError> {
     let cached = state
         .bound
         .lock()
         .expect("lock")
-        .get(device_id)
+        .get(device_id.as_str())
         .filter(|(sha, at)| at.elapsed() < BOUND_TTL && sha == &dc.sha256)
         .map(|_| true);
     let bound = match cached {
@@ -109,7 +115,7 @@ async fn require_bound(state: &MdmState, device_id: &str, dc: &DeviceCert) -> Re
                 .await
                 .map_err(MdmError::internal)?;
             if b {
-                remember_binding(state, device_id, &dc.sha256);
+                remember_binding(state, device_id.as_str(), &dc.sha256);
             }
             b
         }
@@ -118,7 +124,7 @@ async fn require_bound(state: &MdmState, device_id: &str, dc: &DeviceCert) -> Re
         Ok(())
     } else {
         Err(MdmError::bad("certificate is not the one this enrollment authenticated with, or the enrollment is unknown")
-            .for_enrollment(device_id))
+            .for_enrollment(device_id.as_str()))
     }
 }
 
@@ -187,6 +193,7 @@ async fn checkin(
         .keys()
         .resolve()
         .map_err(|e| MdmError::bad(e.to_string()))?;
+    let device_id = EnrollmentId::from(who.device_id.as_str());
     let now = now_ms();
     let topic = || {
         msg.topic
@@ -216,7 +223,7 @@ async fn checkin(
             }
             let replaced = match state
                 .store
-                .associate_cert(&who.device_id, &dc.sha256, &dc.subject(), now)
+                .associate_cert(&device_id, &dc.sha256, &dc.subject(), now)
                 .await
             {
                 Ok(r) => r,
@@ -240,9 +247,9 @@ async fn checkin(
                 .store
                 .authenticate(
                     &AuthenticateInfo {
-                        device_id: who.device_id.clone(),
-                        kind: who.kind.as_str().to_string(),
-                        platform: platform.as_str().to_string(),
+                        device_id: device_id.clone(),
+                        kind: who.kind,
+                        platform,
                         serial_number: msg.serial_number.clone(),
                         topic,
                         raw: body.to_vec(),
@@ -259,7 +266,7 @@ async fn checkin(
             Ok(empty())
         }
         "TokenUpdate" => {
-            require_bound(state, &who.device_id, &dc).await?;
+            require_bound(state, &device_id, &dc).await?;
             let topic = topic()?;
             let token = msg
                 .token
@@ -274,9 +281,9 @@ async fn checkin(
                 );
             };
             let info = TokenUpdateInfo {
-                id: who.id.clone(),
-                device_id: who.device_id.clone(),
-                kind: who.kind.as_str().to_string(),
+                id: EnrollmentId::from(who.id.as_str()),
+                device_id: device_id.clone(),
+                kind: who.kind,
                 user_short_name: match who.kind {
                     EnrollmentType::User | EnrollmentType::SharedIpad => {
                         msg.user_short_name.clone()
@@ -300,10 +307,10 @@ async fn checkin(
             Ok(empty())
         }
         "CheckOut" => {
-            require_bound(state, &who.device_id, &dc).await?;
+            require_bound(state, &device_id, &dc).await?;
             state
                 .store
-                .check_out(&who.device_id, now)
+                .check_out(&device_id, now)
                 .await
                 .map_err(MdmError::internal)?;
             tracing::info!(enrollment = who.id, "CheckOut");
@@ -311,7 +318,7 @@ async fn checkin(
         }
         "UserAuthenticate" => {
             // Apple's answer for "do not manage this user for this session".
-            require_bound(state, &who.device_id, &dc).await?;
+            require_bound(state, &device_id, &dc).await?;
             Ok((StatusCode::GONE, "UserAuthenticate declined\n").into_response())
         }
         other => Err(
@@ -333,11 +340,12 @@ async fn report(
         .keys()
         .resolve()
         .map_err(|e| MdmError::bad(e.to_string()))?;
-    require_bound(state, &who.device_id, &dc).await?;
+    require_bound(state, &EnrollmentId::from(who.device_id.as_str()), &dc).await?;
+    let id = EnrollmentId::from(who.id.as_str());
     let now = now_ms();
-    state.seen.lock().expect("lock").insert(who.id.clone(), now);
-    if status != ReportStatus::Idle {
-        let uuid = r.command_uuid.as_deref().unwrap_or_default();
+    state.seen.lock().expect("lock").insert(id.clone(), now);
+    if let Some(stored) = CommandStatus::from_report(status) {
+        let uuid = CommandUuid::from(r.command_uuid.as_deref().unwrap_or_default());
         let invitation = r.invitation_result.as_deref();
         if let Some(v) = invitation {
             if !cloudvpp_mdmwire::INVITATION_RESULTS.contains(&v) {
@@ -350,7 +358,7 @@ async fn report(
         }
         let outcome = state
             .store
-            .store_report(&who.id, uuid, status.as_str(), body, invitation, now)
+            .store_report(&id, &uuid, stored, body, invitation, now)
             .await
             .map_err(MdmError::internal)?;
         if outcome == ReportOutcome::NotQueuedHere {
@@ -361,7 +369,7 @@ async fn report(
         }
         tracing::debug!(
             enrollment = who.id,
-            command = uuid,
+            command = %uuid,
             status = status.as_str(),
             "report"
         );
@@ -370,7 +378,7 @@ async fn report(
     // on the next report that is not NotNow.
     match state
         .store
-        .next_command(&who.id, status == ReportStatus::NotNow)
+        .next_command(&id, status == ReportStatus::NotNow)
         .await
         .map_err(MdmError::internal)?
     {

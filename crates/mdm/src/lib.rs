@@ -3,19 +3,24 @@
 //! (`/api/v1/`) to enqueue commands such as `InviteToProgram`.
 //!
 //! Layout follows nanomdm: [`device`] holds the protocol handlers (identity → decode →
-//! store), [`api`] the admin API, [`push`] the APNs client. Errors towards devices are
+//! store), [`api`] the admin API, [`push`] the APNs client. [`service`] is the service's
+//! API for code (queue, invitation channels, push, command states; no HTTP), used by the
+//! admin API and the invitation engine; [`admin`] the API-key layer and JSON failures every
+//! admin router shares. Errors towards devices are
 //! [`error::MdmError`]: 400/403/410/500, never 401, because a 401 makes a device remove
 //! its MDM profile.
 
+pub mod admin;
 pub mod api;
 pub mod device;
 pub mod error;
 pub mod push;
+pub mod service;
 
 use axum::routing::{get, post, put};
 use axum::Router;
 use cloudvpp_identity::CaPool;
-use cloudvpp_store::mdm::MdmStore;
+use cloudvpp_store::mdm::{EnrollmentId, MdmStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -46,7 +51,8 @@ pub struct Config {
     pub require_device_id_in_cert: bool,
     /// Admin API key; without one the admin API is off.
     pub api_key: Option<String>,
-    /// APNs client; without one pushes are reported as not configured.
+    /// APNs client; without one pushes are reported as not configured. [`MdmState::new`]
+    /// moves it into the [`service::MdmService`].
     pub pusher: Option<push::Pusher>,
 }
 
@@ -62,33 +68,37 @@ pub struct MdmState {
     pub store: Arc<dyn MdmStore>,
     /// Settings.
     pub config: Arc<Config>,
+    /// Queue, channels, push, command states.
+    pub service: service::MdmService,
     /// Device ID → (certificate hash bound to it, when read). Kept for [`BOUND_TTL`]: a
     /// re-enrollment on another instance replaces the binding, and this one must notice.
     bound: Arc<Mutex<HashMap<String, (String, std::time::Instant)>>>,
     /// `last_seen_at` waiting to be written in the next batch.
-    seen: Arc<Mutex<HashMap<String, i64>>>,
+    seen: Arc<Mutex<HashMap<EnrollmentId, i64>>>,
 }
 
 impl MdmState {
     /// Builds the state.
-    pub fn new(store: Arc<dyn MdmStore>, config: Config) -> Self {
+    pub fn new(store: Arc<dyn MdmStore>, mut config: Config) -> Self {
+        let service = service::MdmService::new(store.clone(), config.pusher.take());
         MdmState {
             store,
             config: Arc::new(config),
+            service,
             bound: Arc::default(),
             seen: Arc::default(),
         }
+    }
+
+    /// The admin API key check, for every admin router ([`admin::require_api_key`]).
+    pub fn admin_key(&self) -> admin::AdminKey {
+        admin::AdminKey::new(self.config.api_key.as_deref())
     }
 }
 
 /// Device endpoints and the admin API.
 pub fn router(state: MdmState) -> Router {
-    Router::new()
-        .route(
-            "/checkin",
-            put(device::checkin_endpoint).post(device::checkin_endpoint),
-        )
-        .route("/mdm", put(device::mdm_endpoint).post(device::mdm_endpoint))
+    let admin = Router::new()
         .route(
             "/api/v1/enqueue/{ids}",
             put(api::enqueue_raw).post(api::enqueue_raw),
@@ -101,7 +111,14 @@ pub fn router(state: MdmState) -> Router {
         .route(
             "/api/v1/enrollments/{id}/commands/{uuid}",
             get(api::get_command),
+        );
+    Router::new()
+        .route(
+            "/checkin",
+            put(device::checkin_endpoint).post(device::checkin_endpoint),
         )
+        .route("/mdm", put(device::mdm_endpoint).post(device::mdm_endpoint))
+        .merge(admin::require_api_key(admin, state.admin_key()))
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::extract::DefaultBodyLimit::max(device::MAX_BODY))
         .with_state(state)
@@ -115,9 +132,10 @@ pub async fn run_seen_flusher(state: MdmState, mut shutdown: tokio::sync::watch:
             _ = tokio::time::sleep(Duration::from_secs(1)) => false,
             _ = shutdown.changed() => true,
         };
-        let batch: Vec<(String, i64)> = std::mem::take(&mut *state.seen.lock().expect("lock"))
-            .into_iter()
-            .collect();
+        let batch: Vec<(EnrollmentId, i64)> =
+            std::mem::take(&mut *state.seen.lock().expect("lock"))
+                .into_iter()
+                .collect();
         if let Err(e) = state.store.touch(&batch).await {
             tracing::warn!(error = %e, "writing last_seen_at");
         }

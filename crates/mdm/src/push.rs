@@ -89,7 +89,7 @@ impl Pusher {
                 }
                 Err(err) => last = format!("APNs unreachable: {err}"),
             }
-            tracing::info!(enrollment = e.id, attempt = attempt + 1, error = %last, "push failed");
+            tracing::info!(enrollment = %e.id, attempt = attempt + 1, error = %last, "push failed");
         }
         Err(last)
     }

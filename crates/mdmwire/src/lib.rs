@@ -98,7 +98,7 @@ with_enrollment_keys! {
 }
 
 /// Kind of channel an enrollment ID names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EnrollmentType {
     /// Device channel.
     Device,
@@ -267,7 +267,7 @@ impl CheckinMessage {
 }
 
 /// The platform a device reports, as far as command availability goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Platform {
     /// iPhone, iPad, iPod.
     Ios,
@@ -312,16 +312,17 @@ impl Platform {
             Platform::Unknown => "unknown",
         }
     }
-    /// Parses [`Self::as_str`].
-    pub fn parse(s: &str) -> Platform {
-        match s {
+    /// Parses [`Self::as_str`] (`unknown` included); None for anything else.
+    pub fn parse(s: &str) -> Option<Platform> {
+        Some(match s {
             "iOS" => Platform::Ios,
             "macOS" => Platform::MacOs,
             "tvOS" => Platform::TvOs,
             "watchOS" => Platform::WatchOs,
             "visionOS" => Platform::VisionOs,
-            _ => Platform::Unknown,
-        }
+            "unknown" => Platform::Unknown,
+            _ => return None,
+        })
     }
 }
 

@@ -1,69 +1,139 @@
-//! PostgreSQL implementation of [`EngineStore`].
+//! SQL implementation of [`EngineStore`]. It reads and writes the engine's tables only:
+//! what the MDM knows (enrollments, command answers) the engine asks the MDM service for.
+//!
+//! Rows are read by column name into typed values ([`crate::row`]): an invitation state or
+//! mirror status that is not one of ours is [`cloudvpp_store::StoreError::Corrupt`].
 
+use crate::row;
 use crate::{err, SqlStore};
 use async_trait::async_trait;
 use cloudvpp_abwire::{ResponseUser, UserStatus};
 use cloudvpp_store::engine::{
-    DeliveryState, EngineStore, Invitation, InvitationFilter, Location, MirrorUser,
+    EngineStore, Invitation, InvitationFilter, InvitationId, InvitationState, Location, LocationId,
+    MirrorUser,
 };
+use cloudvpp_store::mdm::{CommandUuid, EnrollmentId};
 use cloudvpp_store::Result;
 use sqlx::any::AnyRow;
-use sqlx::Row;
 use std::collections::HashMap;
 
 const LOC_COLS: &str = "id, name, stoken, base_url, uid, notify_token, version_id, expires_at_secs, conflict, last_full_sync_at, last_sync_at";
 
 /// A literal list of location IDs for `IN (...)`: integers only, so nothing to escape.
-fn id_list(ids: &[i64]) -> String {
+fn id_list(ids: &[LocationId]) -> String {
     ids.iter()
-        .map(i64::to_string)
+        .map(|id| id.0.to_string())
         .collect::<Vec<_>>()
         .join(", ")
 }
 
-fn location_from_row(r: &AnyRow) -> Location {
-    Location {
-        id: r.get(0),
-        name: r.get(1),
-        stoken: r.get(2),
-        base_url: r.get(3),
-        uid: r.get(4),
-        notify_token_digest: r.get(5),
-        version_id: r.get(6),
-        expires_at: r.get(7),
-        conflict: r.get::<i64, _>(8) != 0,
-        last_full_sync_at: r.get(9),
-        last_sync_at: r.get(10),
-    }
+fn location_from_row(r: &AnyRow) -> Result<Location> {
+    Ok(Location {
+        id: LocationId(row::get(r, "id")?),
+        name: row::get(r, "name")?,
+        stoken: row::get(r, "stoken")?,
+        base_url: row::get(r, "base_url")?,
+        uid: row::get(r, "uid")?,
+        notify_token_digest: row::get(r, "notify_token")?,
+        version_id: row::get(r, "version_id")?,
+        expires_at: row::get(r, "expires_at_secs")?,
+        conflict: row::flag(r, "conflict")?,
+        last_full_sync_at: row::get(r, "last_full_sync_at")?,
+        last_sync_at: row::get(r, "last_sync_at")?,
+    })
 }
 
 const INV_COLS: &str = "i.id, i.location_id, i.client_user_id, i.email, i.enrollment_id, i.channel, i.state, i.reason, i.invite_code, \
      i.invitation_url, i.event_id, i.command_uuid, i.invitation_result, i.attempts, i.created_at, i.updated_at, i.next_action_at";
 
-fn invitation_from_row(r: &AnyRow) -> Invitation {
-    Invitation {
-        id: r.get(0),
-        location_id: r.get(1),
-        client_user_id: r.get(2),
-        email: r.get(3),
-        enrollment_id: r.get(4),
-        channel: r.get(5),
-        state: r.get(6),
-        reason: r.get(7),
-        invite_code: r.get(8),
-        invitation_url: r.get(9),
-        event_id: r.get(10),
-        command_uuid: r.get(11),
-        invitation_result: r.get(12),
-        attempts: r.get(13),
-        created_at: r.get(14),
-        updated_at: r.get(15),
-        next_action_at: r.get(16),
-    }
+fn invitation_from_row(r: &AnyRow) -> Result<Invitation> {
+    let id = |col| -> Result<Option<String>> { row::get(r, col) };
+    Ok(Invitation {
+        id: InvitationId::new(row::get::<String>(r, "id")?),
+        location_id: LocationId(row::get(r, "location_id")?),
+        client_user_id: row::get(r, "client_user_id")?,
+        email: row::get(r, "email")?,
+        enrollment_id: id("enrollment_id")?.map(EnrollmentId::new),
+        channel: id("channel")?.map(EnrollmentId::new),
+        state: row::parsed(r, "state", InvitationState::parse)?,
+        reason: row::get(r, "reason")?,
+        invite_code: row::get(r, "invite_code")?,
+        invitation_url: row::get(r, "invitation_url")?,
+        event_id: row::get(r, "event_id")?,
+        command_uuid: id("command_uuid")?.map(CommandUuid::new),
+        invitation_result: row::get(r, "invitation_result")?,
+        attempts: row::get(r, "attempts")?,
+        created_at: row::get(r, "created_at")?,
+        updated_at: row::get(r, "updated_at")?,
+        next_action_at: row::get(r, "next_action_at")?,
+    })
+}
+
+const MIRROR_COLS: &str = "m.client_user_id, m.status, m.invite_code, m.id_hash, m.email";
+
+fn mirror_from_row(r: &AnyRow) -> Result<MirrorUser> {
+    Ok(MirrorUser {
+        client_user_id: row::get(r, "client_user_id")?,
+        status: row::parsed(r, "status", UserStatus::parse)?,
+        invite_code: row::get(r, "invite_code")?,
+        id_hash: row::get(r, "id_hash")?,
+        email: row::get(r, "email")?,
+    })
+}
+
+/// The SQL list of terminal states, for `NOT IN (...)`.
+fn terminal_states() -> String {
+    InvitationState::ALL
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Invitation columns, in the order [`bind_invitation`] binds them.
+const INV_WRITE_COLS: &str = "id, location_id, client_user_id, email, enrollment_id, channel, state, reason, invite_code, \
+     invitation_url, event_id, command_uuid, invitation_result, attempts, created_at, updated_at, next_action_at";
+const INV_WRITE_N: usize = 17;
+
+fn bind_invitation<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    i: &'q Invitation,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(i.id.as_str())
+        .bind(i.location_id.0)
+        .bind(&i.client_user_id)
+        .bind(&i.email)
+        .bind(i.enrollment_id.as_ref().map(EnrollmentId::as_str))
+        .bind(i.channel.as_ref().map(EnrollmentId::as_str))
+        .bind(i.state.as_str())
+        .bind(&i.reason)
+        .bind(&i.invite_code)
+        .bind(&i.invitation_url)
+        .bind(&i.event_id)
+        .bind(i.command_uuid.as_ref().map(CommandUuid::as_str))
+        .bind(&i.invitation_result)
+        .bind(i.attempts)
+        .bind(i.created_at)
+        .bind(i.updated_at)
+        .bind(i.next_action_at)
+}
+
+async fn update_one(conn: &mut sqlx::AnyConnection, i: &Invitation) -> Result<()> {
+    let q = sqlx::query(
+        "UPDATE engine_invitations SET id = $1, location_id = $2, client_user_id = $3, email = $4, enrollment_id = $5,
+           channel = $6, state = $7, reason = $8, invite_code = $9, invitation_url = $10, event_id = $11,
+           command_uuid = $12, invitation_result = $13, attempts = $14, created_at = $15, updated_at = $16,
+           next_action_at = $17 WHERE id = $1",
+    );
+    bind_invitation(q, i).execute(conn).await.map_err(err)?;
+    Ok(())
 }
 
 #[async_trait]
 impl EngineStore for SqlStore {
+    // The sToken and the notification secret are never recorded.
+    #[tracing::instrument(skip(self, stoken, notify_token), level = "debug")]
     async fn add_location(
         &self,
         name: &str,
@@ -85,9 +155,10 @@ impl EngineStore for SqlStore {
         .fetch_one(&self.writer)
         .await
         .map_err(err)?;
-        Ok(location_from_row(&row))
+        location_from_row(&row)
     }
 
+    #[tracing::instrument(skip(self), level = "debug")]
     async fn locations(&self) -> Result<Vec<Location>> {
         let rows = sqlx::query(&format!(
             "SELECT {LOC_COLS} FROM engine_locations ORDER BY id"
@@ -95,23 +166,25 @@ impl EngineStore for SqlStore {
         .fetch_all(&self.reader)
         .await
         .map_err(err)?;
-        Ok(rows.iter().map(location_from_row).collect())
+        rows.iter().map(location_from_row).collect()
     }
 
-    async fn location(&self, id: i64) -> Result<Option<Location>> {
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn location(&self, id: LocationId) -> Result<Option<Location>> {
         let row = sqlx::query(&format!(
             "SELECT {LOC_COLS} FROM engine_locations WHERE id = $1"
         ))
-        .bind(id)
+        .bind(id.0)
         .fetch_optional(&self.reader)
         .await
         .map_err(err)?;
-        Ok(row.as_ref().map(location_from_row))
+        row.as_ref().map(location_from_row).transpose()
     }
 
+    #[tracing::instrument(skip(self, version_id), level = "debug")]
     async fn location_synced(
         &self,
-        id: i64,
+        id: LocationId,
         version_id: &str,
         full: bool,
         uid: Option<&str>,
@@ -126,35 +199,38 @@ impl EngineStore for SqlStore {
         .bind(uid)
         .bind(full)
         .bind(now)
-        .bind(id)
+        .bind(id.0)
         .execute(&self.writer)
         .await
         .map_err(err)?;
         Ok(())
     }
 
-    async fn reset_location_version(&self, id: i64) -> Result<()> {
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn reset_location_version(&self, id: LocationId) -> Result<()> {
         sqlx::query("UPDATE engine_locations SET version_id = NULL WHERE id = $1")
-            .bind(id)
+            .bind(id.0)
             .execute(&self.writer)
             .await
             .map_err(err)?;
         Ok(())
     }
 
-    async fn set_location_conflict(&self, id: i64, conflict: bool) -> Result<()> {
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn set_location_conflict(&self, id: LocationId, conflict: bool) -> Result<()> {
         sqlx::query("UPDATE engine_locations SET conflict = $1 WHERE id = $2")
             .bind(conflict as i64)
-            .bind(id)
+            .bind(id.0)
             .execute(&self.writer)
             .await
             .map_err(err)?;
         Ok(())
     }
 
+    #[tracing::instrument(skip(self, users), fields(users = users.len()), level = "debug")]
     async fn upsert_mirror(
         &self,
-        location_id: i64,
+        location_id: LocationId,
         users: &[ResponseUser],
         now: i64,
     ) -> Result<()> {
@@ -171,63 +247,85 @@ impl EngineStore for SqlStore {
                 }
             }
         }
+        let mut best: Vec<&ResponseUser> = best.into_values().collect();
+        best.sort_by(|a, b| a.client_user_id.cmp(&b.client_user_id));
         let mut tx = self.begin_write().await?;
-        for u in best.values() {
-            let status = match u.status {
-                UserStatus::Deleted => "Retired",
-                s => s.as_str(),
-            };
-            sqlx::query(
+        // One multi-row upsert per chunk (each clientUserId once per statement, as
+        // PostgreSQL requires of ON CONFLICT DO UPDATE).
+        for chunk in best.chunks(row::rows_per_statement(5, 2)) {
+            let values = (0..chunk.len())
+                .map(|i| {
+                    let n = 3 + i * 5;
+                    format!(
+                        "($1, ${n}, ${}, ${}, ${}, ${}, $2)",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
                 "INSERT INTO engine_mirror (location_id, client_user_id, status, invite_code, id_hash, email, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 VALUES {values}
                  ON CONFLICT(location_id, client_user_id) DO UPDATE SET status = excluded.status,
                    invite_code = CASE WHEN excluded.status = 'Retired' THEN engine_mirror.invite_code ELSE excluded.invite_code END,
                    id_hash = COALESCE(excluded.id_hash, CASE WHEN excluded.status = 'Retired' THEN engine_mirror.id_hash END),
-                   email = COALESCE(excluded.email, engine_mirror.email), updated_at = excluded.updated_at",
-            )
-            .bind(location_id)
-            .bind(&u.client_user_id)
-            .bind(status)
-            .bind(&u.invite_code)
-            .bind(&u.id_hash)
-            .bind(&u.email)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
+                   email = COALESCE(excluded.email, engine_mirror.email), updated_at = excluded.updated_at"
+            );
+            let mut q = sqlx::query(&sql).bind(location_id.0).bind(now);
+            for u in chunk {
+                let status = match u.status {
+                    UserStatus::Deleted => UserStatus::Retired,
+                    s => s,
+                };
+                q = q
+                    .bind(&u.client_user_id)
+                    .bind(status.as_str())
+                    .bind(&u.invite_code)
+                    .bind(&u.id_hash)
+                    .bind(&u.email);
+            }
+            q.execute(&mut *tx).await.map_err(err)?;
         }
         tx.commit().await.map_err(err)
     }
 
-    async fn mirror_user(
+    #[tracing::instrument(skip(self, client_user_ids), fields(people = client_user_ids.len()), level = "debug")]
+    async fn mirror_users(
         &self,
-        location_id: i64,
-        client_user_id: &str,
-    ) -> Result<Option<MirrorUser>> {
-        let row = sqlx::query("SELECT client_user_id, status, invite_code, id_hash, email FROM engine_mirror WHERE location_id = $1 AND client_user_id = $2")
-            .bind(location_id)
-            .bind(client_user_id)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(err)?;
-        Ok(row.map(|r| MirrorUser {
-            client_user_id: r.get(0),
-            status: r.get(1),
-            invite_code: r.get(2),
-            id_hash: r.get(3),
-            email: r.get(4),
-        }))
+        location_id: LocationId,
+        client_user_ids: &[String],
+    ) -> Result<Vec<MirrorUser>> {
+        let mut out = Vec::with_capacity(client_user_ids.len());
+        for chunk in client_user_ids.chunks(row::rows_per_statement(1, 1)) {
+            let sql = format!(
+                "SELECT {MIRROR_COLS} FROM engine_mirror m WHERE m.location_id = $1 AND m.client_user_id IN ({})",
+                row::list(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(location_id.0);
+            for c in chunk {
+                q = q.bind(c);
+            }
+            for r in q.fetch_all(&self.reader).await.map_err(err)? {
+                out.push(mirror_from_row(&r)?);
+            }
+        }
+        Ok(out)
     }
 
-    async fn mirror_count(&self, location_id: i64) -> Result<i64> {
-        let row = sqlx::query("SELECT COUNT(*) FROM engine_mirror WHERE location_id = $1")
-            .bind(location_id)
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn mirror_count(&self, location_id: LocationId) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM engine_mirror WHERE location_id = $1")
+            .bind(location_id.0)
             .fetch_one(&self.reader)
             .await
             .map_err(err)?;
-        Ok(row.get(0))
+        row::get(&row, "n")
     }
 
+    #[tracing::instrument(skip(self), level = "debug")]
     async fn notification_first_seen(&self, notification_id: &str, now: i64) -> Result<bool> {
         let r = sqlx::query("INSERT INTO engine_notifications_seen (notification_id, received_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(notification_id)
@@ -238,25 +336,39 @@ impl EngineStore for SqlStore {
         Ok(r.rows_affected() == 1)
     }
 
+    #[tracing::instrument(skip(self, invitations), fields(invitations = invitations.len()), level = "debug")]
     async fn create_invitations(&self, invitations: &[Invitation]) -> Result<()> {
+        if invitations.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.begin_write().await?;
-        for i in invitations {
-            write_invitation(&mut tx, i, true).await?;
+        for chunk in invitations.chunks(row::rows_per_statement(INV_WRITE_N, 0)) {
+            let sql = format!(
+                "INSERT INTO engine_invitations ({INV_WRITE_COLS}) VALUES {}",
+                row::tuples(1, chunk.len(), INV_WRITE_N)
+            );
+            let mut q = sqlx::query(&sql);
+            for i in chunk {
+                q = bind_invitation(q, i);
+            }
+            q.execute(&mut *tx).await.map_err(err)?;
         }
         tx.commit().await.map_err(err)
     }
 
-    async fn invitation(&self, id: &str) -> Result<Option<Invitation>> {
+    #[tracing::instrument(skip(self, id), fields(id = %id), level = "debug")]
+    async fn invitation(&self, id: &InvitationId) -> Result<Option<Invitation>> {
         let row = sqlx::query(&format!(
             "SELECT {INV_COLS} FROM engine_invitations i WHERE i.id = $1"
         ))
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(&self.reader)
         .await
         .map_err(err)?;
-        Ok(row.as_ref().map(invitation_from_row))
+        row.as_ref().map(invitation_from_row).transpose()
     }
 
+    #[tracing::instrument(skip(self), level = "debug")]
     async fn invitations(&self, f: &InvitationFilter) -> Result<Vec<Invitation>> {
         let mut sql = format!("SELECT {INV_COLS} FROM engine_invitations i WHERE 1 = 1");
         let mut n = 0;
@@ -278,11 +390,11 @@ impl EngineStore for SqlStore {
             next()
         ));
         let mut q = sqlx::query(&sql);
-        if let Some(s) = &f.state {
-            q = q.bind(s);
+        if let Some(s) = f.state {
+            q = q.bind(s.as_str());
         }
         if let Some(l) = f.location_id {
-            q = q.bind(l);
+            q = q.bind(l.0);
         }
         if let Some(c) = &f.client_user_id {
             q = q.bind(c);
@@ -292,27 +404,72 @@ impl EngineStore for SqlStore {
             .fetch_all(&self.reader)
             .await
             .map_err(err)?;
-        Ok(rows.iter().map(invitation_from_row).collect())
+        rows.iter().map(invitation_from_row).collect()
     }
 
-    async fn invitation_counts(&self) -> Result<Vec<(String, i64)>> {
+    #[tracing::instrument(skip(self, people), fields(people = people.len()), level = "debug")]
+    async fn open_invitations(&self, people: &[(LocationId, String)]) -> Result<Vec<Invitation>> {
+        let mut out = Vec::new();
+        for chunk in people.chunks(row::rows_per_statement(2, 0)) {
+            let sql = format!(
+                "SELECT {INV_COLS} FROM engine_invitations i
+                 WHERE (i.location_id, i.client_user_id) IN (VALUES {}) AND i.state NOT IN ({})",
+                row::tuples(1, chunk.len(), 2),
+                terminal_states()
+            );
+            let mut q = sqlx::query(&sql);
+            for (loc, cuid) in chunk {
+                q = q.bind(loc.0).bind(cuid);
+            }
+            for r in q.fetch_all(&self.reader).await.map_err(err)? {
+                out.push(invitation_from_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn invitation_counts(&self) -> Result<Vec<(InvitationState, i64)>> {
         let rows = sqlx::query(
-            "SELECT state, COUNT(*) FROM engine_invitations GROUP BY state ORDER BY state",
+            "SELECT state, COUNT(*) AS n FROM engine_invitations GROUP BY state ORDER BY state",
         )
         .fetch_all(&self.reader)
         .await
         .map_err(err)?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    row::parsed(r, "state", InvitationState::parse)?,
+                    row::get(r, "n")?,
+                ))
+            })
+            .collect()
     }
 
+    #[tracing::instrument(skip(self, i), fields(id = %i.id, state = %i.state), level = "debug")]
     async fn update_invitation(&self, i: &Invitation) -> Result<()> {
         let mut conn = self.writer.acquire().await.map_err(err)?;
-        write_invitation(&mut conn, i, false).await
+        update_one(&mut conn, i).await
     }
 
+    #[tracing::instrument(skip(self, invitations), fields(invitations = invitations.len()), level = "debug")]
+    async fn update_invitations(&self, invitations: &[Invitation]) -> Result<()> {
+        if invitations.is_empty() {
+            return Ok(());
+        }
+        // One transaction: one commit (one fsync) for the whole batch. Each row is its own
+        // statement, prepared once and reused.
+        let mut tx = self.begin_write().await?;
+        for i in invitations {
+            update_one(&mut tx, i).await?;
+        }
+        tx.commit().await.map_err(err)
+    }
+
+    #[tracing::instrument(skip(self, location_ids), fields(locations = location_ids.len()), level = "debug")]
     async fn due_invitations(
         &self,
-        location_ids: &[i64],
+        location_ids: &[LocationId],
         now: i64,
         limit: i64,
     ) -> Result<Vec<Invitation>> {
@@ -320,9 +477,10 @@ impl EngineStore for SqlStore {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(&format!(
-            "SELECT {INV_COLS} FROM engine_invitations i WHERE i.state NOT IN ('associated', 'failed', 'retired') AND i.next_action_at <= $1
+            "SELECT {INV_COLS} FROM engine_invitations i WHERE i.state NOT IN ({}) AND i.next_action_at <= $1
                AND i.location_id IN ({})
              ORDER BY i.next_action_at LIMIT $2",
+            terminal_states(),
             id_list(location_ids)
         ))
         .bind(now)
@@ -330,40 +488,75 @@ impl EngineStore for SqlStore {
         .fetch_all(&self.reader)
         .await
         .map_err(err)?;
-        Ok(rows.iter().map(invitation_from_row).collect())
+        rows.iter().map(invitation_from_row).collect()
     }
 
-    async fn delivery_states(
+    #[tracing::instrument(skip(self, location_ids), fields(locations = location_ids.len()), level = "debug")]
+    async fn queued_invitations(
         &self,
-        location_ids: &[i64],
+        location_ids: &[LocationId],
+        after: Option<&InvitationId>,
         limit: i64,
-    ) -> Result<Vec<DeliveryState>> {
+    ) -> Result<Vec<Invitation>> {
         if location_ids.is_empty() {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(&format!(
-            "SELECT {INV_COLS}, q.status, q.invitation_result, q.active FROM engine_invitations i
-             JOIN mdm_queue q ON q.enrollment_id = i.channel AND q.command_uuid = i.command_uuid
-             WHERE i.state = 'queued' AND (q.status IS NOT NULL OR q.active = 0) AND q.updated_at >= i.updated_at - 1
-               AND i.location_id IN ({})
-             LIMIT $1",
+            "SELECT {INV_COLS} FROM engine_invitations i WHERE i.state = $1 AND i.location_id IN ({})
+               AND i.id > $2
+             ORDER BY i.id LIMIT $3",
             id_list(location_ids)
         ))
+        .bind(InvitationState::Queued.as_str())
+        .bind(after.map_or("", InvitationId::as_str))
         .bind(limit)
         .fetch_all(&self.reader)
         .await
         .map_err(err)?;
-        Ok(rows
-            .iter()
-            .map(|r| DeliveryState {
-                invitation: invitation_from_row(r),
-                status: r.get(17),
-                invitation_result: r.get(18),
-                active: r.get::<i64, _>(19) != 0,
-            })
-            .collect())
+        rows.iter().map(invitation_from_row).collect()
     }
 
+    #[tracing::instrument(skip(self, location_ids), fields(locations = location_ids.len()), level = "debug")]
+    async fn associable_invitations(
+        &self,
+        location_ids: &[LocationId],
+        limit: i64,
+    ) -> Result<Vec<(Invitation, MirrorUser)>> {
+        if location_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The mirror's columns under other names: the invitation has an email too.
+        let rows = sqlx::query(&format!(
+            "SELECT {INV_COLS}, m.status AS m_status, m.invite_code AS m_invite_code, m.id_hash AS m_id_hash,
+               m.email AS m_email
+             FROM engine_invitations i JOIN engine_mirror m
+               ON m.location_id = i.location_id AND m.client_user_id = i.client_user_id
+             WHERE i.location_id IN ({}) AND i.state NOT IN ({}) AND m.status = $1
+             LIMIT $2",
+            id_list(location_ids),
+            terminal_states()
+        ))
+        .bind(UserStatus::Associated.as_str())
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
+        rows.iter()
+            .map(|r| {
+                let inv = invitation_from_row(r)?;
+                let m = MirrorUser {
+                    client_user_id: inv.client_user_id.clone(),
+                    status: row::parsed(r, "m_status", UserStatus::parse)?,
+                    invite_code: row::get(r, "m_invite_code")?,
+                    id_hash: row::get(r, "m_id_hash")?,
+                    email: row::get(r, "m_email")?,
+                };
+                Ok((inv, m))
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
     async fn claim_locations(&self, owner: &str, now: i64, lease_ms: i64) -> Result<Vec<Location>> {
         // One statement: on PostgreSQL a row another instance is claiming at the same
         // moment is re-checked after its commit, so a lease is never taken twice.
@@ -379,11 +572,15 @@ impl EngineStore for SqlStore {
         .fetch_all(&self.writer)
         .await
         .map_err(err)?;
-        let mut held: Vec<Location> = rows.iter().map(location_from_row).collect();
+        let mut held = rows
+            .iter()
+            .map(location_from_row)
+            .collect::<Result<Vec<_>>>()?;
         held.sort_by_key(|l| l.id);
         Ok(held)
     }
 
+    #[tracing::instrument(skip(self), level = "debug")]
     async fn release_locations(&self, owner: &str) -> Result<()> {
         sqlx::query(
             "UPDATE engine_locations SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
@@ -394,59 +591,4 @@ impl EngineStore for SqlStore {
         .map_err(err)?;
         Ok(())
     }
-
-    async fn associate_from_mirror(&self, location_id: i64, now: i64) -> Result<u64> {
-        let r = sqlx::query(
-            "UPDATE engine_invitations SET state = 'associated', reason = NULL, updated_at = $1,
-               invitation_result = COALESCE(invitation_result, (SELECT q.invitation_result FROM mdm_queue q
-                 WHERE q.enrollment_id = engine_invitations.channel AND q.command_uuid = engine_invitations.command_uuid))
-             WHERE location_id = $2 AND state NOT IN ('associated', 'failed', 'retired')
-               AND EXISTS (SELECT 1 FROM engine_mirror m WHERE m.location_id = engine_invitations.location_id
-                 AND m.client_user_id = engine_invitations.client_user_id AND m.status = 'Associated')",
-        )
-        .bind(now)
-        .bind(location_id)
-        .execute(&self.writer)
-        .await
-        .map_err(err)?;
-        Ok(r.rows_affected())
-    }
-}
-
-async fn write_invitation(
-    conn: &mut sqlx::AnyConnection,
-    i: &Invitation,
-    insert: bool,
-) -> Result<()> {
-    let sql = if insert {
-        "INSERT INTO engine_invitations (location_id, client_user_id, email, enrollment_id, channel, state, reason, invite_code,
-           invitation_url, event_id, command_uuid, invitation_result, attempts, created_at, updated_at, next_action_at, id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
-    } else {
-        "UPDATE engine_invitations SET location_id = $1, client_user_id = $2, email = $3, enrollment_id = $4, channel = $5, state = $6,
-           reason = $7, invite_code = $8, invitation_url = $9, event_id = $10, command_uuid = $11, invitation_result = $12, attempts = $13,
-           created_at = $14, updated_at = $15, next_action_at = $16 WHERE id = $17"
-    };
-    sqlx::query(sql)
-        .bind(i.location_id)
-        .bind(&i.client_user_id)
-        .bind(&i.email)
-        .bind(&i.enrollment_id)
-        .bind(&i.channel)
-        .bind(&i.state)
-        .bind(&i.reason)
-        .bind(&i.invite_code)
-        .bind(&i.invitation_url)
-        .bind(&i.event_id)
-        .bind(&i.command_uuid)
-        .bind(&i.invitation_result)
-        .bind(i.attempts)
-        .bind(i.created_at)
-        .bind(i.updated_at)
-        .bind(i.next_action_at)
-        .bind(&i.id)
-        .execute(conn)
-        .await
-        .map_err(err)?;
-    Ok(())
 }

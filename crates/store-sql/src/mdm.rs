@@ -1,61 +1,80 @@
-//! PostgreSQL implementation of [`MdmStore`].
+//! SQL implementation of [`MdmStore`].
+//!
+//! Rows are read by column name into typed values ([`crate::row`]): an enrollment kind,
+//! platform or command status that is not one of ours is [`StoreError::Corrupt`].
 
+use crate::row;
 use crate::{err, SqlStore};
 use async_trait::async_trait;
 use cloudvpp_store::mdm::{
-    AuthenticateInfo, CertBinding, CommandState, EnrollmentRecord, MdmStore, QueuedCommand,
-    ReportOutcome, TokenUpdateInfo,
+    AuthenticateInfo, CertBinding, CommandState, CommandStatus, CommandUuid, EnrollmentId,
+    EnrollmentRecord, EnrollmentType, MdmStore, Platform, QueuedCommand, ReportOutcome,
+    TokenUpdateInfo,
 };
 use cloudvpp_store::{Result, StoreError};
 use sqlx::any::AnyRow;
-use sqlx::Row;
+use std::collections::HashSet;
 
 const ENROLLMENT_COLS: &str =
-    "e.id, e.device_id, e.kind, COALESCE(d.platform, 'unknown'), e.user_short_name, e.topic, \
+    "e.id, e.device_id, e.kind, COALESCE(d.platform, 'unknown') AS platform, e.user_short_name, e.topic, \
      e.push_magic, e.token_hex, e.enabled, e.token_update_tally, e.last_seen_at";
 
-fn enrollment_from_row(r: &AnyRow) -> EnrollmentRecord {
-    EnrollmentRecord {
-        id: r.get(0),
-        device_id: r.get(1),
-        kind: r.get(2),
-        platform: r.get(3),
-        user_short_name: r.get(4),
-        topic: r.get(5),
-        push_magic: r.get(6),
-        token_hex: r.get(7),
-        enabled: r.get::<i64, _>(8) != 0,
-        token_update_tally: r.get(9),
-        last_seen_at: r.get(10),
-    }
+fn enrollment_from_row(r: &AnyRow) -> Result<EnrollmentRecord> {
+    Ok(EnrollmentRecord {
+        id: EnrollmentId::new(row::get::<String>(r, "id")?),
+        device_id: EnrollmentId::new(row::get::<String>(r, "device_id")?),
+        kind: row::parsed(r, "kind", EnrollmentType::parse)?,
+        platform: row::parsed(r, "platform", Platform::parse)?,
+        user_short_name: row::get(r, "user_short_name")?,
+        topic: row::get(r, "topic")?,
+        push_magic: row::get(r, "push_magic")?,
+        token_hex: row::get(r, "token_hex")?,
+        enabled: row::flag(r, "enabled")?,
+        token_update_tally: row::get(r, "token_update_tally")?,
+        last_seen_at: row::get(r, "last_seen_at")?,
+    })
 }
 
+/// Columns of a command state; `result` (the raw report) is read only where shown.
 const STATE_COLS: &str =
-    "q.enrollment_id, q.command_uuid, c.request_type, q.status, q.result, q.invitation_result, \
+    "q.enrollment_id, q.command_uuid, c.request_type, q.status, q.invitation_result, \
      q.not_now_tally, q.active, q.created_at, q.updated_at";
 
-fn state_from_row(r: &AnyRow) -> CommandState {
-    CommandState {
-        enrollment_id: r.get(0),
-        command_uuid: r.get(1),
-        request_type: r.get(2),
-        status: r.get(3),
-        result: r.get(4),
-        invitation_result: r.get(5),
-        not_now_tally: r.get(6),
-        active: r.get::<i64, _>(7) != 0,
-        created_at: r.get(8),
-        updated_at: r.get(9),
-    }
+fn state_from_row(r: &AnyRow, with_result: bool) -> Result<CommandState> {
+    Ok(CommandState {
+        enrollment_id: EnrollmentId::new(row::get::<String>(r, "enrollment_id")?),
+        command_uuid: CommandUuid::new(row::get::<String>(r, "command_uuid")?),
+        request_type: row::get(r, "request_type")?,
+        status: row::parsed_opt(r, "status", CommandStatus::parse)?,
+        result: if with_result {
+            row::get(r, "result")?
+        } else {
+            None
+        },
+        invitation_result: row::get(r, "invitation_result")?,
+        not_now_tally: row::get(r, "not_now_tally")?,
+        active: row::flag(r, "active")?,
+        created_at: row::get(r, "created_at")?,
+        updated_at: row::get(r, "updated_at")?,
+    })
+}
+
+fn command_from_row(r: &AnyRow) -> Result<QueuedCommand> {
+    Ok(QueuedCommand {
+        command_uuid: CommandUuid::new(row::get::<String>(r, "command_uuid")?),
+        request_type: row::get(r, "request_type")?,
+        command: row::get(r, "command")?,
+    })
 }
 
 #[async_trait]
 impl MdmStore for SqlStore {
-    async fn cert_associated(&self, device_id: &str, sha256: &str) -> Result<bool> {
+    #[tracing::instrument(skip(self, device_id, sha256), fields(device_id = %device_id), level = "debug")]
+    async fn cert_associated(&self, device_id: &EnrollmentId, sha256: &str) -> Result<bool> {
         let row = sqlx::query(
             "SELECT 1 FROM mdm_cert_auth WHERE device_id = $1 AND sha256 = $2 AND replaced_at IS NULL",
         )
-        .bind(device_id)
+        .bind(device_id.as_str())
         .bind(sha256)
         .fetch_optional(&self.reader)
         .await
@@ -63,9 +82,10 @@ impl MdmStore for SqlStore {
         Ok(row.is_some())
     }
 
+    #[tracing::instrument(skip(self, device_id, subject), fields(device_id = %device_id), level = "debug")]
     async fn associate_cert(
         &self,
-        device_id: &str,
+        device_id: &EnrollmentId,
         sha256: &str,
         subject: &str,
         now: i64,
@@ -77,10 +97,10 @@ impl MdmStore for SqlStore {
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(err)?;
-        if let Some(row) = existing {
-            let owner: String = row.get(0);
-            let replaced: Option<i64> = row.get(1);
-            return match (owner == device_id, replaced) {
+        if let Some(r) = existing {
+            let owner: String = row::get(&r, "device_id")?;
+            let replaced: Option<i64> = row::get(&r, "replaced_at")?;
+            return match (owner == device_id.as_str(), replaced) {
                 (false, _) => Err(StoreError::Conflict(format!(
                     "certificate already belongs to enrollment {owner}"
                 ))),
@@ -95,19 +115,22 @@ impl MdmStore for SqlStore {
                 }
             };
         }
-        let previous: Option<String> = sqlx::query(
+        let previous: Option<String> = match sqlx::query(
             "SELECT sha256 FROM mdm_cert_auth WHERE device_id = $1 AND replaced_at IS NULL",
         )
-        .bind(device_id)
+        .bind(device_id.as_str())
         .fetch_optional(&mut *tx)
         .await
         .map_err(err)?
-        .map(|r| r.get(0));
+        {
+            Some(r) => Some(row::get(&r, "sha256")?),
+            None => None,
+        };
         sqlx::query(
             "UPDATE mdm_cert_auth SET replaced_at = $1 WHERE device_id = $2 AND replaced_at IS NULL",
         )
         .bind(now)
-        .bind(device_id)
+        .bind(device_id.as_str())
         .execute(&mut *tx)
         .await
         .map_err(err)?;
@@ -116,7 +139,7 @@ impl MdmStore for SqlStore {
         sqlx::query(
             "INSERT INTO mdm_cert_auth (device_id, sha256, created_at, subject) VALUES ($1, $2, $3, $4)",
         )
-        .bind(device_id)
+        .bind(device_id.as_str())
         .bind(sha256)
         .bind(now)
         .bind(subject)
@@ -132,26 +155,29 @@ impl MdmStore for SqlStore {
         Ok(previous)
     }
 
-    async fn cert_bindings(&self, device_id: &str) -> Result<Vec<CertBinding>> {
+    #[tracing::instrument(skip(self, device_id), fields(device_id = %device_id), level = "debug")]
+    async fn cert_bindings(&self, device_id: &EnrollmentId) -> Result<Vec<CertBinding>> {
         let rows = sqlx::query(
             "SELECT sha256, subject, created_at, replaced_at FROM mdm_cert_auth WHERE device_id = $1
              ORDER BY replaced_at IS NULL DESC, created_at DESC, sha256",
         )
-        .bind(device_id)
+        .bind(device_id.as_str())
         .fetch_all(&self.reader)
         .await
         .map_err(err)?;
-        Ok(rows
-            .iter()
-            .map(|r| CertBinding {
-                sha256: r.get(0),
-                subject: r.get(1),
-                bound_at: r.get(2),
-                replaced_at: r.get(3),
+        rows.iter()
+            .map(|r| {
+                Ok(CertBinding {
+                    sha256: row::get(r, "sha256")?,
+                    subject: row::get(r, "subject")?,
+                    bound_at: row::get(r, "created_at")?,
+                    replaced_at: row::get(r, "replaced_at")?,
+                })
             })
-            .collect())
+            .collect()
     }
 
+    #[tracing::instrument(skip(self, info), fields(device_id = %info.device_id), level = "debug")]
     async fn authenticate(&self, info: &AuthenticateInfo, now: i64) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -161,9 +187,9 @@ impl MdmStore for SqlStore {
                serial_number = excluded.serial_number, topic = excluded.topic,
                authenticate = excluded.authenticate, updated_at = excluded.updated_at",
         )
-        .bind(&info.device_id)
-        .bind(&info.kind)
-        .bind(&info.platform)
+        .bind(info.device_id.as_str())
+        .bind(info.kind.as_str())
+        .bind(info.platform.as_str())
         .bind(&info.serial_number)
         .bind(&info.topic)
         .bind(&info.raw)
@@ -179,24 +205,26 @@ impl MdmStore for SqlStore {
                AND enrollment_id IN (SELECT id FROM mdm_enrollments WHERE device_id = $2 UNION SELECT $3)",
         )
         .bind(now)
-        .bind(&info.device_id)
-        .bind(&info.device_id)
+        .bind(info.device_id.as_str())
+        .bind(info.device_id.as_str())
         .execute(&mut *tx)
         .await
         .map_err(err)?;
         sqlx::query("UPDATE mdm_enrollments SET enabled = 0, token_update_tally = 0, updated_at = $1 WHERE device_id = $2")
             .bind(now)
-            .bind(&info.device_id)
+            .bind(info.device_id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(err)?;
         tx.commit().await.map_err(err)
     }
 
+    // The push magic and token are never recorded.
+    #[tracing::instrument(skip(self, info), fields(id = %info.id), level = "debug")]
     async fn token_update(&self, info: &TokenUpdateInfo, now: i64) -> Result<()> {
         let mut tx = self.begin_write().await?;
         let device = sqlx::query("SELECT 1 FROM mdm_devices WHERE id = $1")
-            .bind(&info.device_id)
+            .bind(info.device_id.as_str())
             .fetch_optional(&mut *tx)
             .await
             .map_err(err)?;
@@ -216,9 +244,9 @@ impl MdmStore for SqlStore {
                awaiting_configuration = excluded.awaiting_configuration, token_update = excluded.token_update,
                last_seen_at = excluded.last_seen_at, updated_at = excluded.updated_at",
         )
-        .bind(&info.id)
-        .bind(&info.device_id)
-        .bind(&info.kind)
+        .bind(info.id.as_str())
+        .bind(info.device_id.as_str())
+        .bind(info.kind.as_str())
         .bind(&info.user_short_name)
         .bind(&info.topic)
         .bind(&info.push_magic)
@@ -234,34 +262,40 @@ impl MdmStore for SqlStore {
         tx.commit().await.map_err(err)
     }
 
-    async fn check_out(&self, device_id: &str, now: i64) -> Result<()> {
+    #[tracing::instrument(skip(self, device_id), fields(device_id = %device_id), level = "debug")]
+    async fn check_out(&self, device_id: &EnrollmentId, now: i64) -> Result<()> {
         sqlx::query("UPDATE mdm_enrollments SET enabled = 0, updated_at = $1 WHERE device_id = $2")
             .bind(now)
-            .bind(device_id)
+            .bind(device_id.as_str())
             .execute(&self.writer)
             .await
             .map_err(err)?;
         Ok(())
     }
 
-    async fn enrollment(&self, id: &str) -> Result<Option<EnrollmentRecord>> {
+    #[tracing::instrument(skip(self, id), fields(id = %id), level = "debug")]
+    async fn enrollment(&self, id: &EnrollmentId) -> Result<Option<EnrollmentRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {ENROLLMENT_COLS} FROM mdm_enrollments e LEFT JOIN mdm_devices d ON d.id = e.device_id WHERE e.id = $1"
         ))
-        .bind(id)
+        .bind(id.as_str())
         .fetch_optional(&self.reader)
         .await
         .map_err(err)?;
-        Ok(row.as_ref().map(enrollment_from_row))
+        row.as_ref().map(enrollment_from_row).transpose()
     }
 
-    async fn list_enrollments(&self, device_id: Option<&str>) -> Result<Vec<EnrollmentRecord>> {
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn list_enrollments(
+        &self,
+        device_id: Option<&EnrollmentId>,
+    ) -> Result<Vec<EnrollmentRecord>> {
         let rows = match device_id {
             Some(d) => sqlx::query(&format!(
                 "SELECT {ENROLLMENT_COLS} FROM mdm_enrollments e LEFT JOIN mdm_devices d ON d.id = e.device_id
                  WHERE e.device_id = $1 ORDER BY e.id"
             ))
-            .bind(d)
+            .bind(d.as_str())
             .fetch_all(&self.reader)
             .await,
             None => sqlx::query(&format!(
@@ -271,10 +305,11 @@ impl MdmStore for SqlStore {
             .await,
         }
         .map_err(err)?;
-        Ok(rows.iter().map(enrollment_from_row).collect())
+        rows.iter().map(enrollment_from_row).collect()
     }
 
-    async fn touch(&self, seen: &[(String, i64)]) -> Result<()> {
+    #[tracing::instrument(skip(self, seen), fields(enrollments = seen.len()), level = "debug")]
+    async fn touch(&self, seen: &[(EnrollmentId, i64)]) -> Result<()> {
         if seen.is_empty() {
             return Ok(());
         }
@@ -286,7 +321,7 @@ impl MdmStore for SqlStore {
         for (id, at) in seen {
             sqlx::query(&sql)
                 .bind(at)
-                .bind(id)
+                .bind(id.as_str())
                 .execute(&mut *tx)
                 .await
                 .map_err(err)?;
@@ -294,51 +329,76 @@ impl MdmStore for SqlStore {
         tx.commit().await.map_err(err)
     }
 
-    async fn enqueue(&self, ids: &[String], cmd: &QueuedCommand, now: i64) -> Result<Vec<String>> {
+    #[tracing::instrument(skip(self, ids, cmd), fields(command_uuid = %cmd.command_uuid, targets = ids.len()), level = "debug")]
+    async fn enqueue(
+        &self,
+        ids: &[EnrollmentId],
+        cmd: &QueuedCommand,
+        now: i64,
+    ) -> Result<Vec<EnrollmentId>> {
         let mut tx = self.begin_write().await?;
         sqlx::query("INSERT INTO mdm_commands (command_uuid, request_type, command, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(&cmd.command_uuid)
+            .bind(cmd.command_uuid.as_str())
             .bind(&cmd.request_type)
             .bind(&cmd.command)
             .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(err)?;
-        let mut queued = Vec::with_capacity(ids.len());
-        for id in ids {
-            let exists = sqlx::query("SELECT 1 FROM mdm_enrollments WHERE id = $1")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(err)?;
-            if exists.is_none() {
-                continue;
+        // Each target once, in the order given.
+        let mut once = HashSet::new();
+        let wanted: Vec<&EnrollmentId> = ids.iter().filter(|id| once.insert(*id)).collect();
+        // Which targets exist: one query per chunk, not one per target.
+        let mut known: HashSet<String> = HashSet::with_capacity(wanted.len());
+        for chunk in wanted.chunks(row::rows_per_statement(1, 0)) {
+            let sql = format!(
+                "SELECT id FROM mdm_enrollments WHERE id IN ({})",
+                row::list(1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id.as_str());
             }
-            sqlx::query(
-                "INSERT INTO mdm_queue (enrollment_id, command_uuid, created_at) VALUES ($1, $2, $3)",
-            )
-            .bind(id)
-            .bind(&cmd.command_uuid)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(err)?;
-            queued.push(id.clone());
+            for r in q.fetch_all(&mut *tx).await.map_err(err)? {
+                known.insert(row::get(&r, "id")?);
+            }
+        }
+        let queued: Vec<EnrollmentId> = wanted
+            .into_iter()
+            .filter(|id| known.contains(id.as_str()))
+            .cloned()
+            .collect();
+        // One multi-row INSERT per chunk; rows go in the order given (the FIFO `seq`).
+        for chunk in queued.chunks(row::rows_per_statement(1, 2)) {
+            let values = (0..chunk.len())
+                .map(|i| format!("(${}, $1, $2)", i + 3))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO mdm_queue (enrollment_id, command_uuid, created_at) VALUES {values}"
+            );
+            let mut q = sqlx::query(&sql).bind(cmd.command_uuid.as_str()).bind(now);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            q.execute(&mut *tx).await.map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
         Ok(queued)
     }
 
+    #[tracing::instrument(skip(self, id, command_uuid, raw), fields(id = %id, command_uuid = %command_uuid), level = "debug")]
     async fn store_report(
         &self,
-        id: &str,
-        command_uuid: &str,
-        status: &str,
+        id: &EnrollmentId,
+        command_uuid: &CommandUuid,
+        status: CommandStatus,
         raw: &[u8],
         invitation_result: Option<&str>,
         now: i64,
     ) -> Result<ReportOutcome> {
-        let sql = if status == "NotNow" {
+        let not_now = status == CommandStatus::NotNow;
+        let sql = if not_now {
             "UPDATE mdm_queue SET status = $1, result = $2, invitation_result = COALESCE($3, invitation_result),
                not_now_at = COALESCE(not_now_at, $4), not_now_tally = not_now_tally + 1, updated_at = $5
              WHERE enrollment_id = $6 AND command_uuid = $7 AND (status IS NULL OR status = 'NotNow')"
@@ -349,16 +409,16 @@ impl MdmStore for SqlStore {
              WHERE enrollment_id = $5 AND command_uuid = $6"
         };
         let mut q = sqlx::query(sql)
-            .bind(status)
+            .bind(status.as_str())
             .bind(raw)
             .bind(invitation_result)
             .bind(now);
-        if status == "NotNow" {
+        if not_now {
             q = q.bind(now);
         }
         let done = q
-            .bind(id)
-            .bind(command_uuid)
+            .bind(id.as_str())
+            .bind(command_uuid.as_str())
             .execute(&self.writer)
             .await
             .map_err(err)?;
@@ -368,8 +428,8 @@ impl MdmStore for SqlStore {
         // A late NotNow for a command already answered changes nothing, but is not foreign.
         let exists =
             sqlx::query("SELECT 1 FROM mdm_queue WHERE enrollment_id = $1 AND command_uuid = $2")
-                .bind(id)
-                .bind(command_uuid)
+                .bind(id.as_str())
+                .bind(command_uuid.as_str())
                 .fetch_optional(&self.writer)
                 .await
                 .map_err(err)?;
@@ -380,7 +440,12 @@ impl MdmStore for SqlStore {
         })
     }
 
-    async fn next_command(&self, id: &str, skip_not_now: bool) -> Result<Option<QueuedCommand>> {
+    #[tracing::instrument(skip(self, id), fields(id = %id), level = "debug")]
+    async fn next_command(
+        &self,
+        id: &EnrollmentId,
+        skip_not_now: bool,
+    ) -> Result<Option<QueuedCommand>> {
         let sql = if skip_not_now {
             "SELECT q.command_uuid, c.request_type, c.command FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
              WHERE q.enrollment_id = $1 AND q.active = 1 AND (q.status IS NULL OR q.status = 'NotNow') AND q.status IS NULL
@@ -391,44 +456,73 @@ impl MdmStore for SqlStore {
              ORDER BY q.seq LIMIT 1"
         };
         let row = sqlx::query(sql)
-            .bind(id)
+            .bind(id.as_str())
             .fetch_optional(&self.reader)
             .await
             .map_err(err)?;
-        Ok(row.map(|r| QueuedCommand {
-            command_uuid: r.get(0),
-            request_type: r.get(1),
-            command: r.get(2),
-        }))
+        row.as_ref().map(command_from_row).transpose()
     }
 
-    async fn command_state(&self, id: &str, command_uuid: &str) -> Result<Option<CommandState>> {
+    #[tracing::instrument(skip(self, id, command_uuid), fields(id = %id, command_uuid = %command_uuid), level = "debug")]
+    async fn command_state(
+        &self,
+        id: &EnrollmentId,
+        command_uuid: &CommandUuid,
+    ) -> Result<Option<CommandState>> {
         let row = sqlx::query(&format!(
-            "SELECT {STATE_COLS} FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
+            "SELECT {STATE_COLS}, q.result FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
              WHERE q.enrollment_id = $1 AND q.command_uuid = $2"
         ))
-        .bind(id)
-        .bind(command_uuid)
+        .bind(id.as_str())
+        .bind(command_uuid.as_str())
         .fetch_optional(&self.reader)
         .await
         .map_err(err)?;
-        Ok(row.as_ref().map(state_from_row))
+        row.as_ref().map(|r| state_from_row(r, true)).transpose()
     }
 
-    async fn list_commands(&self, id: &str, pending_only: bool) -> Result<Vec<CommandState>> {
+    #[tracing::instrument(skip(self, keys), fields(keys = keys.len()), level = "debug")]
+    async fn command_states(
+        &self,
+        keys: &[(EnrollmentId, CommandUuid)],
+    ) -> Result<Vec<CommandState>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(row::rows_per_statement(2, 0)) {
+            let sql = format!(
+                "SELECT {STATE_COLS} FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
+                 WHERE (q.enrollment_id, q.command_uuid) IN (VALUES {})",
+                row::tuples(1, chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, uuid) in chunk {
+                q = q.bind(id.as_str()).bind(uuid.as_str());
+            }
+            for r in q.fetch_all(&self.reader).await.map_err(err)? {
+                out.push(state_from_row(&r, false)?);
+            }
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip(self, id), fields(id = %id), level = "debug")]
+    async fn list_commands(
+        &self,
+        id: &EnrollmentId,
+        pending_only: bool,
+    ) -> Result<Vec<CommandState>> {
         let filter = if pending_only {
             " AND q.active = 1 AND (q.status IS NULL OR q.status = 'NotNow')"
         } else {
             ""
         };
         let rows = sqlx::query(&format!(
-            "SELECT {STATE_COLS} FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
+            "SELECT {STATE_COLS}, q.result FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
              WHERE q.enrollment_id = $1{filter} ORDER BY q.seq"
         ))
-        .bind(id)
+        .bind(id.as_str())
         .fetch_all(&self.reader)
         .await
         .map_err(err)?;
-        Ok(rows.iter().map(state_from_row).collect())
+        rows.iter().map(|r| state_from_row(r, true)).collect()
     }
 }

@@ -56,3 +56,64 @@ pub(crate) fn json_opt<T: DeserializeOwned>(r: &AnyRow, col: &'static str) -> Re
             .map_err(|e| StoreError::corrupt(col, e)),
     }
 }
+
+/// The 0/1 integer column `col` as a flag; any other number is corrupt.
+pub(crate) fn flag(r: &AnyRow, col: &'static str) -> Result<bool> {
+    match get::<i64>(r, col)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        n => Err(StoreError::corrupt(
+            col,
+            format!("{n} is not a flag (0 or 1)"),
+        )),
+    }
+}
+
+/// Bound parameters one statement may carry: SQLite's cap (PostgreSQL's is higher).
+pub(crate) const MAX_PARAMS: usize = 32_766;
+
+/// How many rows of `per_row` parameters (plus `fixed` others) fit in one statement.
+pub(crate) fn rows_per_statement(per_row: usize, fixed: usize) -> usize {
+    ((MAX_PARAMS - fixed) / per_row).max(1)
+}
+
+/// `($f, $f+1, ...), (...)`: `rows` groups of `per_row` placeholders numbered from
+/// `first`, for a multi-row `VALUES` or a row-value `IN` list.
+pub(crate) fn tuples(first: usize, rows: usize, per_row: usize) -> String {
+    let mut out = String::with_capacity(rows * per_row * 6);
+    let mut n = first;
+    for i in 0..rows {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push('(');
+        for j in 0..per_row {
+            if j > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&n.to_string());
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// `$f, $f+1, ..., $f+count-1`: an `IN` list.
+pub(crate) fn list(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders() {
+        assert_eq!(super::tuples(3, 2, 2), "($3, $4), ($5, $6)");
+        assert_eq!(super::list(1, 3), "$1, $2, $3");
+        assert_eq!(super::rows_per_statement(17, 0), 1927);
+    }
+}

@@ -1,15 +1,33 @@
 //! Storage of the invitation engine: Apps and Books locations, a local mirror of each
 //! location's users, invitations and their states, and seen notification IDs.
 
+use crate::mdm::{string_id, CommandUuid, EnrollmentId};
 use crate::Result;
 use async_trait::async_trait;
-use cloudvpp_abwire::ResponseUser;
+use cloudvpp_abwire::{ResponseUser, UserStatus};
+use serde::{Deserialize, Serialize};
+
+/// A location's database id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LocationId(pub i64);
+
+impl std::fmt::Display for LocationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+string_id!(
+    /// An invitation's ID (a UUID).
+    InvitationId
+);
 
 /// An Apps and Books location (one sToken).
 #[derive(Clone, PartialEq)]
 pub struct Location {
     /// Database id.
-    pub id: i64,
+    pub id: LocationId,
     /// Display name (the sToken's orgName).
     pub name: String,
     /// The sToken (a credential: never logged).
@@ -48,8 +66,8 @@ impl std::fmt::Debug for Location {
 pub struct MirrorUser {
     /// clientUserId.
     pub client_user_id: String,
-    /// `Registered`, `Associated` or `Retired`.
-    pub status: String,
+    /// `Registered`, `Associated` or `Retired` (a `Deleted` record is stored `Retired`).
+    pub status: UserStatus,
     /// Invite code of the active record.
     pub invite_code: Option<String>,
     /// idHash once associated.
@@ -58,43 +76,86 @@ pub struct MirrorUser {
     pub email: Option<String>,
 }
 
-/// Invitation states, in order.
-pub mod states {
+/// Invitation states, in order: `registering → registered → queued → delivered →
+/// associated`, or `failed` / `retired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InvitationState {
     /// Waiting for the user to exist at Apps and Books.
-    pub const REGISTERING: &str = "registering";
+    Registering,
     /// The user exists with an invite code; for email invitations the URL is ready.
-    pub const REGISTERED: &str = "registered";
+    Registered,
     /// InviteToProgram is queued for the device.
-    pub const QUEUED: &str = "queued";
+    Queued,
     /// The device acknowledged and showed the invitation.
-    pub const DELIVERED: &str = "delivered";
+    Delivered,
     /// The person accepted: the user is Associated.
-    pub const ASSOCIATED: &str = "associated";
+    Associated,
     /// Ended without association; `reason` says why.
-    pub const FAILED: &str = "failed";
+    Failed,
     /// The user was retired at Apps and Books.
-    pub const RETIRED: &str = "retired";
-    /// States that never change again.
-    pub const TERMINAL: &[&str] = &[ASSOCIATED, FAILED, RETIRED];
+    Retired,
+}
+
+impl InvitationState {
+    /// Every state.
+    pub const ALL: [InvitationState; 7] = [
+        InvitationState::Registering,
+        InvitationState::Registered,
+        InvitationState::Queued,
+        InvitationState::Delivered,
+        InvitationState::Associated,
+        InvitationState::Failed,
+        InvitationState::Retired,
+    ];
+    /// The spelling stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvitationState::Registering => "registering",
+            InvitationState::Registered => "registered",
+            InvitationState::Queued => "queued",
+            InvitationState::Delivered => "delivered",
+            InvitationState::Associated => "associated",
+            InvitationState::Failed => "failed",
+            InvitationState::Retired => "retired",
+        }
+    }
+    /// Parses [`Self::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+    /// States that never change again (`resend` starts a failed one over).
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            InvitationState::Associated | InvitationState::Failed | InvitationState::Retired
+        )
+    }
+}
+
+impl std::fmt::Display for InvitationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// One invitation of one person.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Invitation {
     /// UUID.
-    pub id: String,
+    pub id: InvitationId,
     /// Location.
-    pub location_id: i64,
+    pub location_id: LocationId,
     /// The person's clientUserId.
     pub client_user_id: String,
     /// Email.
     pub email: Option<String>,
     /// Enrollment to deliver InviteToProgram to (None: email link only).
-    pub enrollment_id: Option<String>,
-    /// Channel actually used.
-    pub channel: Option<String>,
-    /// See [`states`].
-    pub state: String,
+    pub enrollment_id: Option<EnrollmentId>,
+    /// Channel (enrollment) actually used.
+    pub channel: Option<EnrollmentId>,
+    /// Where it is.
+    pub state: InvitationState,
     /// Why it failed, or what it waits for.
     pub reason: Option<String>,
     /// Invite code.
@@ -104,7 +165,7 @@ pub struct Invitation {
     /// users/create event.
     pub event_id: Option<String>,
     /// InviteToProgram CommandUUID.
-    pub command_uuid: Option<String>,
+    pub command_uuid: Option<CommandUuid>,
     /// The device's InvitationResult.
     pub invitation_result: Option<String>,
     /// Times delivered (resends included).
@@ -121,29 +182,17 @@ pub struct Invitation {
 #[derive(Debug, Clone, Default)]
 pub struct InvitationFilter {
     /// One state.
-    pub state: Option<String>,
+    pub state: Option<InvitationState>,
     /// One location.
-    pub location_id: Option<i64>,
+    pub location_id: Option<LocationId>,
     /// One person.
     pub client_user_id: Option<String>,
     /// At most this many (newest first).
     pub limit: Option<i64>,
 }
 
-/// A queued invitation with its command's current state.
-#[derive(Debug, Clone)]
-pub struct DeliveryState {
-    /// The invitation.
-    pub invitation: Invitation,
-    /// Command status (`NotNow`, `Acknowledged`, ...).
-    pub status: Option<String>,
-    /// InvitationResult.
-    pub invitation_result: Option<String>,
-    /// False once a re-enrollment cleared it.
-    pub active: bool,
-}
-
-/// Storage of the invitation engine.
+/// Storage of the invitation engine. It holds the engine's tables only: what the MDM
+/// knows (enrollments, command answers) the engine asks the MDM service for.
 #[async_trait]
 pub trait EngineStore: Send + Sync + 'static {
     /// Adds a location. `stoken` is kept as given (it is the engine's credential at the
@@ -159,63 +208,79 @@ pub trait EngineStore: Send + Sync + 'static {
     /// All locations.
     async fn locations(&self) -> Result<Vec<Location>>;
     /// One location.
-    async fn location(&self, id: i64) -> Result<Option<Location>>;
+    async fn location(&self, id: LocationId) -> Result<Option<Location>>;
     /// Records a sync: the next `versionId`, whether it was full, the `uId` seen.
     async fn location_synced(
         &self,
-        id: i64,
+        id: LocationId,
         version_id: &str,
         full: bool,
         uid: Option<&str>,
         now: i64,
     ) -> Result<()>;
     /// Forgets the sync version (forces a full import).
-    async fn reset_location_version(&self, id: i64) -> Result<()>;
+    async fn reset_location_version(&self, id: LocationId) -> Result<()>;
     /// Records an ownership conflict.
-    async fn set_location_conflict(&self, id: i64, conflict: bool) -> Result<()>;
+    async fn set_location_conflict(&self, id: LocationId, conflict: bool) -> Result<()>;
 
     /// Applies users seen in one response or notification: per clientUserId a non-retired
     /// record wins over retired ones; a clientUserId seen only retired becomes retired.
-    async fn upsert_mirror(&self, location_id: i64, users: &[ResponseUser], now: i64)
-        -> Result<()>;
-    /// The mirror's record of one person.
-    async fn mirror_user(
+    async fn upsert_mirror(
         &self,
-        location_id: i64,
-        client_user_id: &str,
-    ) -> Result<Option<MirrorUser>>;
+        location_id: LocationId,
+        users: &[ResponseUser],
+        now: i64,
+    ) -> Result<()>;
+    /// The mirror's records of some people of a location (those it knows).
+    async fn mirror_users(
+        &self,
+        location_id: LocationId,
+        client_user_ids: &[String],
+    ) -> Result<Vec<MirrorUser>>;
     /// Number of mirrored people.
-    async fn mirror_count(&self, location_id: i64) -> Result<i64>;
+    async fn mirror_count(&self, location_id: LocationId) -> Result<i64>;
     /// Records a notification ID; false if it was seen before.
     async fn notification_first_seen(&self, notification_id: &str, now: i64) -> Result<bool>;
 
-    /// Stores new invitations.
+    /// Stores new invitations (one transaction).
     async fn create_invitations(&self, invitations: &[Invitation]) -> Result<()>;
     /// One invitation.
-    async fn invitation(&self, id: &str) -> Result<Option<Invitation>>;
+    async fn invitation(&self, id: &InvitationId) -> Result<Option<Invitation>>;
     /// Invitations by filter, newest first.
     async fn invitations(&self, filter: &InvitationFilter) -> Result<Vec<Invitation>>;
-    /// Counts by state.
-    async fn invitation_counts(&self) -> Result<Vec<(String, i64)>>;
+    /// The non-terminal invitations of these people (location, clientUserId), any order.
+    async fn open_invitations(&self, people: &[(LocationId, String)]) -> Result<Vec<Invitation>>;
+    /// Counts by state (states with none are left out).
+    async fn invitation_counts(&self) -> Result<Vec<(InvitationState, i64)>>;
     /// Writes an invitation back.
     async fn update_invitation(&self, invitation: &Invitation) -> Result<()>;
+    /// Writes invitations back, in one transaction.
+    async fn update_invitations(&self, invitations: &[Invitation]) -> Result<()>;
     /// Non-terminal invitations due for a look, oldest action first.
     async fn due_invitations(
         &self,
-        location_ids: &[i64],
+        location_ids: &[LocationId],
         now: i64,
         limit: i64,
     ) -> Result<Vec<Invitation>>;
-    /// Queued invitations whose command has a report.
-    async fn delivery_states(&self, location_ids: &[i64], limit: i64)
-        -> Result<Vec<DeliveryState>>;
+    /// Invitations waiting for the device's answer (`queued`), by ID, after `after` (a
+    /// page of at most `limit`; the caller pages through them round after round).
+    async fn queued_invitations(
+        &self,
+        location_ids: &[LocationId],
+        after: Option<&InvitationId>,
+        limit: i64,
+    ) -> Result<Vec<Invitation>>;
+    /// Non-terminal invitations whose person the mirror shows Associated, with that record.
+    async fn associable_invitations(
+        &self,
+        location_ids: &[LocationId],
+        limit: i64,
+    ) -> Result<Vec<(Invitation, MirrorUser)>>;
     /// Takes or renews the leases of locations for `owner` until `now + lease_ms`: the
     /// ones it holds, and those no one holds or whose lease ran out. Returns the locations
     /// it now holds; only their engine work is this owner's to do.
     async fn claim_locations(&self, owner: &str, now: i64, lease_ms: i64) -> Result<Vec<Location>>;
     /// Gives up `owner`'s leases (a clean shutdown), so another instance takes over at once.
     async fn release_locations(&self, owner: &str) -> Result<()>;
-    /// Moves every non-terminal invitation whose person the mirror shows Associated to
-    /// `associated`; returns how many moved.
-    async fn associate_from_mirror(&self, location_id: i64, now: i64) -> Result<u64>;
 }
