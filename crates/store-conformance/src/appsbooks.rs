@@ -465,7 +465,7 @@ pub async fn outbox_order_leases_retries_and_trim(b: &Backend) {
     let a = org(b, "7001").await;
     let c = org(b, "7002").await;
     for (o, body) in [(&a, "a1"), (&a, "a2"), (&a, "a3"), (&c, "c1")] {
-        enqueue(b, &o, body).await;
+        enqueue(b, o, body).await;
     }
     let mut orgs = b.store.notification_orgs().await.unwrap();
     orgs.sort();
