@@ -1,7 +1,7 @@
 //! A client of Apple's App and Book Management API v2, usable against Apple
 //! (`https://vpp.itunes.apple.com/mdm/v2`) or a cloudvpp appsbooks service.
 //!
-//! Rules it keeps (the lessons of other MDMs, `peers-and-crates.md` A.3):
+//! Rules it keeps (lessons of other MDMs' Apps and Books clients):
 //! - any body with an `errorNumber` is an error, whatever the HTTP status;
 //! - one bounded retry loop per call ([`Client::send`]), honouring `Retry-After` and 9646
 //!   with capped exponential backoff; retries are never nested; a write is only retried when
