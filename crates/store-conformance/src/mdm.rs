@@ -81,7 +81,9 @@ pub async fn command_queue_order_and_reports(b: &Backend) {
         );
     }
     assert!(matches!(
-        b.store.enqueue(&[other.clone()], &command("c1"), NOW).await,
+        b.store
+            .enqueue(std::slice::from_ref(&other), &command("c1"), NOW)
+            .await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(next(b, &d, false).await.as_deref(), Some("c1"));
