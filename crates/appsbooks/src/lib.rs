@@ -5,6 +5,10 @@
 //! durable event worker ([`worker`]) and notification sender ([`outbox`]). Handlers are
 //! thin: they authenticate ([`auth::OrgContext`]), validate synchronously with Apple's
 //! error numbers ([`error::ApiError`]) and hand writes to the store as PENDING events.
+//! Apple's asynchronous rules (what a create, update or retire does to each user, which
+//! notifications a step sends, what accepting an invitation does) are pure functions in
+//! [`events`]; the worker and the invitation page read through the store's
+//! [`cloudvpp_store::OrgTx`], decide with them, and write the result back.
 
 pub mod auth;
 pub mod config;
