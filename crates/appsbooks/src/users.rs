@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap};
 use axum::Json;
 use cloudvpp_abwire::errors::{self, AppleError};
 use cloudvpp_abwire::{EventResponse, GetUsersResponse, RequestUser, StatusResponse};
-use cloudvpp_store::{EventType, UserFilter, UserWindow};
+use cloudvpp_store::{EventId, EventType, UserFilter, UserWindow};
 use std::collections::{HashMap, HashSet};
 
 /// Any method an endpoint does not support: 9726 with HTTP 405.
@@ -255,7 +255,7 @@ async fn manage(
     require_json(&headers)?;
     let max_users = state.limits.get(crate::limits::Limit::MaxUsers).await;
     let users = validate_manage_request(&body, max_users)?;
-    let event_id = uuid::Uuid::new_v4().to_string();
+    let event_id = EventId::new(uuid::Uuid::new_v4().to_string());
     state
         .store
         .insert_event(
@@ -269,13 +269,13 @@ async fn manage(
     state.events_waiting.notify_one();
     tracing::debug!(
         org = %ctx.org.id,
-        event_id,
+        %event_id,
         kind = event_type.as_str(),
         users = users.len(),
         "event accepted"
     );
     Ok(Json(EventResponse {
-        event_id,
+        event_id: event_id.into_string(),
         meta: ctx.meta(),
     }))
 }
@@ -300,7 +300,7 @@ pub async fn event_status(
     }
     let ev = state
         .store
-        .get_event(ctx.org.id, event_id)
+        .get_event(ctx.org.id, &EventId::new(event_id))
         .await?
         .ok_or(errors::EVENT_NOT_FOUND)?;
     Ok(Json(StatusResponse {

@@ -119,7 +119,7 @@ async fn process(
             }
             Err(StoreError::LeaseLost) => {
                 tracing::info!(
-                    event_id = claim.event_id,
+                    event_id = %claim.event_id,
                     "lease lost; another worker has the event"
                 );
                 return Ok(());
@@ -127,7 +127,7 @@ async fn process(
             // An unreachable database says nothing about the users: retried without count.
             Err(e @ StoreError::Unavailable(_)) => return Err(e),
             Err(e) => {
-                tracing::warn!(error = %e, event_id = claim.event_id, users = ops.len(), "event step failed");
+                tracing::warn!(error = %e, event_id = %claim.event_id, users = ops.len(), "event step failed");
                 claim.step_failures = match state
                     .store
                     .event_step_failed(
@@ -154,7 +154,7 @@ async fn process(
                     continue;
                 } else {
                     tracing::error!(
-                        event_id = claim.event_id,
+                        event_id = %claim.event_id,
                         failures = claim.step_failures,
                         "a user of the event keeps failing; failing it with 9603"
                     );
@@ -171,7 +171,7 @@ async fn process(
         }
         state.outbox_waiting.notify_one();
     }
-    tracing::debug!(event_id = claim.event_id, "event finished");
+    tracing::debug!(event_id = %claim.event_id, "event finished");
     Ok(())
 }
 
@@ -231,7 +231,7 @@ async fn apply_step(
         org.config.subscribed(USER_MANAGEMENT),
         EventRef {
             uid: &org.uid,
-            event_id: &claim.event_id,
+            event_id: claim.event_id.as_str(),
             event_type: claim.event_type,
         },
     );

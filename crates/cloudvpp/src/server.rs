@@ -211,8 +211,15 @@ pub async fn start(config: ServerConfig, listeners: Listeners) -> Result<Running
         apps.push((bound, router));
     }
     if let Some((opts, proxy, bound)) = mdm_parts {
-        let (router, mdm_tasks) =
-            build_mdm(store.clone(), &opts, proxy, bound.base.clone(), &supervisor).await?;
+        let (router, mdm_tasks) = build_mdm(
+            store.clone(),
+            &opts,
+            proxy,
+            bound.base.clone(),
+            &supervisor,
+            &config.clock,
+        )
+        .await?;
         tasks.extend(mdm_tasks);
         tracing::info!(base = %bound.base, admin_api = opts.api_key.is_some(), push = opts.apns_url.is_some(), "mdm service started");
         apps.push((bound, router.merge(readiness(store, &health))));
@@ -424,6 +431,7 @@ async fn build_mdm(
     proxy: Option<cloudvpp_mdm::ProxyTrust>,
     default_public_url: String,
     supervisor: &Supervisor,
+    clock: &Arc<dyn cloudvpp_store::clock::Clock>,
 ) -> Result<(axum::Router, Vec<JoinHandle<()>>)> {
     let ca_path = opts
         .ca
@@ -455,6 +463,7 @@ async fn build_mdm(
     let state = cloudvpp_mdm::MdmState::new(
         store.clone(),
         cloudvpp_mdm::Config {
+            clock: clock.clone(),
             ca,
             cert_header: proxy,
             require_device_id_in_cert: opts.require_device_id_in_cert,
@@ -470,6 +479,7 @@ async fn build_mdm(
             status_poll: Duration::from_millis(opts.status_poll_ms),
             sync_interval: Duration::from_millis(opts.sync_interval_ms),
             lease: Duration::from_millis(opts.engine_lease_ms.unwrap_or(10_000).max(100)),
+            clock: clock.clone(),
             ..Default::default()
         },
     );

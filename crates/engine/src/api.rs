@@ -1,7 +1,7 @@
 //! The engine's HTTP surface: the admin API for locations and invitations, and the
 //! endpoint Apps and Books notifications are delivered to.
 
-use crate::{now_ms, Engine};
+use crate::Engine;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -46,8 +46,8 @@ fn internal(e: impl std::fmt::Display) -> ApiFailure {
 
 const EXPIRY_WARNING_SECS: i64 = 15 * 24 * 3600;
 
-fn location_json(l: &Location, mirrored: i64) -> Value {
-    let now = now_ms() / 1000;
+fn location_json(l: &Location, mirrored: i64, now_ms: i64) -> Value {
+    let now = now_ms / 1000;
     json!({
         "id": l.id, "name": l.name, "base_url": l.base_url, "uid": l.uid, "expires_at": l.expires_at,
         "expiry_warning": l.expires_at.is_some_and(|e| e - now < EXPIRY_WARNING_SECS),
@@ -93,7 +93,7 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
         )
         .await
         .map_err(internal)?;
-    if expires.is_some_and(|e| e - now_ms() / 1000 < EXPIRY_WARNING_SECS) {
+    if expires.is_some_and(|e| e - engine.now_ms() / 1000 < EXPIRY_WARNING_SECS) {
         tracing::warn!(
             location = %loc.id,
             name = loc.name,
@@ -135,7 +135,7 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
         .map_err(internal)?
         .unwrap_or(loc);
     let mirrored = engine.store.mirror_count(loc.id).await.map_err(internal)?;
-    let mut v = location_json(&loc, mirrored);
+    let mut v = location_json(&loc, mirrored, engine.now_ms());
     v["notifications"] = notifications;
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
@@ -144,7 +144,7 @@ async fn list_locations(State(engine): State<Engine>) -> ApiResult<Json<Value>> 
     let mut out = Vec::new();
     for l in engine.store.locations().await.map_err(internal)? {
         let n = engine.store.mirror_count(l.id).await.map_err(internal)?;
-        let mut v = location_json(&l, n);
+        let mut v = location_json(&l, n, engine.now_ms());
         v["rate_limited_answers"] = json!(engine.client(&l).rate_limited());
         out.push(v);
     }
@@ -260,7 +260,7 @@ async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiRes
             }
         }
     }
-    let now = now_ms();
+    let now = engine.now_ms();
     let mut created = Vec::with_capacity(checked.len());
     let mut out = Vec::with_capacity(checked.len());
     let mut seen: HashSet<(LocationId, String, Option<EnrollmentId>)> = HashSet::new();
@@ -386,8 +386,8 @@ async fn resend(
         }
         (Some(_), None) => {
             inv.state = InvitationState::Registered;
-            inv.next_action_at = now_ms();
-            inv.updated_at = now_ms();
+            inv.next_action_at = engine.now_ms();
+            inv.updated_at = engine.now_ms();
             engine
                 .store
                 .update_invitation(&inv)
@@ -398,8 +398,8 @@ async fn resend(
             inv.state = InvitationState::Registering;
             inv.event_id = None;
             inv.reason = None;
-            inv.next_action_at = now_ms();
-            inv.updated_at = now_ms();
+            inv.next_action_at = engine.now_ms();
+            inv.updated_at = engine.now_ms();
             engine
                 .store
                 .update_invitation(&inv)
@@ -434,7 +434,7 @@ async fn retire(
         .map_err(|e| fail(StatusCode::BAD_GATEWAY, e.to_string()))?;
     inv.state = InvitationState::Retired;
     inv.reason = Some(format!("retired (event {})", events.join(",")));
-    inv.updated_at = now_ms();
+    inv.updated_at = engine.now_ms();
     inv.next_action_at = i64::MAX;
     engine
         .store
@@ -481,7 +481,7 @@ async fn notification(
     }
     match engine
         .store
-        .notification_first_seen(&env.notification_id, now_ms())
+        .notification_first_seen(&env.notification_id, engine.now_ms())
         .await
     {
         Ok(false) => return StatusCode::OK.into_response(),
@@ -505,7 +505,11 @@ async fn notification(
         _ => Vec::new(),
     };
     if !users.is_empty() {
-        if let Err(e) = engine.store.upsert_mirror(loc.id, &users, now_ms()).await {
+        if let Err(e) = engine
+            .store
+            .upsert_mirror(loc.id, &users, engine.now_ms())
+            .await
+        {
             tracing::error!(error = %e, "applying notification");
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }

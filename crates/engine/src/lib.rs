@@ -16,6 +16,7 @@ use cloudvpp_abwire::MdmInfo;
 use cloudvpp_mdm::admin::AdminKey;
 use cloudvpp_mdm::service::MdmService;
 use cloudvpp_mdm::MdmState;
+use cloudvpp_store::clock::{Clock, SystemClock};
 use cloudvpp_store::engine::{EngineStore, Location, LocationId};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,8 @@ pub struct EngineConfig {
     /// How long a location's engine work stays with this instance after it last renewed
     /// its lease; another instance on the database takes the location over after that.
     pub lease: Duration,
+    /// The time invitations and leases are reckoned by.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for EngineConfig {
@@ -65,6 +68,7 @@ impl Default for EngineConfig {
             tick: Duration::from_millis(200),
             retry: cloudvpp_abclient::RetryPolicy::default(),
             lease: Duration::from_secs(10),
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -141,12 +145,9 @@ impl Engine {
             self.config.public_url.trim_end_matches('/')
         )
     }
-}
 
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    /// Unix milliseconds now, by the engine's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.config.clock.now_ms()
+    }
 }

@@ -1,7 +1,7 @@
 //! The engine's loop: sync locations, move invitations forward, read device answers.
 
 use crate::machine::{self, Observed, Step};
-use crate::{now_ms, Engine};
+use crate::Engine;
 use cloudvpp_abclient::{ClientError, UsersQuery};
 use cloudvpp_abwire::RequestUser;
 use cloudvpp_mdm::service::{EnqueueError, PushOutcome};
@@ -30,11 +30,11 @@ pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool
         }
         match engine
             .store
-            .claim_locations(&engine.owner, now_ms(), lease_ms)
+            .claim_locations(&engine.owner, engine.now_ms(), lease_ms)
             .await
         {
             Ok(held) => {
-                warn_expiring(&held, &mut warned);
+                warn_expiring(&held, &mut warned, engine.now_ms());
                 let renewer = tokio::spawn(renew_while_working(engine.clone()));
                 if let Err(e) = tick(&engine, &held, &mut last_sync, &mut cursor).await {
                     tracing::warn!(error = %e, "engine tick");
@@ -59,7 +59,7 @@ async fn renew_while_working(engine: Engine) {
         tokio::time::sleep(engine.config.lease / 3).await;
         if let Err(e) = engine
             .store
-            .claim_locations(&engine.owner, now_ms(), lease_ms)
+            .claim_locations(&engine.owner, engine.now_ms(), lease_ms)
             .await
         {
             tracing::warn!(error = %e, "renewing location leases");
@@ -70,8 +70,7 @@ async fn renew_while_working(engine: Engine) {
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Logs, once a day per location, that its sToken expires within 15 days.
-fn warn_expiring(locations: &[Location], warned: &mut HashMap<LocationId, i64>) {
-    let now = now_ms();
+fn warn_expiring(locations: &[Location], warned: &mut HashMap<LocationId, i64>, now: i64) {
     for loc in locations {
         let Some(exp) = loc.expires_at else { continue };
         let left = exp - now / 1000;
@@ -88,7 +87,7 @@ async fn tick(
     last_sync: &mut HashMap<LocationId, i64>,
     cursor: &mut Option<InvitationId>,
 ) -> Result<(), Error> {
-    let now = now_ms();
+    let now = engine.now_ms();
     let dirty = engine.take_dirty();
     let held: Vec<LocationId> = locations.iter().map(|l| l.id).collect();
     for loc in locations {
@@ -149,7 +148,7 @@ async fn tick(
                 }
                 // An existing Registered user is reused, never duplicated: on at once.
                 s @ Step::Registered { .. } => {
-                    machine::apply(&mut inv, &s, now_ms(), repush_ms(engine));
+                    machine::apply(&mut inv, &s, engine.now_ms(), repush_ms(engine));
                 }
                 s => {
                     transition(engine, &mut inv, &s).await?;
@@ -175,7 +174,7 @@ fn repush_ms(engine: &Engine) -> i64 {
 /// Applies `step` to `inv` now, stores it and logs the change of state.
 async fn transition(engine: &Engine, inv: &mut Invitation, step: &Step) -> Result<(), Error> {
     let before = inv.state;
-    if machine::apply(inv, step, now_ms(), repush_ms(engine)) {
+    if machine::apply(inv, step, engine.now_ms(), repush_ms(engine)) {
         engine.store.update_invitation(inv).await?;
         log_change(inv, before);
     }
@@ -240,7 +239,7 @@ async fn observe(
         .filter_map(|(inv, _)| Some((inv.channel.clone()?, inv.command_uuid.clone()?)))
         .collect();
     let answers = engine.mdm.command_states(&keys).await?;
-    let now = now_ms();
+    let now = engine.now_ms();
     let mut changed = Vec::new();
     for (mut inv, person) in watch.into_values() {
         let command = match (&inv.channel, &inv.command_uuid) {
@@ -262,8 +261,8 @@ async fn observe(
     Ok(())
 }
 
-fn later(d: Duration) -> i64 {
-    now_ms() + d.as_millis() as i64
+fn later(engine: &Engine, d: Duration) -> i64 {
+    engine.now_ms() + d.as_millis() as i64
 }
 
 /// Full import, or everything since the last `versionId`, into the mirror.
@@ -283,11 +282,20 @@ pub(crate) async fn sync(engine: &Engine, loc: &Location, full: bool) -> Result<
         }
         r => r?,
     };
-    engine.store.upsert_mirror(loc.id, &users, now_ms()).await?;
+    engine
+        .store
+        .upsert_mirror(loc.id, &users, engine.now_ms())
+        .await?;
     let uid = meta.u_id;
     engine
         .store
-        .location_synced(loc.id, &version, since.is_none(), uid.as_deref(), now_ms())
+        .location_synced(
+            loc.id,
+            &version,
+            since.is_none(),
+            uid.as_deref(),
+            engine.now_ms(),
+        )
         .await?;
     if client.ownership_conflict() && !loc.conflict {
         engine.store.set_location_conflict(loc.id, true).await?;
@@ -332,10 +340,12 @@ async fn create_users(engine: &Engine, loc: &Location, invs: Vec<Invitation>) ->
                     let mut inv = inv.clone();
                     inv.event_id = Some(event.clone());
                     inv.reason = None;
-                    inv.updated_at = now_ms();
+                    inv.updated_at = engine.now_ms();
                     // The first status poll comes soon; later ones at the polling interval.
-                    inv.next_action_at =
-                        later(engine.config.status_poll.min(Duration::from_millis(500)));
+                    inv.next_action_at = later(
+                        engine,
+                        engine.config.status_poll.min(Duration::from_millis(500)),
+                    );
                     engine.store.update_invitation(&inv).await?;
                 }
             }
@@ -371,7 +381,7 @@ async fn create_users(engine: &Engine, loc: &Location, invs: Vec<Invitation>) ->
                 {
                     let mut inv = inv.clone();
                     inv.reason = Some(format!("retrying registration: {e}"));
-                    inv.next_action_at = later(Duration::from_secs(5));
+                    inv.next_action_at = later(engine, Duration::from_secs(5));
                     engine.store.update_invitation(&inv).await?;
                 }
             }
@@ -396,7 +406,7 @@ async fn mirror_person(
     if let Ok(page) = client.get_users(&q, 0).await {
         engine
             .store
-            .upsert_mirror(location_id, &page.users, now_ms())
+            .upsert_mirror(location_id, &page.users, engine.now_ms())
             .await?;
     }
     Ok(())
@@ -415,7 +425,7 @@ async fn check_event(
         Err(e) => {
             tracing::warn!(location = %loc.id, event_id, error = %e, "status; will retry");
             for mut inv in invs {
-                inv.next_action_at = later(engine.config.status_poll);
+                inv.next_action_at = later(engine, engine.config.status_poll);
                 engine.store.update_invitation(&inv).await?;
             }
             return Ok(());
@@ -427,7 +437,7 @@ async fn check_event(
                 "registering: {}/{} done",
                 status.num_completed, status.num_requested
             ));
-            inv.next_action_at = later(engine.config.status_poll);
+            inv.next_action_at = later(engine, engine.config.status_poll);
             engine.store.update_invitation(&inv).await?;
         }
         return Ok(());
@@ -451,7 +461,7 @@ async fn check_event(
                 // Already registered (created elsewhere, or a lost answer): reuse that user.
                 mirror_person(engine, &client, loc.id, &inv.client_user_id).await?;
                 inv.event_id = None;
-                inv.next_action_at = now_ms();
+                inv.next_action_at = engine.now_ms();
                 engine.store.update_invitation(&inv).await?;
             }
             Some(err) => {
@@ -463,14 +473,14 @@ async fn check_event(
             }
             None => {
                 need_sync = true;
-                let waited = now_ms() - inv.updated_at;
+                let waited = engine.now_ms() - inv.updated_at;
                 if waited > 60_000 {
                     // Sync has not shown the user for a minute: ask for this person directly.
                     mirror_person(engine, &client, loc.id, &inv.client_user_id).await?;
                 }
                 inv.reason =
                     Some("registered at Apps and Books; waiting for the invite code".into());
-                inv.next_action_at = later(Duration::from_millis(300));
+                inv.next_action_at = later(engine, Duration::from_millis(300));
                 engine.store.update_invitation(&inv).await?;
             }
         }
@@ -492,7 +502,7 @@ async fn advance(engine: &Engine, loc: &Location, mut inv: Invitation) -> Result
                     Ok(url) => inv.invitation_url = Some(url),
                     Err(e) => {
                         inv.reason = Some(format!("waiting for service config: {e}"));
-                        inv.next_action_at = later(Duration::from_secs(5));
+                        inv.next_action_at = later(engine, Duration::from_secs(5));
                         return Ok(engine.store.update_invitation(&inv).await?);
                     }
                 }
@@ -501,8 +511,8 @@ async fn advance(engine: &Engine, loc: &Location, mut inv: Invitation) -> Result
                 None => {
                     // Email link only: the URL is the deliverable; association comes by sync.
                     inv.reason = None;
-                    inv.updated_at = now_ms();
-                    inv.next_action_at = later(engine.config.repush_after);
+                    inv.updated_at = engine.now_ms();
+                    inv.next_action_at = later(engine, engine.config.repush_after);
                     engine.store.update_invitation(&inv).await?;
                 }
                 Some(target) => match engine.mdm.invite_channel(&target).await? {
@@ -518,7 +528,7 @@ async fn advance(engine: &Engine, loc: &Location, mut inv: Invitation) -> Result
                     engine.mdm.push_one(ch).await;
                 }
             }
-            inv.next_action_at = later(engine.config.repush_after);
+            inv.next_action_at = later(engine, engine.config.repush_after);
             engine.store.update_invitation(&inv).await?;
         }
         _ => {}
@@ -567,8 +577,8 @@ pub(crate) async fn deliver(
     inv.attempts += 1;
     inv.state = InvitationState::Queued;
     inv.reason = None;
-    inv.updated_at = now_ms();
-    inv.next_action_at = later(engine.config.repush_after);
+    inv.updated_at = engine.now_ms();
+    inv.next_action_at = later(engine, engine.config.repush_after);
     engine.store.update_invitation(inv).await?;
     log_change(inv, before);
     if engine.mdm.can_push() {

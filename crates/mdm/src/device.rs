@@ -2,7 +2,7 @@
 //! report, then (for reports) the next command.
 
 use crate::error::MdmError;
-use crate::{now_ms, MdmState, BOUND_TTL};
+use crate::{MdmState, BOUND_TTL};
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -194,7 +194,7 @@ async fn checkin(
         .resolve()
         .map_err(|e| MdmError::bad(e.to_string()))?;
     let device_id = EnrollmentId::from(who.device_id.as_str());
-    let now = now_ms();
+    let now = state.now_ms();
     let topic = || {
         msg.topic
             .clone()
@@ -342,7 +342,7 @@ async fn report(
         .map_err(|e| MdmError::bad(e.to_string()))?;
     require_bound(state, &EnrollmentId::from(who.device_id.as_str()), &dc).await?;
     let id = EnrollmentId::from(who.id.as_str());
-    let now = now_ms();
+    let now = state.now_ms();
     state.seen.lock().expect("lock").insert(id.clone(), now);
     if let Some(stored) = CommandStatus::from_report(status) {
         let uuid = CommandUuid::from(r.command_uuid.as_deref().unwrap_or_default());

@@ -20,6 +20,7 @@ pub mod service;
 use axum::routing::{get, post, put};
 use axum::Router;
 use cloudvpp_identity::CaPool;
+use cloudvpp_store::clock::Clock;
 use cloudvpp_store::mdm::{EnrollmentId, MdmStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +55,8 @@ pub struct Config {
     /// APNs client; without one pushes are reported as not configured. [`MdmState::new`]
     /// moves it into the [`service::MdmService`].
     pub pusher: Option<push::Pusher>,
+    /// The time check-ins, reports and queued commands are stamped with.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// How long a certificate binding read from the database is trusted without reading it
@@ -80,7 +83,8 @@ pub struct MdmState {
 impl MdmState {
     /// Builds the state.
     pub fn new(store: Arc<dyn MdmStore>, mut config: Config) -> Self {
-        let service = service::MdmService::new(store.clone(), config.pusher.take());
+        let service =
+            service::MdmService::new(store.clone(), config.pusher.take(), config.clock.clone());
         MdmState {
             store,
             config: Arc::new(config),
@@ -88,6 +92,11 @@ impl MdmState {
             bound: Arc::default(),
             seen: Arc::default(),
         }
+    }
+
+    /// Unix milliseconds now, by the service's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.config.clock.now_ms()
     }
 
     /// The admin API key check, for every admin router ([`admin::require_api_key`]).
@@ -143,12 +152,4 @@ pub async fn run_seen_flusher(state: MdmState, mut shutdown: tokio::sync::watch:
             return;
         }
     }
-}
-
-/// Unix milliseconds now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

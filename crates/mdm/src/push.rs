@@ -5,6 +5,7 @@
 //! with exponential backoff; other answers (400 BadDeviceToken, 410 Unregistered, ...)
 //! are final.
 
+use cloudvpp_store::clock::Clock as _;
 use cloudvpp_store::mdm::EnrollmentRecord;
 use std::time::Duration;
 
@@ -52,7 +53,9 @@ impl Pusher {
     pub async fn push(&self, e: &EnrollmentRecord) -> PushResult {
         let url = format!("{}/3/device/{}", self.base, e.token_hex);
         let body = serde_json::json!({ "mdm": e.push_magic }).to_string();
-        let expiration = (crate::now_ms() / 1000 + 86_400).to_string();
+        // APNs reads the expiry by the real clock, whatever the service's.
+        let now = cloudvpp_store::clock::SystemClock.now_ms();
+        let expiration = (now / 1000 + 86_400).to_string();
         let mut last = String::new();
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {

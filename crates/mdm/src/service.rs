@@ -4,6 +4,7 @@
 //! (who may get `InviteToProgram`, which enrollments are pushed) are written once.
 
 use crate::push::Pusher;
+use cloudvpp_store::clock::Clock;
 use cloudvpp_store::mdm::{
     CommandState, CommandUuid, EnrollmentId, EnrollmentRecord, EnrollmentType, MdmStore, Platform,
     QueuedCommand,
@@ -20,6 +21,7 @@ pub const INVITE_TO_PROGRAM: &str = "InviteToProgram";
 pub struct MdmService {
     store: Arc<dyn MdmStore>,
     pusher: Option<Arc<Pusher>>,
+    clock: Arc<dyn Clock>,
 }
 
 /// Why a command was not queued at all.
@@ -163,10 +165,11 @@ pub fn choose_invite_channel<'a>(
 
 impl MdmService {
     /// The service over `store`, pushing through `pusher` when there is one.
-    pub fn new(store: Arc<dyn MdmStore>, pusher: Option<Pusher>) -> Self {
+    pub fn new(store: Arc<dyn MdmStore>, pusher: Option<Pusher>, clock: Arc<dyn Clock>) -> Self {
         MdmService {
             store,
             pusher: pusher.map(Arc::new),
+            clock,
         }
     }
 
@@ -190,7 +193,7 @@ impl MdmService {
         if ids.is_empty() {
             return Ok(Enqueued::default());
         }
-        let queued = match self.store.enqueue(ids, cmd, crate::now_ms()).await {
+        let queued = match self.store.enqueue(ids, cmd, self.clock.now_ms()).await {
             Ok(q) => q,
             Err(StoreError::Conflict(_)) => {
                 return Err(EnqueueError::Duplicate(cmd.command_uuid.clone()))

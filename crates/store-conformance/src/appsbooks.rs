@@ -4,8 +4,8 @@ use crate::Backend;
 use cloudvpp_abwire::errors::USER_NOT_FOUND;
 use cloudvpp_abwire::{RequestUser, UserStatus};
 use cloudvpp_store::{
-    EventClaim, EventProgress, EventStatus, EventType, NewUser, Org, StoreError, UserFilter,
-    UserRecord, UserUpdate, UserWindow,
+    EventClaim, EventId, EventProgress, EventStatus, EventType, NewUser, Org, StoreError,
+    UserFilter, UserRecord, UserUpdate, UserWindow,
 };
 
 const NOW: i64 = 1_700_000_000_000;
@@ -371,7 +371,13 @@ pub async fn event_claims_leases_and_steps(b: &Backend) {
     let c = org(b, "6002").await;
     for (o, id) in [(&a, "a1"), (&a, "a2"), (&c, "c1")] {
         b.store
-            .insert_event(o.id, id, EventType::Create, &request(&["p", "q"]), NOW)
+            .insert_event(
+                o.id,
+                &EventId::new(id),
+                EventType::Create,
+                &request(&["p", "q"]),
+                NOW,
+            )
             .await
             .unwrap();
     }
@@ -380,7 +386,7 @@ pub async fn event_claims_leases_and_steps(b: &Backend) {
     assert_eq!(first.users.len(), 2);
     // a2 waits for a1; c1 is free.
     let second = claim(b, "w2", NOW).await.unwrap();
-    assert_eq!(second.event_id, "c1");
+    assert_eq!(second.event_id.as_str(), "c1");
     assert!(claim(b, "w3", NOW).await.is_none());
 
     // One step of a1 under w1's lease.
@@ -393,7 +399,12 @@ pub async fn event_claims_leases_and_steps(b: &Backend) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let ev = b.store.get_event(a.id, "a1").await.unwrap().unwrap();
+    let ev = b
+        .store
+        .get_event(a.id, &EventId::new("a1"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         (ev.status, ev.num_completed, ev.num_requested),
         (EventStatus::Pending, 1, 2)
@@ -448,15 +459,24 @@ pub async fn event_claims_leases_and_steps(b: &Backend) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    let ev = b.store.get_event(a.id, "a1").await.unwrap().unwrap();
+    let ev = b
+        .store
+        .get_event(a.id, &EventId::new("a1"))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ev.status, EventStatus::Failed);
     assert_eq!(ev.failures, vec![(USER_NOT_FOUND, vec!["q".to_string()])]);
     assert!(
-        b.store.get_event(c.id, "a1").await.unwrap().is_none(),
+        b.store
+            .get_event(c.id, &EventId::new("a1"))
+            .await
+            .unwrap()
+            .is_none(),
         "events are per organisation"
     );
     let next = claim(b, "w5", NOW + 5000).await.unwrap();
-    assert_eq!(next.event_id, "a2");
+    assert_eq!(next.event_id.as_str(), "a2");
 }
 
 /// Notifications are leased per organisation, soonest due first; a retry waits for its
@@ -571,7 +591,13 @@ pub async fn corrupt_values_are_reported(b: &Backend) {
     let o = org(b, "9001").await;
     add_users(b, &o, &[("a", UserStatus::Registered)]).await;
     b.store
-        .insert_event(o.id, "e1", EventType::Retire, &request(&["a"]), NOW)
+        .insert_event(
+            o.id,
+            &EventId::new("e1"),
+            EventType::Retire,
+            &request(&["a"]),
+            NOW,
+        )
         .await
         .unwrap();
     let corrupt = |r: Result<_, StoreError>, col: &str| match r {
@@ -582,7 +608,10 @@ pub async fn corrupt_values_are_reported(b: &Backend) {
 
     b.exec("UPDATE events SET event_type = 'REVIVE'").await;
     corrupt(
-        b.store.get_event(o.id, "e1").await.map(|_| ()),
+        b.store
+            .get_event(o.id, &EventId::new("e1"))
+            .await
+            .map(|_| ()),
         "event_type",
     );
     corrupt(
@@ -591,13 +620,31 @@ pub async fn corrupt_values_are_reported(b: &Backend) {
     );
     b.exec("UPDATE events SET event_type = 'RETIRE', status = 'DONE-ISH'")
         .await;
-    corrupt(b.store.get_event(o.id, "e1").await.map(|_| ()), "status");
+    corrupt(
+        b.store
+            .get_event(o.id, &EventId::new("e1"))
+            .await
+            .map(|_| ()),
+        "status",
+    );
     b.exec("UPDATE events SET status = 'PENDING', progress = '{\"cursor\": -4}'")
         .await;
-    corrupt(b.store.get_event(o.id, "e1").await.map(|_| ()), "progress");
+    corrupt(
+        b.store
+            .get_event(o.id, &EventId::new("e1"))
+            .await
+            .map(|_| ()),
+        "progress",
+    );
     b.exec("UPDATE events SET progress = '{\"failures\": [[1234, [\"a\"]]]}'")
         .await;
-    corrupt(b.store.get_event(o.id, "e1").await.map(|_| ()), "progress");
+    corrupt(
+        b.store
+            .get_event(o.id, &EventId::new("e1"))
+            .await
+            .map(|_| ()),
+        "progress",
+    );
 
     b.exec("UPDATE users SET status = 'Asleep'").await;
     corrupt(

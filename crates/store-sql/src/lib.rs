@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use cloudvpp_abwire::{RequestUser, UserStatus};
 use cloudvpp_store::secret;
 use cloudvpp_store::{
-    AppsBooksStore, ClientConfig, EventClaim, EventProgress, EventRecord, EventStatus, EventType,
-    NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError, TokenRecord, UserFilter,
+    AppsBooksStore, ClientConfig, EventClaim, EventId, EventProgress, EventRecord, EventStatus,
+    EventType, NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError, TokenRecord, UserFilter,
     UserRecord, UserUpdate, UserWindow,
 };
 use sqlx::any::AnyRow;
@@ -294,11 +294,11 @@ const ROWS_PER_INSERT: usize = 500;
 /// Values per `IN (...)` list.
 const KEYS_PER_QUERY: usize = 1000;
 
+/// When a row was made (`created_at`, `revoked_at`): bookkeeping, read by no rule. Every
+/// time a rule reads comes from the caller's clock, as a `now` argument.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    use cloudvpp_store::clock::Clock;
+    cloudvpp_store::clock::SystemClock.now_ms()
 }
 
 #[async_trait]
@@ -497,7 +497,7 @@ impl AppsBooksStore for SqlStore {
     async fn insert_event(
         &self,
         org_id: OrgId,
-        event_id: &str,
+        event_id: &EventId,
         event_type: EventType,
         users: &[RequestUser],
         now: i64,
@@ -506,7 +506,7 @@ impl AppsBooksStore for SqlStore {
             "INSERT INTO events (org_id, event_id, event_type, status, users, num_requested, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(org_id.0)
-        .bind(event_id)
+        .bind(event_id.as_str())
         .bind(event_type.as_str())
         .bind(EventStatus::Pending.as_str())
         .bind(serde_json::to_string(users).expect("serialisable"))
@@ -519,19 +519,19 @@ impl AppsBooksStore for SqlStore {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn get_event(&self, org_id: OrgId, event_id: &str) -> Result<Option<EventRecord>> {
+    async fn get_event(&self, org_id: OrgId, event_id: &EventId) -> Result<Option<EventRecord>> {
         let row = sqlx::query(
             "SELECT event_type, status, num_requested, num_completed, progress FROM events WHERE org_id = $1 AND event_id = $2",
         )
         .bind(org_id.0)
-        .bind(event_id)
+        .bind(event_id.as_str())
         .fetch_optional(&self.reader)
         .await
         .map_err(err)?;
         row.map(|r| {
             let progress: EventProgress = row::json(&r, "progress")?;
             Ok(EventRecord {
-                event_id: event_id.to_string(),
+                event_id: event_id.clone(),
                 event_type: row::parsed(&r, "event_type", EventType::parse)?,
                 status: row::parsed(&r, "status", EventStatus::parse)?,
                 num_requested: row::get(&r, "num_requested")?,
@@ -583,7 +583,7 @@ impl AppsBooksStore for SqlStore {
             Ok(EventClaim {
                 id: row::get(&r, "id")?,
                 org_id: OrgId(row::get(&r, "org_id")?),
-                event_id: row::get(&r, "event_id")?,
+                event_id: EventId::new(row::get::<String>(&r, "event_id")?),
                 event_type: row::parsed(&r, "event_type", EventType::parse)?,
                 users: row::json(&r, "users")?,
                 cursor: progress.cursor,
@@ -615,7 +615,7 @@ impl AppsBooksStore for SqlStore {
         }))
     }
 
-    #[tracing::instrument(level = "debug", skip(self, claim), fields(event_id = claim.event_id))]
+    #[tracing::instrument(level = "debug", skip(self, claim), fields(event_id = %claim.event_id))]
     async fn event_step_failed(&self, claim: &EventClaim, now: i64, lease_ms: i64) -> Result<i64> {
         let row = sqlx::query(
             "UPDATE events SET step_failures = step_failures + 1, lease_until = $1
@@ -879,7 +879,7 @@ impl OrgTx for SqlOrgTx {
         &self.org
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(event_id = claim.event_id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(event_id = %claim.event_id))]
     async fn lock_event(&mut self, claim: &EventClaim) -> Result<(EventProgress, i64)> {
         let ev = sqlx::query(&format!(
             "SELECT lease_owner, status, progress, num_requested FROM events WHERE id = $1 AND org_id = $2{}",
@@ -992,7 +992,7 @@ impl OrgTx for SqlOrgTx {
         Ok(())
     }
 
-    #[tracing::instrument(level = "debug", skip_all, fields(event_id = claim.event_id, status = status.as_str()))]
+    #[tracing::instrument(level = "debug", skip_all, fields(event_id = %claim.event_id, status = status.as_str()))]
     async fn save_event(
         &mut self,
         claim: &EventClaim,

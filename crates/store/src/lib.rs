@@ -70,6 +70,11 @@ impl StoreError {
 /// Result alias.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+mdm::string_id!(
+    /// An event's `eventId` (a UUID we make; clients send it back to `GET status`).
+    EventId
+);
+
 /// An organisation's database id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -277,7 +282,7 @@ pub struct EventProgress {
 #[derive(Debug, Clone)]
 pub struct EventRecord {
     /// Apple's `eventId`.
-    pub event_id: String,
+    pub event_id: EventId,
     /// Type.
     pub event_type: EventType,
     /// State.
@@ -298,7 +303,7 @@ pub struct EventClaim {
     /// Organisation.
     pub org_id: OrgId,
     /// Apple's `eventId`.
-    pub event_id: String,
+    pub event_id: EventId,
     /// Type.
     pub event_type: EventType,
     /// The request's users.
@@ -439,13 +444,13 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     async fn insert_event(
         &self,
         org_id: OrgId,
-        event_id: &str,
+        event_id: &EventId,
         event_type: EventType,
         users: &[RequestUser],
         now: i64,
     ) -> Result<()>;
     /// One event of one organisation.
-    async fn get_event(&self, org_id: OrgId, event_id: &str) -> Result<Option<EventRecord>>;
+    async fn get_event(&self, org_id: OrgId, event_id: &EventId) -> Result<Option<EventRecord>>;
     /// Leases the oldest PENDING event whose organisation has no older PENDING event, and
     /// whose lease is free or expired.
     async fn claim_event(&self, owner: &str, now: i64, lease_ms: i64)
