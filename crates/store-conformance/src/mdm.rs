@@ -257,3 +257,34 @@ pub async fn location_leases(b: &Backend) {
         ["L1", "L2"]
     );
 }
+
+/// `last_seen_at` is written for many enrollments at once and never moves back.
+pub async fn last_seen_batches(b: &Backend) {
+    let many: Vec<EnrollmentId> = enroll_many(b, 30).await;
+    let seen: Vec<(EnrollmentId, i64)> = many
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.clone(), NOW + i as i64))
+        .collect();
+    b.store.touch(&seen).await.unwrap();
+    // An older stamp for the first (a batch from a slower instance) changes nothing.
+    b.store
+        .touch(&[
+            (many[0].clone(), NOW - 5),
+            (EnrollmentId::new("ghost"), NOW),
+        ])
+        .await
+        .unwrap();
+    for (i, id) in many.iter().enumerate() {
+        let e = b.store.enrollment(id).await.unwrap().unwrap();
+        assert_eq!(e.last_seen_at, Some(NOW + i as i64), "{id}");
+    }
+}
+
+async fn enroll_many(b: &Backend, n: usize) -> Vec<EnrollmentId> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(enroll(b, &format!("S{i}")).await);
+    }
+    out
+}

@@ -13,4 +13,5 @@ cloudvpp_store_conformance::conformance!(
     mdm::command_queue_order_and_reports,
     mdm::certificate_bindings,
     mdm::location_leases,
+    mdm::last_seen_batches,
 );

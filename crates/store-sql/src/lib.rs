@@ -251,7 +251,7 @@ async fn insert_notifications(
     for chunk in bodies.chunks(ROWS_PER_INSERT) {
         let sql = format!(
             "INSERT INTO outbox (org_id, notification_type, body, next_attempt_at, created_at) VALUES {}",
-            values_list(chunk.len(), 5, 1)
+            row::tuples(1, chunk.len(), 5)
         );
         let mut q = sqlx::query(&sql);
         for body in chunk {
@@ -262,33 +262,8 @@ async fn insert_notifications(
     Ok(())
 }
 
-/// `($first, ...), (...)`: `rows` tuples of `cols` placeholders, numbered from `first`.
-/// (sqlx's `QueryBuilder` writes `?` over the `Any` driver, which PostgreSQL refuses.)
-pub(crate) fn values_list(rows: usize, cols: usize, first: usize) -> String {
-    let mut out = String::with_capacity(rows * cols * 5);
-    for r in 0..rows {
-        out.push_str(if r == 0 { "(" } else { ", (" });
-        for c in 0..cols {
-            if c > 0 {
-                out.push_str(", ");
-            }
-            out.push('$');
-            out.push_str(&(first + r * cols + c).to_string());
-        }
-        out.push(')');
-    }
-    out
-}
-
-/// `$first, ..., $(first + n - 1)`: the placeholders of an `IN (...)` list.
-pub(crate) fn in_list(n: usize, first: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Rows per multi-row INSERT: well under SQLite's 32,766 bound parameters at 9 columns.
+/// Rows per multi-row INSERT: a step's worth of users, well under SQLite's 32,766 bound
+/// parameters at 9 columns.
 const ROWS_PER_INSERT: usize = 500;
 
 /// Values per `IN (...)` list.
@@ -860,7 +835,7 @@ impl SqlOrgTx {
         for chunk in keys.chunks(KEYS_PER_QUERY) {
             let sql = format!(
                 "SELECT {USER_COLS} FROM users WHERE org_id = $1 AND {col} IN ({}){extra}",
-                in_list(chunk.len(), 2)
+                row::list(2, chunk.len())
             );
             let mut q = sqlx::query(&sql).bind(self.org.id.0);
             for k in chunk {
@@ -932,7 +907,7 @@ impl OrgTx for SqlOrgTx {
         for chunk in users.chunks(ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO users (org_id, ord, chg, client_user_id, email, managed_apple_id, invite_code, id_hash, status) VALUES {}",
-                values_list(chunk.len(), 9, 1)
+                row::tuples(1, chunk.len(), 9)
             );
             let mut q = sqlx::query(&sql);
             for u in chunk {

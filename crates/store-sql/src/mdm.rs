@@ -313,18 +313,22 @@ impl MdmStore for SqlStore {
         if seen.is_empty() {
             return Ok(());
         }
-        let sql = format!(
-            "UPDATE mdm_enrollments SET last_seen_at = {}(COALESCE(last_seen_at, 0), $1) WHERE id = $2",
-            self.dialect.greatest()
-        );
+        // One statement per chunk: `seen` holds every device that checked in during the
+        // last second, which is thousands at scale.
         let mut tx = self.begin_write().await?;
-        for (id, at) in seen {
-            sqlx::query(&sql)
-                .bind(at)
-                .bind(id.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(err)?;
+        for chunk in seen.chunks(row::rows_per_statement(2, 0)) {
+            let sql = format!(
+                "WITH v(id, t) AS (VALUES {})
+                 UPDATE mdm_enrollments SET last_seen_at = {}(COALESCE(last_seen_at, 0), v.t)
+                 FROM v WHERE mdm_enrollments.id = v.id",
+                row::tuples(1, chunk.len(), 2),
+                self.dialect.greatest()
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, at) in chunk {
+                q = q.bind(id.as_str()).bind(*at);
+            }
+            q.execute(&mut *tx).await.map_err(err)?;
         }
         tx.commit().await.map_err(err)
     }
