@@ -363,13 +363,6 @@ impl ReportStatus {
             _ => return None,
         })
     }
-    /// Final statuses end a command.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            ReportStatus::Acknowledged | ReportStatus::Error | ReportStatus::CommandFormatError
-        )
-    }
 }
 
 with_enrollment_keys! {

@@ -113,10 +113,6 @@ impl CommandStatus {
             R::CommandFormatError => CommandStatus::CommandFormatError,
         })
     }
-    /// Final statuses end a command: it is never offered again.
-    pub fn is_final(self) -> bool {
-        !matches!(self, CommandStatus::NotNow)
-    }
 }
 
 /// What an Authenticate stores.
