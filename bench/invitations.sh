@@ -22,8 +22,10 @@ export CLOUDVPP_API_KEY=bench
 $BIN simulate pki --state "$OUT/sim.json" --ca-out "$OUT/ca.pem"
 # Apple's example rate limit (15/s) would make this a benchmark of the limiter; the engine
 # polls event status every 250 ms here instead of Apple's 30 s.
+# The simulator enrolls every device at once, past the default cap on open connections.
 $BIN serve --appsbooks-listen 127.0.0.1:0 --mdm-listen 127.0.0.1:0 --database "$DB" --ca "$OUT/ca.pem" \
   --status-poll-ms 250 --sync-interval-ms 1000 --limit maxRequestPerSecond=100000 \
+  --max-connections 20000 \
   > "$OUT/serve.out" 2> "$OUT/serve.err" &
 PID=$!
 trap 'kill $PID 2>/dev/null || true' EXIT

@@ -412,8 +412,12 @@ impl EngineStore for SqlStore {
         let mut out = Vec::new();
         for chunk in people.chunks(row::rows_per_statement(2, 0)) {
             let sql = format!(
-                "SELECT {INV_COLS} FROM engine_invitations i
-                 WHERE (i.location_id, i.client_user_id) IN (VALUES {}) AND i.state NOT IN ({})",
+                // The keys drive a join: as a row-value `IN (VALUES ...)`, SQLite scans
+                // the whole table for every request.
+                "WITH k(location_id, client_user_id) AS (VALUES {})
+                 SELECT {INV_COLS} FROM k CROSS JOIN engine_invitations i
+                 WHERE i.location_id = k.location_id AND i.client_user_id = k.client_user_id
+                   AND i.state NOT IN ({})",
                 row::tuples(1, chunk.len(), 2),
                 terminal_states()
             );

@@ -248,7 +248,7 @@ async fn insert_notifications(
     bodies: &[String],
     now: i64,
 ) -> Result<()> {
-    for chunk in bodies.chunks(ROWS_PER_INSERT) {
+    for chunk in bodies.chunks(row::rows_per_statement(5, 0)) {
         let sql = format!(
             "INSERT INTO outbox (org_id, notification_type, body, next_attempt_at, created_at) VALUES {}",
             row::tuples(1, chunk.len(), 5)
@@ -262,12 +262,8 @@ async fn insert_notifications(
     Ok(())
 }
 
-/// Rows per multi-row INSERT: a step's worth of users, well under SQLite's 32,766 bound
-/// parameters at 9 columns.
-const ROWS_PER_INSERT: usize = 500;
-
-/// Values per `IN (...)` list.
-const KEYS_PER_QUERY: usize = 1000;
+/// Values per `IN (...)` list (see `row::MAX_PARAMS`).
+const KEYS_PER_QUERY: usize = row::MAX_PARAMS - 1;
 
 /// When a row was made (`created_at`, `revoked_at`): bookkeeping, read by no rule. Every
 /// time a rule reads comes from the caller's clock, as a `now` argument.
@@ -904,7 +900,7 @@ impl OrgTx for SqlOrgTx {
 
     #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
     async fn insert_users(&mut self, users: &[NewUser]) -> Result<()> {
-        for chunk in users.chunks(ROWS_PER_INSERT) {
+        for chunk in users.chunks(row::rows_per_statement(9, 0)) {
             let sql = format!(
                 "INSERT INTO users (org_id, ord, chg, client_user_id, email, managed_apple_id, invite_code, id_hash, status) VALUES {}",
                 row::tuples(1, chunk.len(), 9)

@@ -493,8 +493,12 @@ impl MdmStore for SqlStore {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(row::rows_per_statement(2, 0)) {
             let sql = format!(
-                "SELECT {STATE_COLS} FROM mdm_queue q JOIN mdm_commands c ON c.command_uuid = q.command_uuid
-                 WHERE (q.enrollment_id, q.command_uuid) IN (VALUES {})",
+                // The keys drive a join (primary-key probes): as a row-value
+                // `IN (VALUES ...)`, SQLite scans the whole queue.
+                "WITH k(enrollment_id, command_uuid) AS (VALUES {})
+                 SELECT {STATE_COLS} FROM k CROSS JOIN mdm_queue q
+                 JOIN mdm_commands c ON c.command_uuid = q.command_uuid
+                 WHERE q.enrollment_id = k.enrollment_id AND q.command_uuid = k.command_uuid",
                 row::tuples(1, chunk.len(), 2)
             );
             let mut q = sqlx::query(&sql);
