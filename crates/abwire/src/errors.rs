@@ -93,7 +93,16 @@ apple_errors! {
     MAINTENANCE = 9644, 503, "The service is in maintenance mode. Try again later.";
     TOO_MANY_REQUESTS = 9646, 429, "There are too many recent requests. Try again momentarily.";
     PAGE_INDEX_OUT_OF_RANGE = 9650, 400, "The provided page index must be greater than 0, and less than the total number of pages.";
+    TOO_MANY_ASSETS = 9700, 400, "Max assets limit on request has been passed, please stay within given limit.";
+    TOO_MANY_CLIENT_USER_IDS = 9701, 400, "Max clientUserIds limit on request has been passed, please stay within given limit.";
+    TOO_MANY_SERIAL_NUMBERS = 9702, 400, "Max serialNumbers limit on request has been passed, please stay within given limit.";
+    DUPLICATE_ASSETS = 9703, 400, "Duplicate assets found in request, please send unique assets.";
+    DUPLICATE_CLIENT_USER_IDS = 9704, 400, "Duplicate clientUserIds found in request, please send unique clients.";
+    DUPLICATE_SERIAL_NUMBERS = 9705, 400, "Duplicate serialNumbers found in request, please send unique serials.";
+    ASSET_NOT_REVOCABLE = 9706, 400, "Asset in request is not revocable, please send revocable assets.";
+    ASSET_NOT_DEVICE_ASSIGNABLE = 9707, 400, "Asset in request is not device assignable, please send device assignable assets.";
     EVENT_NOT_FOUND = 9708, 400, "EventId could not be found.";
+    NOT_ENOUGH_LICENSES = 9709, 400, "There are not enough licenses for this app or book available to assign to the selected group.";
     NOTIFICATION_URL_AND_TOKEN_REQUIRED = 9710, 400, "Both the notification URL and the authentication token are necessary.";
     NOTIFICATION_TOO_LONG = 9711, 400, "Either the notification URL or the authentication token exceeds its maximum length. Change the request to stay within the specified limit.";
     NOTIFICATION_URL_NOT_HTTPS = 9712, 400, "The provided notification URL must be a valid URL and use HTTPS as the protocol.";
@@ -102,6 +111,8 @@ apple_errors! {
     DUPLICATE_USERS = 9715, 400, "This request contains duplicate users. Change the request to send unique users.";
     USER_ALREADY_EXISTS = 9716, 400, "A registered user already exists with the specified clientUserId.";
     INVALID_EMAIL = 9717, 400, "This request contains an invalid email address. Change the request to send valid email addresses.";
+    ASSET_REQUIRED = 9718, 400, "This request doesn't contain an asset, which is a required argument. Change the request to provide an asset.";
+    USERS_OR_SERIALS_REQUIRED = 9719, 400, "Either clientUserIds or serialNumbers are required arguments. Change the request to provide assignable users and devices.";
     USERS_REQUIRED = 9720, 400, "Users are a required argument. Change the request to provide a user.";
     INVALID_VERSION_ID = 9721, 400, "This request contains an invalid version ID. Change the request to send the version ID from the read APIs.";
     INVALID_AUTHORIZATION_HEADER = 9722, 401, "This request contains an invalid authorization header. Change the request to send an authorization header that matches the format 'Bearer {sToken}'.";

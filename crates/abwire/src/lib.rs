@@ -5,6 +5,7 @@
 //! when absent, and [`errors`] holds Apple's error numbers with their HTTP status and
 //! message, taken from Apple's Service Config example (see `docs/apple-error-messages.md`).
 
+pub mod assets;
 pub mod errors;
 pub mod limits;
 pub mod notification;

@@ -52,6 +52,10 @@ pub mod types {
     pub const USER_MANAGEMENT: &str = "USER_MANAGEMENT";
     /// A person accepted an invitation.
     pub const USER_ASSOCIATED: &str = "USER_ASSOCIATED";
+    /// Licences bought, transferred or refunded.
+    pub const ASSET_COUNT: &str = "ASSET_COUNT";
+    /// Result of an associate/disassociate/revoke event.
+    pub const ASSET_MANAGEMENT: &str = "ASSET_MANAGEMENT";
 }
 
 #[cfg(test)]

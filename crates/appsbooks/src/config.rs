@@ -27,6 +27,7 @@ pub async fn service_config(State(state): State<AppState>) -> Json<ServiceConfig
         ("updateUsers", "/users/update"),
         ("retireUsers", "/users/retire"),
         ("eventStatus", "/status"),
+        ("getAssets", "/assets"),
     ] {
         urls.insert(key.to_string(), format!("{base}{path}"));
     }

@@ -10,6 +10,7 @@
 //! [`events`]; the worker and the invitation page read through the store's
 //! [`cloudvpp_store::OrgTx`], decide with them, and write the result back.
 
+pub mod assets;
 pub mod auth;
 pub mod config;
 pub mod envelope;
@@ -148,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .route("/mdm/v2/users/update", post(update_users).fallback(wrong))
         .route("/mdm/v2/users/retire", post(retire_users).fallback(wrong))
         .route("/mdm/v2/status", get(event_status).fallback(wrong))
+        .route("/mdm/v2/assets", get(assets::get_assets).fallback(wrong))
         .layer(axum::middleware::from_fn(error::refuse_declared_oversize))
         .merge(
             Router::new()

@@ -1892,3 +1892,198 @@ async fn raw_post(
     .await;
     answer.expect("no answer to the declared length alone")
 }
+
+/// `assets add` records purchases and refunds; `GET assets` shows them with Apple's
+/// fields, filters and pages, and a versionId that moves with every change.
+#[tokio::test(flavor = "multi_thread")]
+async fn assets_are_bought_listed_filtered_and_paged() {
+    let env = Env::new();
+    let token = env.org("Content");
+    let srv = env.serve(&["--page-size", "2"]);
+    let add = |args: &[&str]| {
+        let mut line = vec!["appsbooks", "assets", "add", "--org", "Content"];
+        line.extend_from_slice(args);
+        env.cli(&line)
+    };
+    let out = add(&["--adam-id", "408709785", "--count", "50"]);
+    assert!(out.contains("GarageBand"), "the catalogue names it: {out}");
+    add(&["--adam-id", "361309726", "--count", "10"]);
+    add(&[
+        "--adam-id",
+        "1000000001",
+        "--count",
+        "5",
+        "--pricing",
+        "PLUS",
+        "--product-type",
+        "Book",
+        "--platforms",
+        "iOS,macOS",
+    ]);
+
+    let (status, page0) = srv.get(&token, "/mdm/v2/assets").await;
+    assert_eq!(status, 200, "{page0}");
+    assert_eq!(
+        (
+            page0["totalPages"].as_u64(),
+            page0["nextPageIndex"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    let (_, page1) = srv.get(&token, "/mdm/v2/assets?pageIndex=1").await;
+    assert_eq!(page1.get("nextPageIndex"), None);
+    let mut all: Vec<Value> = page0["assets"].as_array().unwrap().clone();
+    all.extend(page1["assets"].as_array().unwrap().iter().cloned());
+    assert_eq!(all.len(), 3);
+    let book = all.iter().find(|a| a["adamId"] == "1000000001").unwrap();
+    assert_eq!(
+        book,
+        &json!({"adamId": "1000000001", "assignedCount": 0, "availableCount": 5,
+            "deviceAssignable": false, "pricingParam": "PLUS", "productType": "Book",
+            "retiredCount": 0, "revocable": false, "totalCount": 5,
+            "supportedPlatforms": ["iOS", "macOS"]})
+    );
+    assert!(page0["uId"].is_string() && page0["tokenExpirationDate"].is_string());
+
+    let adam_ids = |v: &Value| -> Vec<String> {
+        v["assets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["adamId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (query, want) in [
+        ("productType=Book", vec!["1000000001"]),
+        (
+            "minAvailableCount=10&maxAvailableCount=10",
+            vec!["361309726"],
+        ),
+        (
+            "revocable=true&pricingParam=STDQ",
+            vec!["361309726", "408709785"],
+        ),
+        ("adamId=408709785", vec!["408709785"]),
+        ("deviceAssignable=false", vec!["1000000001"]),
+        ("maxAssignedCount=0&minAvailableCount=51", vec![]),
+    ] {
+        let (status, v) = srv.get(&token, &format!("/mdm/v2/assets?{query}")).await;
+        assert_eq!(status, 200, "{query}: {v}");
+        assert_eq!(adam_ids(&v), want, "{query}");
+    }
+    for bad in [
+        "revocable=yes",
+        "productType=Movie",
+        "minAvailableCount=x",
+        "adamId=abc",
+    ] {
+        let (status, v) = srv.get(&token, &format!("/mdm/v2/assets?{bad}")).await;
+        assert_eq!(
+            (status, v["errorNumber"].as_u64()),
+            (400, Some(9602)),
+            "{bad}"
+        );
+    }
+    let (status, v) = srv.get(&token, "/mdm/v2/assets?pageIndex=2").await;
+    assert_eq!((status, v["errorNumber"].as_u64()), (400, Some(9650)));
+
+    // A refund takes free licences only, and moves the version.
+    let before = page0["versionId"].clone();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_cloudvpp"))
+        .args([
+            "appsbooks",
+            "assets",
+            "add",
+            "--org",
+            "Content",
+            "--adam-id",
+            "361309726",
+        ])
+        .args(["--count", "-11"])
+        .env("CLOUDVPP_DATABASE", env.db())
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("only 10 licences are free"));
+    add(&["--adam-id", "361309726", "--count", "-4"]);
+    let (_, v) = srv.get(&token, "/mdm/v2/assets?adamId=361309726").await;
+    assert_eq!(v["assets"][0]["totalCount"], 6);
+    assert_ne!(v["versionId"], before);
+    let listed = env.cli(&["appsbooks", "assets", "list", "--org", "Content"]);
+    assert_eq!(listed.lines().count(), 4, "{listed}");
+
+    // Service config lists the endpoint and Apple's content errors.
+    let cfg: Value = srv
+        .http
+        .get(srv.url("/mdm/v2/service/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cfg["urls"]["getAssets"], srv.url("/mdm/v2/assets"));
+    let numbers: Vec<u64> = cfg["errorCodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["errorNumber"].as_u64().unwrap())
+        .collect();
+    for n in [9700, 9703, 9706, 9707, 9709, 9718, 9719] {
+        assert!(numbers.contains(&n), "{n}");
+    }
+}
+
+/// A purchase and a refund each reach a subscribed MDM as `ASSET_COUNT`.
+#[tokio::test(flavor = "multi_thread")]
+async fn purchases_send_asset_count() {
+    let env = Env::new();
+    let token = env.org("Counted");
+    let srv = env.serve(&[]);
+    let rx = Receiver::default();
+    let running = rx.start().await;
+    let (status, body) = srv
+        .post(
+            &token,
+            "/mdm/v2/client/config",
+            json!({"notificationAuthToken": "tok", "notificationUrl": running.url,
+                   "notificationTypes": ["ASSET_COUNT"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for count in ["7", "-2"] {
+        env.cli(&[
+            "appsbooks",
+            "assets",
+            "add",
+            "--org",
+            "Counted",
+            "--adam-id",
+            "361285480",
+            "--count",
+            count,
+        ]);
+    }
+    let got = rx.wait_for("ASSET_COUNT", 2).await;
+    // Notifications of one organisation are sent several at a time: in any order.
+    let mut deltas: Vec<(i64, String, String)> = got
+        .iter()
+        .map(|n| {
+            let p = &n.body["notification"];
+            (
+                p["countDelta"].as_i64().unwrap(),
+                p["adamId"].as_str().unwrap().to_string(),
+                p["pricingParam"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    deltas.sort();
+    assert_eq!(
+        deltas,
+        vec![
+            (-2, "361285480".into(), "STDQ".into()),
+            (7, "361285480".into(), "STDQ".into())
+        ]
+    );
+    assert!(got.iter().all(|n| n.body["uId"].is_string()));
+}

@@ -672,3 +672,76 @@ fn cloudvpp_now() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// Assets are written and read back whole, per organisation, by key; the assets' version
+/// moves only when asked; a stored value that is not Apple's is corrupt.
+pub async fn assets_round_trip(b: &Backend) {
+    use cloudvpp_abwire::assets::{PricingParam, ProductType};
+    use cloudvpp_store::AssetRecord;
+    let o = org(b, "9101").await;
+    let other = org(b, "9102").await;
+    let asset = |adam: &str, pricing, total| AssetRecord {
+        adam_id: adam.to_string(),
+        pricing_param: pricing,
+        product_type: ProductType::App,
+        supported_platforms: vec!["iOS".into(), "macOS".into()],
+        device_assignable: true,
+        revocable: false,
+        total_count: total,
+        assigned_count: 1,
+        retired_count: 1,
+    };
+    let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+    tx.put_assets(
+        &[
+            asset("20", PricingParam::Stdq, 5),
+            asset("10", PricingParam::Plus, 7),
+        ],
+        3,
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let mut tx = b.store.begin_org_write(other.id).await.unwrap();
+    tx.put_assets(&[asset("10", PricingParam::Plus, 1)], 1)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let listed = b.store.list_assets(o.id).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            asset("10", PricingParam::Plus, 7),
+            asset("20", PricingParam::Stdq, 5)
+        ]
+    );
+    assert_eq!(b.store.get_org(o.id).await.unwrap().unwrap().asset_chg, 3);
+    let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+    let got = tx
+        .assets(&[
+            ("10", PricingParam::Plus),
+            ("10", PricingParam::Stdq),
+            ("30", PricingParam::Stdq),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(got, vec![asset("10", PricingParam::Plus, 7)]);
+    // Replaced whole, by key.
+    tx.put_assets(&[asset("10", PricingParam::Plus, 9)], 4)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(b.store.list_assets(o.id).await.unwrap()[0].total_count, 9);
+    assert_eq!(
+        b.store.list_assets(other.id).await.unwrap()[0].total_count,
+        1
+    );
+
+    b.exec("UPDATE assets SET pricing_param = 'GOLD' WHERE total_count = 1")
+        .await;
+    match b.store.list_assets(other.id).await {
+        Err(StoreError::Corrupt { column, .. }) => assert_eq!(column, "pricing_param"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}

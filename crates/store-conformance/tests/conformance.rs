@@ -10,6 +10,7 @@ cloudvpp_store_conformance::conformance!(
     appsbooks::outbox_order_leases_retries_and_trim,
     appsbooks::request_windows,
     appsbooks::corrupt_values_are_reported,
+    appsbooks::assets_round_trip,
     mdm::command_queue_order_and_reports,
     mdm::certificate_bindings,
     mdm::location_leases,

@@ -10,12 +10,13 @@ mod mdm;
 mod row;
 
 use async_trait::async_trait;
+use cloudvpp_abwire::assets::{PricingParam, ProductType};
 use cloudvpp_abwire::{RequestUser, UserStatus};
 use cloudvpp_store::secret;
 use cloudvpp_store::{
-    AppsBooksStore, ClientConfig, EventClaim, EventId, EventProgress, EventRecord, EventStatus,
-    EventType, NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError, TokenRecord, UserFilter,
-    UserRecord, UserUpdate, UserWindow,
+    AppsBooksStore, AssetRecord, ClientConfig, EventClaim, EventId, EventProgress, EventRecord,
+    EventStatus, EventType, NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError,
+    TokenRecord, UserFilter, UserRecord, UserUpdate, UserWindow,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
@@ -195,7 +196,7 @@ impl SqlStore {
     }
 }
 
-const ORG_COLS: &str = "id, uid, name, secret, user_count, chg, mdm_info, notification_url, notification_auth_token, notification_types";
+const ORG_COLS: &str = "id, uid, name, secret, user_count, chg, asset_chg, mdm_info, notification_url, notification_auth_token, notification_types";
 const USER_COLS: &str = "ord, chg, client_user_id, email, invite_code, id_hash, status";
 
 fn org_from_row(r: &AnyRow) -> Result<Org> {
@@ -206,6 +207,7 @@ fn org_from_row(r: &AnyRow) -> Result<Org> {
         secret: row::get(r, "secret")?,
         user_count: row::get(r, "user_count")?,
         chg: row::get(r, "chg")?,
+        asset_chg: row::get(r, "asset_chg")?,
         config: ClientConfig {
             mdm_info: row::json_opt(r, "mdm_info")?,
             notification_url: row::get(r, "notification_url")?,
@@ -224,6 +226,22 @@ fn user_from_row(r: &AnyRow) -> Result<UserRecord> {
         invite_code: row::get(r, "invite_code")?,
         id_hash: row::get(r, "id_hash")?,
         status: row::parsed(r, "status", UserStatus::parse)?,
+    })
+}
+
+const ASSET_COLS: &str = "a.adam_id, a.pricing_param, a.product_type, a.supported_platforms, a.device_assignable, a.revocable, a.total_count, a.assigned_count, a.retired_count";
+
+fn asset_from_row(r: &AnyRow) -> Result<AssetRecord> {
+    Ok(AssetRecord {
+        adam_id: row::get(r, "adam_id")?,
+        pricing_param: row::parsed(r, "pricing_param", PricingParam::parse)?,
+        product_type: row::parsed(r, "product_type", ProductType::parse)?,
+        supported_platforms: row::json(r, "supported_platforms")?,
+        device_assignable: row::flag(r, "device_assignable")?,
+        revocable: row::flag(r, "revocable")?,
+        total_count: row::get(r, "total_count")?,
+        assigned_count: row::get(r, "assigned_count")?,
+        retired_count: row::get(r, "retired_count")?,
     })
 }
 
@@ -809,6 +827,18 @@ impl AppsBooksStore for SqlStore {
         .map_err(err)?;
         row::get(&row, "n")
     }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_assets(&self, org_id: OrgId) -> Result<Vec<AssetRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ASSET_COLS} FROM assets a WHERE a.org_id = $1 ORDER BY a.adam_id, a.pricing_param"
+        ))
+        .bind(org_id.0)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
+        rows.iter().map(asset_from_row).collect()
+    }
 }
 
 /// [`OrgTx`] over one SQL transaction, begun with the organisation's row locked.
@@ -994,6 +1024,68 @@ impl OrgTx for SqlOrgTx {
         now: i64,
     ) -> Result<()> {
         insert_notifications(&mut self.tx, self.org.id, kind, bodies, now).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(keys = keys.len()))]
+    async fn assets(&mut self, keys: &[(&str, PricingParam)]) -> Result<Vec<AssetRecord>> {
+        let mut out = Vec::new();
+        for chunk in keys.chunks(row::rows_per_statement(2, 1)) {
+            let sql = format!(
+                "WITH k(adam_id, pricing_param) AS (VALUES {})
+                 SELECT {ASSET_COLS} FROM k CROSS JOIN assets a
+                 WHERE a.org_id = $1 AND a.adam_id = k.adam_id AND a.pricing_param = k.pricing_param",
+                row::tuples(2, chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql).bind(self.org.id.0);
+            for (adam_id, pricing) in chunk {
+                q = q.bind(*adam_id).bind(pricing.as_str());
+            }
+            let rows = q.fetch_all(&mut *self.tx).await.map_err(err)?;
+            for r in &rows {
+                out.push(asset_from_row(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(assets = assets.len()))]
+    async fn put_assets(&mut self, assets: &[AssetRecord], asset_chg: i64) -> Result<()> {
+        let now = now_ms();
+        for a in assets {
+            sqlx::query(
+                "INSERT INTO assets (org_id, adam_id, pricing_param, product_type, supported_platforms, device_assignable, revocable, total_count, assigned_count, retired_count, created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11)
+                 ON CONFLICT (org_id, adam_id, pricing_param) DO UPDATE SET product_type = excluded.product_type,
+                   supported_platforms = excluded.supported_platforms, device_assignable = excluded.device_assignable,
+                   revocable = excluded.revocable, total_count = excluded.total_count,
+                   assigned_count = excluded.assigned_count, retired_count = excluded.retired_count,
+                   updated_at = excluded.updated_at",
+            )
+            .bind(self.org.id.0)
+            .bind(&a.adam_id)
+            .bind(a.pricing_param.as_str())
+            .bind(a.product_type.as_str())
+            .bind(serde_json::to_string(&a.supported_platforms).expect("serialisable"))
+            .bind(i64::from(a.device_assignable))
+            .bind(i64::from(a.revocable))
+            .bind(a.total_count)
+            .bind(a.assigned_count)
+            .bind(a.retired_count)
+            .bind(now)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(err)?;
+        }
+        if asset_chg != self.org.asset_chg {
+            sqlx::query("UPDATE orgs SET asset_chg = $1 WHERE id = $2")
+                .bind(asset_chg)
+                .bind(self.org.id.0)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(err)?;
+            self.org.asset_chg = asset_chg;
+        }
+        Ok(())
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {

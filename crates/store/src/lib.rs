@@ -16,6 +16,7 @@ pub mod mdm;
 pub mod secret;
 
 use async_trait::async_trait;
+use cloudvpp_abwire::assets::{PricingParam, ProductType, ResponseAsset};
 use cloudvpp_abwire::{AppleError, MdmInfo, RequestUser, ResponseUser, UserStatus};
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,8 @@ pub struct Org {
     pub user_count: i64,
     /// The latest change sequence number (the current data-set version).
     pub chg: i64,
+    /// The version of the organisation's assets (Get Assets' `versionId`).
+    pub asset_chg: i64,
     /// Client config.
     pub config: ClientConfig,
 }
@@ -228,6 +231,52 @@ impl EventType {
             "RETIRE" => EventType::Retire,
             _ => return None,
         })
+    }
+}
+
+/// One app or book an organisation owns licences of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetRecord {
+    /// The App Store ID.
+    pub adam_id: String,
+    /// Licence quality.
+    pub pricing_param: PricingParam,
+    /// App or book.
+    pub product_type: ProductType,
+    /// Apple's platform names.
+    pub supported_platforms: Vec<String>,
+    /// Whether it can be assigned to a device serial number.
+    pub device_assignable: bool,
+    /// Whether an assignment can be taken back.
+    pub revocable: bool,
+    /// Licences owned.
+    pub total_count: i64,
+    /// Licences assigned.
+    pub assigned_count: i64,
+    /// Licences kept by retired users.
+    pub retired_count: i64,
+}
+
+impl AssetRecord {
+    /// Licences free to assign.
+    pub fn available_count(&self) -> i64 {
+        self.total_count - self.assigned_count
+    }
+
+    /// The asset as Apple shows it.
+    pub fn to_response(&self) -> ResponseAsset {
+        ResponseAsset {
+            adam_id: self.adam_id.clone(),
+            assigned_count: self.assigned_count,
+            available_count: self.available_count(),
+            device_assignable: self.device_assignable,
+            pricing_param: self.pricing_param,
+            product_type: self.product_type,
+            retired_count: self.retired_count,
+            revocable: self.revocable,
+            total_count: self.total_count,
+            supported_platforms: self.supported_platforms.clone(),
+        }
     }
 }
 
@@ -376,6 +425,11 @@ pub trait OrgTx: Send {
         bodies: &[String],
         now: i64,
     ) -> Result<()>;
+    /// The organisation's assets of these (adamId, pricingParam) keys that exist.
+    async fn assets(&mut self, keys: &[(&str, PricingParam)]) -> Result<Vec<AssetRecord>>;
+    /// Writes assets (added, or replacing the one of the same key) and moves the assets'
+    /// version to `asset_chg`.
+    async fn put_assets(&mut self, assets: &[AssetRecord], asset_chg: i64) -> Result<()>;
     /// Commits every write.
     async fn commit(self: Box<Self>) -> Result<()>;
     /// Undoes every write and lets the locks go now (a dropped transaction is rolled back
@@ -497,6 +551,9 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     /// instance on the database counts into the same window, so `maxRequestPerSecond` is
     /// the organisation's budget whichever instance a request reaches.
     async fn count_request(&self, org_id: OrgId) -> Result<i64>;
+
+    /// Every asset of an organisation, by adamId then pricingParam.
+    async fn list_assets(&self, org_id: OrgId) -> Result<Vec<AssetRecord>>;
 }
 
 /// Every store of cloudvpp: what a backend implements and the binary hands out.

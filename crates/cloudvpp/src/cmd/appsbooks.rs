@@ -24,6 +24,53 @@ pub enum AppsbooksCommand {
         #[command(subcommand)]
         command: LimitsCommand,
     },
+    /// Apps and books an organisation owns licences of: purchases and refunds.
+    Assets {
+        #[command(subcommand)]
+        command: AssetsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AssetsCommand {
+    /// Record a purchase of licences (a refund with a negative count); sends ASSET_COUNT to
+    /// the organisation's MDM when it subscribes. Prints the asset as it now is.
+    Add {
+        #[command(flatten)]
+        db: DbArg,
+        /// The organisation's uId or name.
+        #[arg(long)]
+        org: String,
+        /// The App Store ID (a few well-known ones come with names and platforms).
+        #[arg(long)]
+        adam_id: String,
+        /// Licences bought; negative: refunded (only free licences can be).
+        #[arg(long, allow_hyphen_values = true)]
+        count: i64,
+        /// Licence quality.
+        #[arg(long, default_value = "STDQ", value_parser = ["STDQ", "PLUS"])]
+        pricing: String,
+        /// App or Book; default: the catalogue's, else App.
+        #[arg(long, value_parser = ["App", "Book"])]
+        product_type: Option<String>,
+        /// Platforms, comma-separated (iOS, macOS, tvOS, watchOS, visionOS).
+        #[arg(long, value_delimiter = ',')]
+        platforms: Option<Vec<String>>,
+        /// Default: true for apps, false for books.
+        #[arg(long)]
+        device_assignable: Option<bool>,
+        /// Default: true for apps, false for books.
+        #[arg(long)]
+        revocable: Option<bool>,
+    },
+    /// List an organisation's assets with their counts.
+    List {
+        #[command(flatten)]
+        db: DbArg,
+        /// The organisation's uId or name.
+        #[arg(long)]
+        org: String,
+    },
 }
 
 /// `cloudvpp appsbooks serve`.
@@ -114,7 +161,75 @@ pub async fn run(command: AppsbooksCommand) -> Result<()> {
         AppsbooksCommand::Serve(args) => serve(*args).await,
         AppsbooksCommand::Org { command } => org(command).await,
         AppsbooksCommand::Limits { command } => limits(command).await,
+        AppsbooksCommand::Assets { command } => assets(command).await,
     }
+}
+
+async fn find_org(store: &dyn AppsBooksStore, org: &str) -> Result<cloudvpp_store::Org> {
+    store
+        .find_org(org)
+        .await?
+        .with_context(|| format!("no organisation {org:?}"))
+}
+
+fn asset_line(a: &cloudvpp_store::AssetRecord) -> String {
+    format!(
+        "{:<12} {:<6} {:<5} {:>8} {:>9} {:>10} {:<22} {}",
+        a.adam_id,
+        a.pricing_param.as_str(),
+        a.product_type.as_str(),
+        a.total_count,
+        a.assigned_count,
+        a.available_count(),
+        a.supported_platforms.join(","),
+        cloudvpp_appsbooks::assets::catalogue_name(&a.adam_id).unwrap_or("")
+    )
+}
+
+const ASSET_HEADER: &str =
+    "ADAM ID      PRICE  TYPE     TOTAL  ASSIGNED  AVAILABLE PLATFORMS              NAME";
+
+async fn assets(command: AssetsCommand) -> Result<()> {
+    use cloudvpp_abwire::assets::{PricingParam, ProductType};
+    match command {
+        AssetsCommand::Add {
+            db,
+            org,
+            adam_id,
+            count,
+            pricing,
+            product_type,
+            platforms,
+            device_assignable,
+            revocable,
+        } => {
+            let store = open_store(&db.database).await?;
+            let o = find_org(&*store, &org).await?;
+            let purchase = cloudvpp_appsbooks::assets::Purchase {
+                adam_id,
+                count,
+                pricing_param: PricingParam::parse(&pricing).context("--pricing")?,
+                product_type: product_type.as_deref().and_then(ProductType::parse),
+                platforms,
+                device_assignable,
+                revocable,
+            };
+            let now = cloudvpp_store::clock::Clock::now_ms(&cloudvpp_store::clock::SystemClock);
+            let asset =
+                cloudvpp_appsbooks::assets::record_purchase(&*store, &o, &purchase, now).await?;
+            println!("{ASSET_HEADER}");
+            println!("{}", asset_line(&asset));
+        }
+        AssetsCommand::List { db, org } => {
+            let store = open_store(&db.database).await?;
+            let o = find_org(&*store, &org).await?;
+            println!("{ASSET_HEADER}");
+            for a in store.list_assets(o.id).await? {
+                println!("{}", asset_line(&a));
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn org(command: OrgCommand) -> Result<()> {
