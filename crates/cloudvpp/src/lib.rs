@@ -65,3 +65,21 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Invitations(a) => cmd::invite::invitations(a).await,
     }
 }
+
+/// `e` and its causes on one line, each cause once: a library often repeats its cause in
+/// its own message (sqlx does), and the chain would otherwise say the same thing three
+/// times.
+pub fn error_report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}

@@ -18,7 +18,7 @@ async fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     if let Err(e) = cloudvpp::run(cloudvpp::Cli::parse()).await {
-        eprintln!("cloudvpp: {e:#}");
+        eprintln!("cloudvpp: {}", cloudvpp::error_report(&e));
         let code = match e.downcast_ref::<cloudvpp::server::Fatal>() {
             Some(_) => cloudvpp::server::Fatal::EXIT_CODE,
             None => 1,

@@ -37,6 +37,24 @@ pub async fn open_db(url: &str) -> Result<Arc<dyn cloudvpp_store::Store>> {
     }
 }
 
+/// Opens a database that must already exist: commands that only read (or change what is
+/// there) do not create an empty SQLite file at a mistyped path.
+pub async fn open_existing_db(url: &str) -> Result<Arc<dyn cloudvpp_store::Store>> {
+    if let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(|rest| rest.split('?').next().unwrap_or(rest))
+        .filter(|p| !p.is_empty() && *p != ":memory:")
+    {
+        if !std::path::Path::new(path).exists() {
+            bail!(
+                "no database at {path}: check --database (CLOUDVPP_DATABASE); `serve` and `org create` create one"
+            );
+        }
+    }
+    open_db(url).await
+}
+
 /// A bound listener and its base URL (`http(s)://ip:port`).
 #[derive(Debug)]
 pub struct Bound {

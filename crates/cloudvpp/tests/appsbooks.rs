@@ -2087,3 +2087,58 @@ async fn purchases_send_asset_count() {
     );
     assert!(got.iter().all(|n| n.body["uId"].is_string()));
 }
+
+/// Commands that only read never create a database at a mistyped path, and a database
+/// that cannot be reached is named by its cause, never with its password.
+#[test]
+fn command_line_database_mistakes_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("typo.db");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_cloudvpp"))
+            .args(args)
+            .env_remove("CLOUDVPP_DATABASE")
+            .output()
+            .unwrap()
+    };
+    let url = format!("sqlite://{}", typo.display());
+    for args in [
+        vec!["appsbooks", "org", "list", "--database", &url],
+        vec!["appsbooks", "limits", "show", "--database", &url],
+        vec![
+            "appsbooks",
+            "assets",
+            "list",
+            "--org",
+            "X",
+            "--database",
+            &url,
+        ],
+    ] {
+        let out = run(&args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("no database at"),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!typo.exists(), "{args:?} created {}", typo.display());
+    }
+    // Nothing listens on port 1 of loopback.
+    let out = run(&[
+        "appsbooks",
+        "org",
+        "list",
+        "--database",
+        "postgres://someone:s3cret-pass@127.0.0.1:1/db",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(!err.contains("s3cret-pass"), "{err}");
+    assert_eq!(
+        err.matches("Connection refused").count(),
+        1,
+        "each cause once: {err}"
+    );
+}

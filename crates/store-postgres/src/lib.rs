@@ -16,6 +16,16 @@ fn err(e: impl Into<cloudvpp_store::Source>) -> StoreError {
     StoreError::Other(e.into())
 }
 
+/// Why the database at `url` cannot be reached: the pool only says it waited in vain, one
+/// plain connection says why (connection refused, no such host, TLS refused, ...).
+async fn why_unreachable(url: &str) -> StoreError {
+    use sqlx::Connection;
+    match tokio::time::timeout(Duration::from_secs(3), sqlx::AnyConnection::connect(url)).await {
+        Ok(Err(e)) => cloudvpp_store_sql::err(e),
+        Ok(Ok(_)) | Err(_) => cloudvpp_store_sql::err(sqlx::Error::PoolTimedOut),
+    }
+}
+
 /// Connects to `url` (`postgres://...`) and migrates the database.
 pub async fn connect(url: &str) -> Result<SqlStore> {
     sqlx::any::install_default_drivers();
@@ -26,7 +36,12 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .acquire_timeout(Duration::from_secs(3))
         .connect(url)
         .await
-        .map_err(cloudvpp_store_sql::err)?;
+        .map_err(|e| (url, e));
+    let pool = match pool {
+        Ok(pool) => pool,
+        Err((url, sqlx::Error::PoolTimedOut)) => return Err(why_unreachable(url).await),
+        Err((_, e)) => return Err(cloudvpp_store_sql::err(e)),
+    };
     // Migrations take PostgreSQL's advisory lock, so instances starting together run them once.
     sqlx::migrate!("./migrations")
         .run(&pool)

@@ -146,6 +146,11 @@ async fn open_store(url: &str) -> Result<Arc<dyn AppsBooksStore>> {
     Ok(server::open_db(url).await?)
 }
 
+/// The store of a command that needs data already there (it never creates a database).
+async fn open_existing(url: &str) -> Result<Arc<dyn AppsBooksStore>> {
+    Ok(server::open_existing_db(url).await?)
+}
+
 fn expiry(expires: Option<&str>) -> Result<i64> {
     match expires {
         None => Ok(chrono::Utc::now().timestamp() + 365 * 24 * 3600),
@@ -203,7 +208,7 @@ async fn assets(command: AssetsCommand) -> Result<()> {
             device_assignable,
             revocable,
         } => {
-            let store = open_store(&db.database).await?;
+            let store = open_existing(&db.database).await?;
             let o = find_org(&*store, &org).await?;
             let purchase = cloudvpp_appsbooks::assets::Purchase {
                 adam_id,
@@ -221,7 +226,7 @@ async fn assets(command: AssetsCommand) -> Result<()> {
             println!("{}", asset_line(&asset));
         }
         AssetsCommand::List { db, org } => {
-            let store = open_store(&db.database).await?;
+            let store = open_existing(&db.database).await?;
             let o = find_org(&*store, &org).await?;
             println!("{ASSET_HEADER}");
             for a in store.list_assets(o.id).await? {
@@ -244,7 +249,7 @@ async fn org(command: OrgCommand) -> Result<()> {
             println!("{stoken}");
         }
         OrgCommand::List { db } => {
-            let store = open_store(&db.database).await?;
+            let store = open_existing(&db.database).await?;
             println!("{:<18} {:<26} {:>10} NAME", "UID", "TOKEN EXPIRES", "USERS");
             for o in store.list_orgs().await? {
                 let exp = store
@@ -256,7 +261,7 @@ async fn org(command: OrgCommand) -> Result<()> {
             }
         }
         OrgCommand::Renew { db, org, expires } => {
-            let store = open_store(&db.database).await?;
+            let store = open_existing(&db.database).await?;
             let o = store
                 .find_org(&org)
                 .await?
@@ -273,7 +278,7 @@ async fn org(command: OrgCommand) -> Result<()> {
 async fn limits(command: LimitsCommand) -> Result<()> {
     match command {
         LimitsCommand::Show { db } => {
-            let store = open_store(&db.database).await?;
+            let store = open_existing(&db.database).await?;
             let limits = cloudvpp_appsbooks::limits::Limits::new(store);
             for (k, v) in limits.all().await {
                 println!("{k}={v}");
