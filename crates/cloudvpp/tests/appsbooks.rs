@@ -2142,3 +2142,25 @@ fn command_line_database_mistakes_are_named() {
         "each cause once: {err}"
     );
 }
+
+/// `cloudvpp serve` on a busy port fails before it makes or names any file.
+#[test]
+fn serve_on_a_busy_port_fails_before_making_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudvpp"))
+        .args(["serve", "--appsbooks-listen", &format!("127.0.0.1:{port}")])
+        .args(["--mdm-listen", "127.0.0.1:0"])
+        .current_dir(dir.path())
+        .env_remove("CLOUDVPP_DATABASE")
+        .env_remove("CLOUDVPP_API_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("Address already in use"), "{err}");
+    assert!(!err.contains("api-key"), "{err}");
+    let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(made.is_empty(), "{made:?}");
+}

@@ -56,6 +56,12 @@ impl ServeArgs {
 
 /// Runs `cloudvpp serve`.
 pub async fn run(mut a: ServeArgs) -> Result<()> {
+    // The ports first: a busy port fails the command before any file is made or named.
+    let tls = a.tls.pair().is_some();
+    let (ab, mdm) = (
+        Bound::bind(a.appsbooks_listen, tls)?,
+        Bound::bind(a.mdm_listen, tls)?,
+    );
     if a.mdm.ca.is_none() {
         // A development convenience: a throwaway CA whose devices `cloudvpp simulate` can mint.
         let (state, ca) = (
@@ -96,11 +102,6 @@ pub async fn run(mut a: ServeArgs) -> Result<()> {
         );
         a.mdm.api_key = Some(key);
     }
-    let tls = a.tls.pair().is_some();
-    let (ab, mdm) = (
-        Bound::bind(a.appsbooks_listen, tls)?,
-        Bound::bind(a.mdm_listen, tls)?,
-    );
     let ab_base = a
         .appsbooks_public_url
         .clone()
