@@ -83,3 +83,22 @@ pub fn error_report(e: &anyhow::Error) -> String {
     }
     out
 }
+
+/// Makes a closed standard output (`cloudvpp invitations | head`) end the process quietly
+/// with success, as `head` expects, instead of a panic: Rust ignores SIGPIPE, so `println!`
+/// to a closed pipe panics with a broken-pipe message, caught here.
+pub fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
+}

@@ -8,6 +8,7 @@ async fn main() {
     // One crypto provider for the whole process (ring), chosen explicitly so rustls
     // never has to guess between providers pulled in by dependencies.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    cloudvpp::quiet_on_closed_pipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CLOUDVPP_LOG")

@@ -2164,3 +2164,23 @@ fn serve_on_a_busy_port_fails_before_making_files() {
     let made: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(made.is_empty(), "{made:?}");
 }
+
+/// Output into a pipe whose reader is gone (`cloudvpp ... | head`) ends the command
+/// quietly, with success, instead of a panic.
+#[test]
+fn a_closed_output_pipe_ends_commands_quietly() {
+    let env = Env::new();
+    env.org("Piped");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudvpp"))
+        .args(["appsbooks", "limits", "show"])
+        .env("CLOUDVPP_DATABASE", env.db())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked"), "{err}");
+}
