@@ -228,7 +228,38 @@ impl Client {
             .await
     }
 
+    /// [`Self::attempts`], counted: `cloudvpp_abclient_calls_total` by endpoint and
+    /// result (`ok`, `apple_error`, `http_error`, `transport`, `decode`, `gave_up`).
     async fn send_paced<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+        auth: bool,
+        per_second: i64,
+    ) -> Result<T> {
+        let result = self
+            .attempts(method, path, query, body, auth, per_second)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ClientError::Apple { .. }) => "apple_error",
+            Err(ClientError::Http(_)) => "http_error",
+            Err(ClientError::Transport(_)) => "transport",
+            Err(ClientError::Decode(_)) => "decode",
+            Err(ClientError::RetryBudgetExhausted { .. }) => "gave_up",
+        };
+        metrics::counter!(
+            "cloudvpp_abclient_calls_total",
+            "endpoint" => path.to_string(),
+            "result" => outcome
+        )
+        .increment(1);
+        result
+    }
+
+    async fn attempts<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -281,6 +312,11 @@ impl Client {
                         let refused_unprocessed = status == 429 || err.error_number == 9646;
                         if refused_unprocessed {
                             self.rate_limited.fetch_add(1, Ordering::Relaxed);
+                            metrics::counter!(
+                                "cloudvpp_abclient_rate_limited_total",
+                                "endpoint" => path.to_string()
+                            )
+                            .increment(1);
                         }
                         (refused_unprocessed || (!write && status >= 500), after)
                     } else if !(200..300).contains(&status) {
@@ -311,6 +347,8 @@ impl Client {
                 .max(backoff.min(self.retry.cap))
                 .min(self.retry.cap);
             tracing::debug!(path, attempt, ?wait, error = %last, "retrying");
+            metrics::counter!("cloudvpp_abclient_retries_total", "endpoint" => path.to_string())
+                .increment(1);
             tokio::time::sleep(wait).await;
         }
         Err(ClientError::RetryBudgetExhausted {

@@ -190,6 +190,8 @@ async fn send_one(state: &AppState, item: OutboxItem, timeout: Duration) {
     };
     let outcome = match result {
         Ok(()) => {
+            metrics::counter!("cloudvpp_appsbooks_notifications_total", "result" => "delivered")
+                .increment(1);
             store
                 .notification_delivered(item.id, state.config.clock.now_ms())
                 .await
@@ -200,6 +202,13 @@ async fn send_one(state: &AppState, item: OutboxItem, timeout: Duration) {
                 .get(item.attempts as usize)
                 .map(|d| state.config.clock.now_ms() + d.as_millis() as i64);
             tracing::info!(id = item.id, attempt = item.attempts + 1, %why, gives_up = retry_at.is_none(), "notification not delivered");
+            let result = if retry_at.is_none() {
+                "given_up"
+            } else {
+                "failed"
+            };
+            metrics::counter!("cloudvpp_appsbooks_notifications_total", "result" => result)
+                .increment(1);
             store.notification_failed(item.id, retry_at, &why).await
         }
     };

@@ -10,7 +10,7 @@ use crate::ids::{id_hash, new_invite_code};
 use crate::AppState;
 use cloudvpp_abwire::errors::{AppleError, INTERNAL_ERROR};
 use cloudvpp_abwire::notification::types::USER_MANAGEMENT;
-use cloudvpp_store::{EventClaim, StoreError};
+use cloudvpp_store::{EventClaim, EventStatus, StoreError};
 use std::time::Duration;
 
 /// Users per step when there is no processing delay (a notification's worth).
@@ -245,5 +245,14 @@ async fn apply_step(
     .await?;
     tx.enqueue_notifications(USER_MANAGEMENT, &notifications, now)
         .await?;
-    tx.commit().await
+    tx.commit().await?;
+    if status != EventStatus::Pending {
+        metrics::counter!(
+            "cloudvpp_appsbooks_events_finished_total",
+            "type" => claim.event_type.as_str(),
+            "state" => status.as_str()
+        )
+        .increment(1);
+    }
+    Ok(())
 }

@@ -7,6 +7,7 @@ pub mod cmd;
 pub mod flags;
 pub mod listener;
 pub mod server;
+pub mod telemetry;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -19,6 +20,15 @@ use clap::{Parser, Subcommand};
     about = "Apple Apps and Books service and MDM, in one binary"
 )]
 pub struct Cli {
+    /// Log format on stderr: text, or one JSON object per line (filter with RUST_LOG).
+    #[arg(
+        long,
+        global = true,
+        env = "CLOUDVPP_LOG_FORMAT",
+        value_enum,
+        default_value_t = telemetry::LogFormat::Text
+    )]
+    pub log_format: telemetry::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -16,7 +16,7 @@ use cloudvpp_supervise::{supervise, Health};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -157,6 +157,7 @@ impl std::error::Error for Fatal {}
 /// serves its listeners.
 pub struct Running {
     apps: Vec<(Bound, axum::Router)>,
+    services: Vec<&'static str>,
     tasks: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     health: Health,
@@ -199,6 +200,12 @@ pub async fn start(config: ServerConfig, listeners: Listeners) -> Result<Running
     };
     let mut apps = Vec::new();
     let mut tasks = Vec::new();
+    let gauges = crate::telemetry::Gauges {
+        store: store.clone(),
+        clock: config.clock.clone(),
+        appsbooks: ab_parts.is_some(),
+        mdm: mdm_parts.is_some(),
+    };
     if let Some((ab, bound)) = ab_parts {
         for (k, v) in &ab.opts.limits {
             cloudvpp_store::AppsBooksStore::set_limit(&*store, k, *v).await?;
@@ -226,7 +233,7 @@ pub async fn start(config: ServerConfig, listeners: Listeners) -> Result<Running
         }
         tracing::info!(base = %bound.base, %public_url, "appsbooks service started");
         let router = cloudvpp_appsbooks::router(state).merge(readiness(store.clone(), &health));
-        apps.push((bound, router));
+        apps.push((bound, observed(router, "appsbooks", &gauges)));
     }
     if let Some((opts, proxy, bound)) = mdm_parts {
         let (router, mdm_tasks) = build_mdm(
@@ -240,16 +247,45 @@ pub async fn start(config: ServerConfig, listeners: Listeners) -> Result<Running
         .await?;
         tasks.extend(mdm_tasks);
         tracing::info!(base = %bound.base, admin_api = opts.api_key.is_some(), push = opts.apns_url.is_some(), "mdm service started");
-        apps.push((bound, router.merge(readiness(store, &health))));
+        let router = router.merge(readiness(store, &health));
+        apps.push((bound, observed(router, "mdm", &gauges)));
     }
+    let services = apps
+        .iter()
+        .map(|(_, r): &(Bound, Observed)| r.service)
+        .collect();
+    let apps = apps.into_iter().map(|(b, r)| (b, r.router)).collect();
     Ok(Running {
         apps,
+        services,
         tasks,
         stop,
         health,
         tls: config.tls,
         conn: config.conn,
     })
+}
+
+/// A service's router with `/metrics` and the HTTP metrics layer.
+struct Observed {
+    service: &'static str,
+    router: axum::Router,
+}
+
+/// Adds `GET /metrics` to `router` and counts every request to its routes (the layer goes
+/// last, so that it sees every route, with its matched path).
+fn observed(
+    router: axum::Router,
+    service: &'static str,
+    gauges: &crate::telemetry::Gauges,
+) -> Observed {
+    let router = router
+        .merge(crate::telemetry::router(gauges.clone()))
+        .route_layer(axum::middleware::from_fn_with_state(
+            service,
+            crate::telemetry::track_http,
+        ));
+    Observed { service, router }
 }
 
 /// [`start`], then [`Running::serve`] until `shutdown` resolves: a server in-process.
@@ -287,6 +323,7 @@ impl Running {
                 _ = shutdown => None,
                 task = health.fatal() => Some(task),
             };
+            let began = Instant::now();
             if let Some(task) = &given_up {
                 tracing::error!(
                     task = task.as_str(),
@@ -298,7 +335,7 @@ impl Running {
             for h in hs {
                 h.graceful_shutdown(Some(Duration::from_secs(5)));
             }
-            given_up
+            (given_up, began)
         });
         let served = futures::future::try_join_all(self.apps.into_iter().zip(handles).map(
             |((bound, app), handle)| {
@@ -306,16 +343,28 @@ impl Running {
             },
         ))
         .await;
-        let given_up = if stopper.is_finished() {
-            stopper.await.ok().flatten()
+        let (given_up, began) = if stopper.is_finished() {
+            stopper.await.unwrap_or((None, Instant::now()))
         } else {
             stopper.abort();
-            None
+            (None, Instant::now())
         };
         let _ = self.stop.send(true);
+        let tasks: Vec<String> = self.health.tasks().into_iter().map(|(n, _)| n).collect();
         for t in self.tasks {
             let _ = t.await;
         }
+        tracing::info!(
+            services = self.services.join(","),
+            tasks = tasks.join(","),
+            elapsed_ms = began.elapsed().as_millis() as u64,
+            reason = match &given_up {
+                Some(_) => "background task given up",
+                None if served.is_err() => "server error",
+                None => "shutdown requested",
+            },
+            "stopped"
+        );
         served?;
         match given_up.or_else(|| self.health.given_up()) {
             Some(task) => Err(Fatal { task }.into()),

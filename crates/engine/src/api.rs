@@ -301,6 +301,9 @@ async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiRes
         .create_invitations(&created)
         .await
         .map_err(internal)?;
+    for inv in &created {
+        crate::worker::log_transition(inv, "new");
+    }
     engine.wake.notify_one();
     Ok((StatusCode::ACCEPTED, Json(json!({ "invitations": out }))).into_response())
 }
@@ -385,6 +388,7 @@ async fn resend(
                 .map_err(internal)?;
         }
         (Some(_), None) => {
+            let before = inv.state;
             inv.state = InvitationState::Registered;
             inv.next_action_at = engine.now_ms();
             inv.updated_at = engine.now_ms();
@@ -393,8 +397,10 @@ async fn resend(
                 .update_invitation(&inv)
                 .await
                 .map_err(internal)?;
+            crate::worker::log_change(&inv, before);
         }
         (None, _) => {
+            let before = inv.state;
             inv.state = InvitationState::Registering;
             inv.event_id = None;
             inv.reason = None;
@@ -405,6 +411,7 @@ async fn resend(
                 .update_invitation(&inv)
                 .await
                 .map_err(internal)?;
+            crate::worker::log_change(&inv, before);
         }
     }
     engine.wake.notify_one();
@@ -432,6 +439,7 @@ async fn retire(
         .retire_users(&[user])
         .await
         .map_err(|e| fail(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let before = inv.state;
     inv.state = InvitationState::Retired;
     inv.reason = Some(format!("retired (event {})", events.join(",")));
     inv.updated_at = engine.now_ms();
@@ -441,6 +449,7 @@ async fn retire(
         .update_invitation(&inv)
         .await
         .map_err(internal)?;
+    crate::worker::log_change(&inv, before);
     engine.mark_dirty(loc.id);
     Ok(Json(invitation_json(&inv)))
 }

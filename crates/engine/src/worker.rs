@@ -148,7 +148,10 @@ async fn tick(
                 }
                 // An existing Registered user is reused, never duplicated: on at once.
                 s @ Step::Registered { .. } => {
+                    let before = inv.state;
                     machine::apply(&mut inv, &s, engine.now_ms(), repush_ms(engine));
+                    // Stored by `advance`, whichever way it goes on.
+                    log_change(&inv, before);
                 }
                 s => {
                     transition(engine, &mut inv, &s).await?;
@@ -181,18 +184,26 @@ async fn transition(engine: &Engine, inv: &mut Invitation, step: &Step) -> Resul
     Ok(())
 }
 
-fn log_change(inv: &Invitation, before: InvitationState) {
-    if inv.state != before && inv.state.is_terminal() {
-        tracing::info!(
-            invitation = %inv.id,
-            person = inv.client_user_id,
-            state = inv.state.as_str(),
-            reason = inv.reason.as_deref().unwrap_or(""),
-            "invitation"
-        );
-    } else if inv.state != before {
-        tracing::debug!(invitation = %inv.id, state = inv.state.as_str(), "invitation");
+/// Logs a change of `inv`'s state from `before`, if it changed: one line with the
+/// invitation, the person, both states and the reason, at INFO (WARN when it failed), and
+/// counts it in `cloudvpp_invitation_transitions_total`.
+pub(crate) fn log_change(inv: &Invitation, before: InvitationState) {
+    if inv.state != before {
+        log_transition(inv, before.as_str());
     }
+}
+
+/// [`log_change`] from `from` (a state, or "new" for a created invitation).
+pub(crate) fn log_transition(inv: &Invitation, from: &'static str) {
+    let to = inv.state.as_str();
+    let reason = inv.reason.as_deref().unwrap_or("");
+    if inv.state == InvitationState::Failed {
+        tracing::warn!(invitation = %inv.id, person = inv.client_user_id, from, to, reason, "invitation state changed");
+    } else {
+        tracing::info!(invitation = %inv.id, person = inv.client_user_id, from, to, reason, "invitation state changed");
+    }
+    metrics::counter!("cloudvpp_invitation_transitions_total", "from" => from, "to" => to)
+        .increment(1);
 }
 
 /// Ends `inv` as failed for `reason`.

@@ -193,6 +193,11 @@ async fn checkin(
         .keys()
         .resolve()
         .map_err(|e| MdmError::bad(e.to_string()))?;
+    metrics::counter!(
+        "cloudvpp_mdm_checkins_total",
+        "message_type" => checkin_label(&msg.message_type)
+    )
+    .increment(1);
     let device_id = EnrollmentId::from(who.device_id.as_str());
     let now = state.now_ms();
     let topic = || {
@@ -328,6 +333,26 @@ async fn checkin(
     }
 }
 
+/// The `message_type` label of `cloudvpp_mdm_checkins_total`: Apple's names, anything
+/// else as "other" (a device must not be able to add series).
+fn checkin_label(message_type: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "Authenticate",
+        "TokenUpdate",
+        "CheckOut",
+        "UserAuthenticate",
+        "GetBootstrapToken",
+        "SetBootstrapToken",
+        "DeclarativeManagement",
+        "GetToken",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == message_type)
+        .copied()
+        .unwrap_or("other")
+}
+
 async fn report(
     state: &MdmState,
     peer: SocketAddr,
@@ -341,6 +366,7 @@ async fn report(
         .resolve()
         .map_err(|e| MdmError::bad(e.to_string()))?;
     require_bound(state, &EnrollmentId::from(who.device_id.as_str()), &dc).await?;
+    metrics::counter!("cloudvpp_mdm_reports_total", "status" => status.as_str()).increment(1);
     let id = EnrollmentId::from(who.id.as_str());
     let now = state.now_ms();
     state.seen.lock().expect("lock").insert(id.clone(), now);

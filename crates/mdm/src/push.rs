@@ -49,8 +49,16 @@ impl Pusher {
         })
     }
 
-    /// Pushes one enrollment; `Ok(apns-id)`.
+    /// Pushes one enrollment; `Ok(apns-id)`. Counted in `cloudvpp_mdm_pushes_total` by
+    /// result (`sent`, or `failed` after the retries).
     pub async fn push(&self, e: &EnrollmentRecord) -> PushResult {
+        let result = self.send(e).await;
+        let label = if result.is_ok() { "sent" } else { "failed" };
+        metrics::counter!("cloudvpp_mdm_pushes_total", "result" => label).increment(1);
+        result
+    }
+
+    async fn send(&self, e: &EnrollmentRecord) -> PushResult {
         let url = format!("{}/3/device/{}", self.base, e.token_hex);
         let body = serde_json::json!({ "mdm": e.push_magic }).to_string();
         // APNs reads the expiry by the real clock, whatever the service's.

@@ -6,6 +6,7 @@
 //! never skips a change.
 
 mod engine;
+mod gauges;
 mod mdm;
 mod row;
 

@@ -12,6 +12,7 @@
 
 pub mod clock;
 pub mod engine;
+pub mod gauges;
 pub mod mdm;
 pub mod secret;
 
@@ -557,6 +558,6 @@ pub trait AppsBooksStore: Send + Sync + 'static {
 }
 
 /// Every store of cloudvpp: what a backend implements and the binary hands out.
-pub trait Store: AppsBooksStore + mdm::MdmStore + engine::EngineStore {}
+pub trait Store: AppsBooksStore + mdm::MdmStore + engine::EngineStore + gauges::GaugeStore {}
 
-impl<T: AppsBooksStore + mdm::MdmStore + engine::EngineStore> Store for T {}
+impl<T: AppsBooksStore + mdm::MdmStore + engine::EngineStore + gauges::GaugeStore> Store for T {}
