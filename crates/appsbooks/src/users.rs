@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap};
 use axum::Json;
 use cloudvpp_abwire::errors::{self, AppleError};
 use cloudvpp_abwire::{EventResponse, GetUsersResponse, RequestUser, StatusResponse};
-use cloudvpp_store::{EventId, EventType, UserFilter, UserWindow};
+use cloudvpp_store::{EventId, EventStatus, EventType, UserFilter, UserWindow};
 use std::collections::{HashMap, HashSet};
 
 /// Any method an endpoint does not support: 9726 with HTTP 405.
@@ -308,11 +308,16 @@ pub async fn event_status(
         event_type: ev.event_type.as_str().to_string(),
         num_completed: ev.num_completed as u32,
         num_requested: ev.num_requested as u32,
-        failures: ev
-            .failures
-            .into_iter()
-            .map(|(n, ids)| failure_response(n, ids))
-            .collect(),
+        // Apple: "When an event finishes with failures, `failures` describes each one": a
+        // PENDING event reports none yet, though some of its users were already refused.
+        failures: match ev.status {
+            EventStatus::Pending => Vec::new(),
+            EventStatus::Complete | EventStatus::Failed => ev
+                .failures
+                .into_iter()
+                .map(|(n, ids)| failure_response(n, ids))
+                .collect(),
+        },
         meta: ctx.meta(),
     }))
 }

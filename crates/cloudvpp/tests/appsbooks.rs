@@ -1892,3 +1892,52 @@ async fn raw_post(
     .await;
     answer.expect("no answer to the declared length alone")
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reports_failures_only_once_the_event_ends() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve(&["--processing-delay-ms", "150"]);
+    let ev = srv
+        .manage(&token, "create", json!([{"clientUserId": "dup"}]))
+        .await;
+    srv.wait_event(&token, &ev).await;
+    // dup is refused in the first step (one user a step with a processing delay).
+    let ev = srv
+        .manage(&token, "create", {
+            let mut u = vec![json!({"clientUserId": "dup"})];
+            u.extend(users(0..6, "n").as_array().unwrap().iter().cloned());
+            json!(u)
+        })
+        .await;
+    let mut pending_after_refusal = 0;
+    let done = loop {
+        let (status, st) = srv
+            .get(&token, &format!("/mdm/v2/status?eventId={ev}"))
+            .await;
+        assert_eq!(status, 200, "{st}");
+        if st["eventStatus"] != "PENDING" {
+            break st;
+        }
+        let failures = st.get("failures").and_then(Value::as_array);
+        assert!(
+            failures.is_none_or(|f| f.is_empty()),
+            "a PENDING event shows no failures: {st}"
+        );
+        if st["numCompleted"].as_u64().unwrap_or(0) >= 1 {
+            pending_after_refusal += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    };
+    assert!(
+        pending_after_refusal > 0,
+        "never saw the event PENDING after its refusal"
+    );
+    assert_eq!(done["eventStatus"], "FAILED");
+    assert_eq!(done["numCompleted"], 6);
+    assert_eq!(done["failures"][0]["errorNumber"], 9716);
+    assert_eq!(
+        done["failures"][0]["errorInfo"]["clientUserIds"],
+        json!(["dup"])
+    );
+}
