@@ -1941,3 +1941,86 @@ async fn status_reports_failures_only_once_the_event_ends() {
         json!(["dup"])
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_apple_accounts_fail_with_9635() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve(&["--refuse-apple-accounts", "*@refused.example"]);
+    let ev = srv
+        .manage(
+            &token,
+            "create",
+            json!([
+                {"clientUserId": "a", "managedAppleId": "x@Refused.example"},
+                {"clientUserId": "b", "managedAppleId": "b@corp.example"},
+                {"clientUserId": "c"}
+            ]),
+        )
+        .await;
+    let st = srv.wait_event(&token, &ev).await;
+    assert_eq!(st["eventStatus"], "FAILED");
+    assert_eq!(st["numCompleted"], 2);
+    assert_eq!(st["failures"][0]["errorNumber"], 9635);
+    assert_eq!(
+        st["failures"][0]["errorMessage"],
+        "Unable to associate the Apple Account with this user."
+    );
+    assert_eq!(
+        st["failures"][0]["errorInfo"]["clientUserIds"],
+        json!(["a"])
+    );
+    let (_, a) = srv.get(&token, "/mdm/v2/users?clientUserId=a").await;
+    assert_eq!(a["size"], 0, "a refused create makes no record");
+
+    // users/update giving a refused account: 9635, the user left Registered.
+    let ev = srv
+        .manage(
+            &token,
+            "update",
+            json!([{"clientUserId": "c", "managedAppleId": "y@refused.example"}]),
+        )
+        .await;
+    let st = srv.wait_event(&token, &ev).await;
+    assert_eq!(
+        (
+            st["eventStatus"].as_str(),
+            st["failures"][0]["errorNumber"].as_u64()
+        ),
+        (Some("FAILED"), Some(9635))
+    );
+    let (_, c) = srv.get(&token, "/mdm/v2/users?clientUserId=c").await;
+    assert_eq!(c["users"][0]["status"], "Registered");
+    let code = c["users"][0]["inviteCode"].as_str().unwrap().to_string();
+
+    // The invitation page refuses the account with 9635; another one is accepted.
+    let accept = |apple_id: &str| {
+        srv.http
+            .post(srv.url("/invite/accept"))
+            .json(&json!({"inviteCode": code, "appleId": apple_id}))
+            .send()
+    };
+    let r = accept("z@refused.example").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errorNumber"], 9635);
+    assert_eq!(body["error"], "apple_account_cannot_associate");
+    let r = srv
+        .http
+        .post(srv.url("/invite"))
+        .form(&[
+            ("inviteCode", code.as_str()),
+            ("appleId", "z@refused.example"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("Unable to associate"));
+    let (_, c) = srv.get(&token, "/mdm/v2/users?clientUserId=c").await;
+    assert_eq!(c["users"][0]["status"], "Registered");
+    let r = accept("z@corp.example").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, c) = srv.get(&token, "/mdm/v2/users?clientUserId=c").await;
+    assert_eq!(c["users"][0]["status"], "Associated");
+}
