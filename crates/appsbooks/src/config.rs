@@ -60,12 +60,23 @@ pub async fn service_config(State(state): State<AppState>) -> Json<ServiceConfig
     })
 }
 
+/// The values `defaultPlatform` takes (Apple: "`volumestore` or `enterprisestore`", the
+/// platform of `contentMetadataLookup`).
+pub const PLATFORMS: [&str; 2] = ["volumestore", "enterprisestore"];
+
+/// A `countryISO2ACode` as Apple writes it: two upper-case ASCII letters (ISO 3166-1
+/// alpha-2), from any case.
+pub fn country_code(s: &str) -> Option<String> {
+    let s = s.trim();
+    (s.len() == 2 && s.bytes().all(|b| b.is_ascii_alphabetic())).then(|| s.to_ascii_uppercase())
+}
+
 fn client_config_response(ctx: &OrgContext, cfg: &ClientConfig) -> ClientConfigResponse {
     let mut meta = ctx.meta();
     meta.mdm_info = cfg.mdm_info.clone();
     ClientConfigResponse {
-        country_iso2a_code: "US".into(),
-        default_platform: "volumestore".into(),
+        country_iso2a_code: ctx.org.country.clone(),
+        default_platform: ctx.org.default_platform.clone(),
         location_name: ctx.org.name.clone(),
         notification_auth_token: cfg.notification_auth_token.clone(),
         notification_url: cfg.notification_url.clone(),
