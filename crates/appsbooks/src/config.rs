@@ -177,3 +177,17 @@ pub async fn post_client_config(
     state.store.set_client_config(ctx.org.id, &cfg).await?;
     Ok(Json(client_config_response(&ctx, &cfg)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn country_codes_are_two_letters_written_upper_case() {
+        assert_eq!(country_code("gb").as_deref(), Some("GB"));
+        assert_eq!(country_code(" Us ").as_deref(), Some("US"));
+        for bad in ["", "G", "GBR", "1A", "G-", "É1"] {
+            assert_eq!(country_code(bad), None, "{bad:?}");
+        }
+    }
+}
