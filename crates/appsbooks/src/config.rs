@@ -61,12 +61,23 @@ pub async fn service_config(State(state): State<AppState>) -> Json<ServiceConfig
     })
 }
 
+/// The values `defaultPlatform` takes (Apple: "`volumestore` or `enterprisestore`", the
+/// platform of `contentMetadataLookup`).
+pub const PLATFORMS: [&str; 2] = ["volumestore", "enterprisestore"];
+
+/// A `countryISO2ACode` as Apple writes it: two upper-case ASCII letters (ISO 3166-1
+/// alpha-2), from any case.
+pub fn country_code(s: &str) -> Option<String> {
+    let s = s.trim();
+    (s.len() == 2 && s.bytes().all(|b| b.is_ascii_alphabetic())).then(|| s.to_ascii_uppercase())
+}
+
 fn client_config_response(ctx: &OrgContext, cfg: &ClientConfig) -> ClientConfigResponse {
     let mut meta = ctx.meta();
     meta.mdm_info = cfg.mdm_info.clone();
     ClientConfigResponse {
-        country_iso2a_code: "US".into(),
-        default_platform: "volumestore".into(),
+        country_iso2a_code: ctx.org.country.clone(),
+        default_platform: ctx.org.default_platform.clone(),
         location_name: ctx.org.name.clone(),
         notification_auth_token: cfg.notification_auth_token.clone(),
         notification_url: cfg.notification_url.clone(),
@@ -166,4 +177,18 @@ pub async fn post_client_config(
 
     state.store.set_client_config(ctx.org.id, &cfg).await?;
     Ok(Json(client_config_response(&ctx, &cfg)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn country_codes_are_two_letters_written_upper_case() {
+        assert_eq!(country_code("gb").as_deref(), Some("GB"));
+        assert_eq!(country_code(" Us ").as_deref(), Some("US"));
+        for bad in ["", "G", "GBR", "1A", "G-", "É1"] {
+            assert_eq!(country_code(bad), None, "{bad:?}");
+        }
+    }
 }

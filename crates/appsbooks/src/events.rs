@@ -8,7 +8,8 @@
 
 use crate::envelope::{failure_response, user_management};
 use cloudvpp_abwire::errors::{
-    AppleError, APPLE_ACCOUNT_ALREADY_ASSOCIATED, USER_ALREADY_EXISTS, USER_NOT_FOUND,
+    AppleError, APPLE_ACCOUNT_ALREADY_ASSOCIATED, APPLE_ACCOUNT_CANNOT_ASSOCIATE,
+    USER_ALREADY_EXISTS, USER_NOT_FOUND,
 };
 use cloudvpp_abwire::{RequestUser, UserStatus};
 use cloudvpp_store::{EventProgress, EventStatus, EventType, NewUser, UserRecord, UserUpdate};
@@ -26,6 +27,9 @@ pub struct UserOp {
     pub new_invite_code: String,
     /// `idHash` of `managedAppleId`, when given.
     pub id_hash: Option<String>,
+    /// The `managedAppleId` cannot be associated (the fault setting
+    /// `--refuse-apple-accounts`; at Apple, an account outside the organisation).
+    pub account_refused: bool,
 }
 
 /// What became of one user of a step.
@@ -156,10 +160,12 @@ pub fn keys(ops: &[UserOp]) -> (Vec<&str>, Vec<&str>) {
 /// counters included): what each user becomes, and what to write.
 ///
 /// - create: 9716 when the clientUserId has an active record; with a `managedAppleId`,
-///   9641 when its Apple Account is associated with another active user, else the user is
-///   Associated at once; without, Registered with a new invite code.
-/// - update: 9609 without an active record; 9641 as for create; the email and Apple Account
-///   change, and a user given an Apple Account is Associated.
+///   9635 when the Apple Account cannot be associated, 9641 when it is associated with
+///   another active user, else the user is Associated at once; without, Registered with a
+///   new invite code.
+/// - update: 9609 without an active record; 9635 and 9641 as for create (the record is left
+///   as it was); the email and Apple Account change, and a user given an Apple Account is
+///   Associated.
 /// - retire: 9609 without an active record; the record turns Retired (its Apple Account is
 ///   free again).
 pub fn decide_step(
@@ -180,6 +186,8 @@ pub fn decide_step(
             EventType::Create => {
                 if active.is_some() {
                     failed(USER_ALREADY_EXISTS)
+                } else if op.id_hash.is_some() && op.account_refused {
+                    failed(APPLE_ACCOUNT_CANNOT_ASSOCIATE)
                 } else if op
                     .id_hash
                     .as_deref()
@@ -212,7 +220,9 @@ pub fn decide_step(
             EventType::Update => match active {
                 None => failed(USER_NOT_FOUND),
                 Some(before) => {
-                    if op
+                    if op.id_hash.is_some() && op.account_refused {
+                        failed(APPLE_ACCOUNT_CANNOT_ASSOCIATE)
+                    } else if op
                         .id_hash
                         .as_deref()
                         .is_some_and(|h| snap.hash_taken(h, Some(before.ord)))
@@ -344,14 +354,29 @@ pub enum AcceptOutcome {
     Retired,
     /// The Apple Account is associated with another active user of the organisation.
     AccountInUse,
+    /// The Apple Account cannot be associated (9635).
+    AccountRefused,
+}
+
+impl AcceptOutcome {
+    /// The Apple error a refusal stands for, when it is one of Apple's asynchronous errors.
+    pub fn apple_error(&self) -> Option<AppleError> {
+        match self {
+            AcceptOutcome::AccountInUse => Some(APPLE_ACCOUNT_ALREADY_ASSOCIATED),
+            AcceptOutcome::AccountRefused => Some(APPLE_ACCOUNT_CANNOT_ASSOCIATE),
+            _ => None,
+        }
+    }
 }
 
 /// Accepting the invitation of `user` (the record holding the code, if any) with the Apple
-/// Account hashed as `id_hash`, given the Associated record already holding that hash (if
-/// any), at change number `chg` (the organisation's next).
+/// Account hashed as `id_hash` (`refused`: one that cannot be associated, 9635), given the
+/// Associated record already holding that hash (if any), at change number `chg` (the
+/// organisation's next).
 pub fn decide_accept(
     user: Option<UserRecord>,
     id_hash: &str,
+    refused: bool,
     holder: Option<&UserRecord>,
     chg: i64,
 ) -> AcceptOutcome {
@@ -362,6 +387,9 @@ pub fn decide_accept(
         UserStatus::Registered => {}
         UserStatus::Associated => return AcceptOutcome::AlreadyAccepted,
         UserStatus::Retired | UserStatus::Deleted => return AcceptOutcome::Retired,
+    }
+    if refused {
+        return AcceptOutcome::AccountRefused;
     }
     if holder.is_some_and(|h| h.ord != rec.ord) {
         return AcceptOutcome::AccountInUse;
@@ -386,6 +414,7 @@ mod tests {
             },
             new_invite_code: format!("code-{cuid}"),
             id_hash: hash.map(str::to_string),
+            account_refused: false,
         }
     }
 
@@ -593,12 +622,17 @@ mod tests {
     fn acceptance_follows_the_users_state_and_the_accounts_holder() {
         let registered = rec(7, "p", UserStatus::Registered, None);
         let other = rec(8, "q", UserStatus::Associated, Some("h"));
-        assert_eq!(decide_accept(None, "h", None, 50), AcceptOutcome::Unknown);
         assert_eq!(
-            decide_accept(Some(registered.clone()), "h", Some(&other), 50),
+            decide_accept(None, "h", false, None, 50),
+            AcceptOutcome::Unknown
+        );
+        assert_eq!(
+            decide_accept(Some(registered.clone()), "h", false, Some(&other), 50),
             AcceptOutcome::AccountInUse
         );
-        let AcceptOutcome::Associated(done) = decide_accept(Some(registered), "h", None, 50) else {
+        let AcceptOutcome::Associated(done) =
+            decide_accept(Some(registered.clone()), "h", false, None, 50)
+        else {
             panic!("not associated")
         };
         assert_eq!((done.chg, done.status), (50, UserStatus::Associated));
@@ -607,14 +641,63 @@ mod tests {
             decide_accept(
                 Some(rec(9, "r", UserStatus::Associated, Some("x"))),
                 "h",
+                false,
                 None,
                 50
             ),
             AcceptOutcome::AlreadyAccepted
         );
         assert_eq!(
-            decide_accept(Some(rec(9, "r", UserStatus::Retired, None)), "h", None, 50),
+            decide_accept(
+                Some(rec(9, "r", UserStatus::Retired, None)),
+                "h",
+                false,
+                None,
+                50
+            ),
             AcceptOutcome::Retired
         );
+        // An Apple Account that cannot be associated: 9635, the user left Registered.
+        let refused = decide_accept(Some(registered.clone()), "h", true, None, 50);
+        assert_eq!(refused, AcceptOutcome::AccountRefused);
+        assert_eq!(refused.apple_error().map(|e| e.number), Some(9635));
+        assert_eq!(
+            decide_accept(Some(registered), "h", false, Some(&other), 50)
+                .apple_error()
+                .map(|e| e.number),
+            Some(9641)
+        );
+    }
+
+    #[test]
+    fn an_apple_account_that_cannot_be_associated_fails_its_user_with_9635() {
+        let mut snap = Snapshot::new(
+            2,
+            2,
+            vec![rec(1, "a", UserStatus::Registered, None)],
+            vec![],
+        );
+        let refused = |cuid, hash| UserOp {
+            account_refused: true,
+            ..op(cuid, hash)
+        };
+        // Create: an existing user is still 9716; without an Apple Account nothing is refused.
+        let (outcomes, writes) = decide_step(
+            EventType::Create,
+            &[
+                refused("new", Some("h")),
+                refused("a", Some("h")),
+                refused("plain", None),
+            ],
+            &mut snap,
+        );
+        assert_eq!(errors_of(&outcomes), vec![Some(9635), Some(9716), None]);
+        assert_eq!(writes.inserts.len(), 1);
+        // Update: the record is left as it was.
+        let (outcomes, writes) =
+            decide_step(EventType::Update, &[refused("a", Some("h"))], &mut snap);
+        assert_eq!(errors_of(&outcomes), vec![Some(9635)]);
+        assert!(writes.updates.is_empty());
+        assert_eq!(snap.active["a"].status, UserStatus::Registered);
     }
 }

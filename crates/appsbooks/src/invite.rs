@@ -93,6 +93,11 @@ fn refusal(outcome: &AcceptOutcome) -> (StatusCode, &'static str, &'static str) 
             "account_in_use",
             "This Apple Account is already associated with another user of this organisation.",
         ),
+        AcceptOutcome::AccountRefused => (
+            StatusCode::FORBIDDEN,
+            "apple_account_cannot_associate",
+            "Unable to associate the Apple Account with this user. Use another Apple Account.",
+        ),
         _ => (
             StatusCode::NOT_FOUND,
             "unknown",
@@ -226,7 +231,8 @@ async fn associate(
     let mut tx = state.store.begin_org_write(org_id).await?;
     let user = tx.user_by_invite_code(code).await?;
     let holder = tx.associated_with(&[&hash]).await?.into_iter().next();
-    let outcome = events::decide_accept(user, &hash, holder.as_ref(), tx.org().chg + 1);
+    let refused = state.config.refuses_apple_account(apple_id);
+    let outcome = events::decide_accept(user, &hash, refused, holder.as_ref(), tx.org().chg + 1);
     if let AcceptOutcome::Associated(rec) = &outcome {
         tx.update_users(&[UserUpdate {
             record: rec.clone(),
@@ -280,11 +286,13 @@ pub async fn accept_json(State(state): State<AppState>, body: axum::body::Bytes)
         }
         Ok(other) => {
             let (status, code, text) = refusal(&other);
-            (
-                status,
-                Json(serde_json::json!({"error": code, "message": text})),
-            )
-                .into_response()
+            let mut body = serde_json::json!({"error": code, "message": text});
+            // Refusals that are Apple's asynchronous errors name them too.
+            if let Some(e) = other.apple_error() {
+                body["errorNumber"] = e.number.into();
+                body["errorMessage"] = e.message.into();
+            }
+            (status, Json(body)).into_response()
         }
         Err((status, code, text)) => (
             status,

@@ -57,6 +57,10 @@ pub struct Config {
     pub notification_backlog: i64,
     /// Fault injection: share (0-100) of notifications dropped on purpose, never sent.
     pub drop_notifications_percent: u8,
+    /// Fault injection: Apple Accounts (globs, `*` and `?`, any case) that cannot be
+    /// associated: a create or update naming one as `managedAppleId` fails that user with
+    /// async 9635, and the invitation page refuses it with 9635.
+    pub refuse_apple_accounts: Vec<String>,
     /// Name of this instance, used as lease owner.
     pub instance_id: String,
     /// How long an event or a notification batch stays with the instance that took it
@@ -79,11 +83,46 @@ impl Default for Config {
             notification_timeout: Duration::from_secs(10),
             notification_backlog: 10_000,
             drop_notifications_percent: 0,
+            refuse_apple_accounts: Vec::new(),
             instance_id: format!("appsbooks-{}", uuid::Uuid::new_v4().simple()),
             lease: Duration::from_secs(30),
             clock: Arc::new(SystemClock),
         }
     }
+}
+
+impl Config {
+    /// Whether the fault setting `refuse_apple_accounts` refuses `account`.
+    pub fn refuses_apple_account(&self, account: &str) -> bool {
+        let account = account.trim().to_lowercase();
+        self.refuse_apple_accounts
+            .iter()
+            .any(|g| glob_match(&g.to_lowercase(), &account))
+    }
+}
+
+/// `text` matches `pattern`, where `*` stands for any characters and `?` for one.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Greedy with one backtrack point: linear in practice, never exponential.
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
 }
 
 /// Shared state of the service.
@@ -184,4 +223,26 @@ pub fn workers(
             Box::new(move || Box::pin(outbox::run(state.clone(), shutdown.clone()))),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_apple_accounts_in_any_case() {
+        assert!(glob_match("*@refused.example", "ann@refused.example"));
+        assert!(glob_match("a?n@*", "ann@x"));
+        assert!(glob_match("*", ""));
+        assert!(!glob_match("*@refused.example", "ann@refused.example.org"));
+        assert!(!glob_match("a?n", "an"));
+        assert!(glob_match("*a*b*c", "xaxxbyyc"));
+        let cfg = Config {
+            refuse_apple_accounts: vec!["*@Refused.Example".into()],
+            ..Config::default()
+        };
+        assert!(cfg.refuses_apple_account(" Ann@REFUSED.example "));
+        assert!(!cfg.refuses_apple_account("ann@ok.example"));
+        assert!(!Config::default().refuses_apple_account("ann@refused.example"));
+    }
 }

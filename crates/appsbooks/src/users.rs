@@ -3,14 +3,14 @@
 use crate::auth::OrgContext;
 use crate::envelope::failure_response;
 use crate::error::{ApiError, ApiResult, Body};
-use crate::ids::{decode_version, encode_version};
+use crate::ids::{decode_version, encode_version, id_hash};
 use crate::AppState;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap};
 use axum::Json;
 use cloudvpp_abwire::errors::{self, AppleError};
 use cloudvpp_abwire::{EventResponse, GetUsersResponse, RequestUser, StatusResponse};
-use cloudvpp_store::{EventId, EventType, UserFilter, UserWindow};
+use cloudvpp_store::{EventId, EventStatus, EventType, UserFilter, UserOrder};
 use std::collections::{HashMap, HashSet};
 
 /// Any method an endpoint does not support: 9726 with HTTP 405.
@@ -29,11 +29,13 @@ fn parse_bool(v: Option<&String>) -> ApiResult<bool> {
 
 /// `GET /mdm/v2/users`.
 ///
-/// Pages are fixed windows: without `sinceVersionId`, page `k` holds the records created
-/// `k*size+1 ..= (k+1)*size`-th; with it, the changes numbered in the same way after that
-/// version. Filters apply inside the window, so a filtered page can hold fewer than `size`
-/// users (even none) while `nextPageIndex` still points on. Each page is one indexed range
-/// read whatever its index: no OFFSET scan.
+/// Without `sinceVersionId` the listing is every record (of the filter) in creation order;
+/// with it, the records changed after that version in change order. Page `k` holds the
+/// listing's records `k*size ..< (k+1)*size`: every page but the last is full, filters
+/// included, and `totalPages` counts the filtered listing. The store places a page by
+/// counted blocks, so a page costs the same whatever its index: no OFFSET scan
+/// (docs/appsbooks-behaviour.md, "Page contents"). `clientUserId` and `managedAppleId`
+/// select one person's records, on one page.
 pub async fn get_users(
     State(state): State<AppState>,
     ctx: OrgContext,
@@ -67,54 +69,66 @@ pub async fn get_users(
     let size = state.config.page_size.max(1);
     // Rounded up without `span + size - 1`, which could overflow.
     let pages_for = |span: i64| (span / size + i64::from(span % size != 0)).max(1);
-    // `first + page * size`, refused rather than wrapped or panicking.
-    let window = |first: i64| {
-        page.checked_mul(size)
-            .and_then(|o| o.checked_add(first))
-            .and_then(|lo| Some((lo, lo.checked_add(size)?)))
-            .ok_or(ApiError::from(errors::INVALID_ARGUMENT))
-    };
-    let (users, total_pages) = if let Some(cuid) = q.get("clientUserId").filter(|s| !s.is_empty()) {
-        if !storable(cuid, MAX_CLIENT_USER_ID_CHARS) {
+    let cuid = q.get("clientUserId").filter(|s| !s.is_empty());
+    let maid = q
+        .get("managedAppleId")
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty());
+    let (users, total_pages) = if cuid.is_some() || maid.is_some() {
+        if cuid.is_some_and(|c| !storable(c, MAX_CLIENT_USER_ID_CHARS))
+            || maid.is_some_and(|m| !storable(m, MAX_MANAGED_APPLE_ID_CHARS))
+        {
             return Err(errors::INVALID_ARGUMENT.into());
         }
         // One person's records: a single page.
         if page != 0 {
             return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
         }
-        let mut users = state
-            .store
-            .list_users_by_client_id(org.id, cuid, &filter)
-            .await?;
+        // A managedAppleId is matched as its idHash is made (case aside), so it finds the
+        // records associated with that Apple Account, by create, update or invitation.
+        let hash = maid.map(|m| id_hash(&org.secret, m));
+        let mut users = match (cuid, &hash) {
+            (Some(cuid), _) => {
+                state
+                    .store
+                    .list_users_by_client_id(org.id, cuid, &filter)
+                    .await?
+            }
+            (None, Some(hash)) => {
+                state
+                    .store
+                    .list_users_by_id_hash(org.id, hash, &filter)
+                    .await?
+            }
+            (None, None) => Vec::new(),
+        };
+        if let Some(hash) = &hash {
+            users.retain(|u| u.id_hash.as_ref() == Some(hash));
+        }
         if let Some(since) = since {
             users.retain(|u| u.chg > since);
         }
         (users, 1)
     } else {
-        let total_pages = match since {
-            Some(since) => pages_for(org.chg - since),
-            None => pages_for(org.user_count),
+        let order = match since {
+            Some(since) => UserOrder::ChangedSince(since),
+            None => UserOrder::Created,
         };
-        if page < 0 || page >= total_pages {
+        if page < 0 {
             return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
         }
-        let window = match since {
-            Some(since) => {
-                let (lo, hi) = window(since.checked_add(1).ok_or(errors::INVALID_ARGUMENT)?)?;
-                UserWindow::Chg { lo, hi }
-            }
-            None => {
-                let (lo, hi) = window(1)?;
-                UserWindow::Ord { lo, hi }
-            }
-        };
-        (
-            state
-                .store
-                .list_users_window(org.id, window, &filter)
-                .await?,
-            total_pages,
-        )
+        let first = page
+            .checked_mul(size)
+            .ok_or(ApiError::from(errors::INVALID_ARGUMENT))?;
+        let found = state
+            .store
+            .list_users_page(org.id, order, &filter, first, size)
+            .await?;
+        let total_pages = pages_for(found.total);
+        if page >= total_pages {
+            return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
+        }
+        (found.users, total_pages)
     };
     Ok(Json(GetUsersResponse {
         current_page_index: page as u32,
@@ -308,11 +322,16 @@ pub async fn event_status(
         event_type: ev.event_type.as_str().to_string(),
         num_completed: ev.num_completed as u32,
         num_requested: ev.num_requested as u32,
-        failures: ev
-            .failures
-            .into_iter()
-            .map(|(n, ids)| failure_response(n, ids))
-            .collect(),
+        // Apple: "When an event finishes with failures, `failures` describes each one": a
+        // PENDING event reports none yet, though some of its users were already refused.
+        failures: match ev.status {
+            EventStatus::Pending => Vec::new(),
+            EventStatus::Complete | EventStatus::Failed => ev
+                .failures
+                .into_iter()
+                .map(|(n, ids)| failure_response(n, ids))
+                .collect(),
+        },
         meta: ctx.meta(),
     }))
 }

@@ -110,6 +110,10 @@ async fn process(
                 user: u.clone(),
                 new_invite_code: new_invite_code(),
                 id_hash: u.managed_apple_id.as_deref().map(|m| id_hash(&secret, m)),
+                account_refused: u
+                    .managed_apple_id
+                    .as_deref()
+                    .is_some_and(|m| state.config.refuses_apple_account(m)),
             })
             .collect();
         match apply_step(state, &claim, &ops, None).await {

@@ -69,6 +69,11 @@ pub struct AppsbooksOptions {
     /// Fault setting: percentage of notifications dropped on purpose.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub drop_notifications_percent: u8,
+    /// Fault setting: Apple Accounts (glob, `*` and `?`, any case; repeatable) that cannot be
+    /// associated: a users/create or users/update giving one as managedAppleId fails that
+    /// user with async 9635, and the invitation page refuses it with 9635.
+    #[arg(long = "refuse-apple-accounts", value_name = "GLOB")]
+    pub refuse_apple_accounts: Vec<String>,
     /// Milliseconds an event, a notification or (in `cloudvpp serve`, unless
     /// --engine-lease-ms) an engine location stays with this instance after it took or
     /// renewed it; another instance sharing the database (or this one, restarted) takes it
@@ -95,6 +100,7 @@ impl AppsbooksOptions {
                 .map(|ms| Duration::from_millis(*ms))
                 .collect(),
             drop_notifications_percent: self.drop_notifications_percent,
+            refuse_apple_accounts: self.refuse_apple_accounts.clone(),
             notification_backlog: self.notification_backlog,
             notification_timeout: Duration::from_millis(self.notification_timeout_ms),
             lease: Duration::from_millis(self.lease_ms),

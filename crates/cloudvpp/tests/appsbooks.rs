@@ -2184,3 +2184,397 @@ fn a_closed_output_pipe_ends_commands_quietly() {
     assert!(out.status.success(), "{:?}: {err}", out.status);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Every page of a listing, asserting that each page but the last is full.
+async fn full_pages(srv: &common::Server, token: &str, query: &str, size: usize) -> Vec<Value> {
+    let mut users = Vec::new();
+    let mut page = 0;
+    loop {
+        let (status, body) = srv
+            .get(token, &format!("/mdm/v2/users?pageIndex={page}&{query}"))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let got = body["users"].as_array().unwrap();
+        assert_eq!(body["size"].as_u64(), Some(got.len() as u64));
+        users.extend(got.iter().cloned());
+        match body["nextPageIndex"].as_u64() {
+            Some(n) => {
+                assert_eq!(got.len(), size, "page {page} of {query:?} is short: {body}");
+                page = n;
+            }
+            None => {
+                assert_eq!(body["totalPages"].as_u64(), Some(page + 1));
+                return users;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn filtered_and_versioned_listings_have_full_pages() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve(&["--page-size", "3"]);
+    let ev = srv.manage(&token, "create", users(0..12, "p")).await;
+    srv.wait_event(&token, &ev).await;
+    let (_, v0) = srv.get(&token, "/mdm/v2/users").await;
+    let v0 = v0["versionId"].as_str().unwrap().to_string();
+    // The first half retired: a window over creation order would give two empty
+    // activeOnly pages first, and two empty retiredOnly pages last.
+    let retire: Vec<Value> = (0..6)
+        .map(|i| json!({"clientUserId": format!("p-{i}")}))
+        .collect();
+    let ev = srv.manage(&token, "retire", json!(retire)).await;
+    srv.wait_event(&token, &ev).await;
+    // p-7 changed three times: three change numbers, one record.
+    for n in 0..3 {
+        let ev = srv
+            .manage(
+                &token,
+                "update",
+                json!([{"clientUserId": "p-7", "email": format!("p7-{n}@example.com")}]),
+            )
+            .await;
+        srv.wait_event(&token, &ev).await;
+    }
+    let names = |r: std::ops::Range<usize>| r.map(|i| format!("p-{i}")).collect::<Vec<_>>();
+
+    let (_, first) = srv.get(&token, "/mdm/v2/users?activeOnly=true").await;
+    assert_eq!(
+        (first["totalPages"].as_u64(), first["size"].as_u64()),
+        (Some(2), Some(3))
+    );
+    let active = full_pages(&srv, &token, "activeOnly=true", 3).await;
+    assert_eq!(ids(&active), names(6..12));
+    let retired = full_pages(&srv, &token, "retiredOnly=true", 3).await;
+    assert_eq!(ids(&retired), names(0..6));
+    // Past the filtered listing's last page: 9650.
+    let (status, err) = srv
+        .get(&token, "/mdm/v2/users?activeOnly=true&pageIndex=2")
+        .await;
+    assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9650)));
+
+    // Since v0: the six retirements and p-7 once, in change order, on full pages.
+    let since = full_pages(&srv, &token, &format!("sinceVersionId={v0}"), 3).await;
+    let mut want = names(0..6);
+    want.push("p-7".into());
+    assert_eq!(ids(&since), want);
+    assert_eq!(since[6]["email"], "p7-2@example.com");
+    let since_active = full_pages(
+        &srv,
+        &token,
+        &format!("sinceVersionId={v0}&activeOnly=true"),
+        3,
+    )
+    .await;
+    assert_eq!(ids(&since_active), vec!["p-7"]);
+    let since_retired = full_pages(
+        &srv,
+        &token,
+        &format!("sinceVersionId={v0}&retiredOnly=true"),
+        3,
+    )
+    .await;
+    assert_eq!(ids(&since_retired), names(0..6));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_filter_by_managed_apple_id() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve(&[]);
+    let ev = srv
+        .manage(
+            &token,
+            "create",
+            json!([
+                {"clientUserId": "ann", "managedAppleId": "Ann@Corp.example"},
+                {"clientUserId": "bob"},
+                {"clientUserId": "cy", "managedAppleId": "cy@corp.example"}
+            ]),
+        )
+        .await;
+    assert_eq!(srv.wait_event(&token, &ev).await["eventStatus"], "COMPLETE");
+    let (status, found) = srv
+        .get(&token, "/mdm/v2/users?managedAppleId=ann@corp.example")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(found["users"].as_array().unwrap()), vec!["ann"]);
+    assert_eq!(
+        (found["size"].as_u64(), found["totalPages"].as_u64()),
+        (Some(1), Some(1))
+    );
+    // An account nobody holds: an empty page, not every user.
+    let (status, none) = srv
+        .get(&token, "/mdm/v2/users?managedAppleId=nobody@corp.example")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(none["size"], 0);
+    assert!(none["users"].as_array().unwrap().is_empty());
+    // Retired records of the account stay findable; activeOnly leaves them out.
+    let ev = srv
+        .manage(&token, "retire", json!([{"clientUserId": "ann"}]))
+        .await;
+    srv.wait_event(&token, &ev).await;
+    let ev = srv
+        .manage(
+            &token,
+            "create",
+            json!([{"clientUserId": "ann2", "managedAppleId": "ANN@corp.example"}]),
+        )
+        .await;
+    assert_eq!(srv.wait_event(&token, &ev).await["eventStatus"], "COMPLETE");
+    let (_, both) = srv
+        .get(&token, "/mdm/v2/users?managedAppleId=ann@corp.example")
+        .await;
+    assert_eq!(ids(both["users"].as_array().unwrap()), vec!["ann", "ann2"]);
+    let (_, active) = srv
+        .get(
+            &token,
+            "/mdm/v2/users?managedAppleId=ann@corp.example&activeOnly=true",
+        )
+        .await;
+    assert_eq!(ids(active["users"].as_array().unwrap()), vec!["ann2"]);
+    // With clientUserId, both must match.
+    let (_, mismatch) = srv
+        .get(
+            &token,
+            "/mdm/v2/users?managedAppleId=ann@corp.example&clientUserId=cy",
+        )
+        .await;
+    assert_eq!(mismatch["size"], 0);
+    // An account associated through the invitation page is found the same way.
+    let (_, bob) = srv.get(&token, "/mdm/v2/users?clientUserId=bob").await;
+    let code = bob["users"][0]["inviteCode"].as_str().unwrap().to_string();
+    let r = srv
+        .http
+        .post(srv.url("/invite/accept"))
+        .json(&json!({"inviteCode": code, "appleId": "bob@corp.example"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, bob) = srv
+        .get(&token, "/mdm/v2/users?managedAppleId=Bob@corp.example")
+        .await;
+    assert_eq!(ids(bob["users"].as_array().unwrap()), vec!["bob"]);
+    // Another page of one person's records does not exist.
+    let (status, err) = srv
+        .get(
+            &token,
+            "/mdm/v2/users?managedAppleId=bob@corp.example&pageIndex=1",
+        )
+        .await;
+    assert_eq!((status, err["errorNumber"].as_u64()), (400, Some(9650)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_reports_failures_only_once_the_event_ends() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve(&["--processing-delay-ms", "150"]);
+    let ev = srv
+        .manage(&token, "create", json!([{"clientUserId": "dup"}]))
+        .await;
+    srv.wait_event(&token, &ev).await;
+    // dup is refused in the first step (one user a step with a processing delay).
+    let ev = srv
+        .manage(&token, "create", {
+            let mut u = vec![json!({"clientUserId": "dup"})];
+            u.extend(users(0..6, "n").as_array().unwrap().iter().cloned());
+            json!(u)
+        })
+        .await;
+    let mut pending_after_refusal = 0;
+    let done = loop {
+        let (status, st) = srv
+            .get(&token, &format!("/mdm/v2/status?eventId={ev}"))
+            .await;
+        assert_eq!(status, 200, "{st}");
+        if st["eventStatus"] != "PENDING" {
+            break st;
+        }
+        let failures = st.get("failures").and_then(Value::as_array);
+        assert!(
+            failures.is_none_or(|f| f.is_empty()),
+            "a PENDING event shows no failures: {st}"
+        );
+        if st["numCompleted"].as_u64().unwrap_or(0) >= 1 {
+            pending_after_refusal += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    };
+    assert!(
+        pending_after_refusal > 0,
+        "never saw the event PENDING after its refusal"
+    );
+    assert_eq!(done["eventStatus"], "FAILED");
+    assert_eq!(done["numCompleted"], 6);
+    assert_eq!(done["failures"][0]["errorNumber"], 9716);
+    assert_eq!(
+        done["failures"][0]["errorInfo"]["clientUserIds"],
+        json!(["dup"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_apple_accounts_fail_with_9635() {
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve(&["--refuse-apple-accounts", "*@refused.example"]);
+    let ev = srv
+        .manage(
+            &token,
+            "create",
+            json!([
+                {"clientUserId": "a", "managedAppleId": "x@Refused.example"},
+                {"clientUserId": "b", "managedAppleId": "b@corp.example"},
+                {"clientUserId": "c"}
+            ]),
+        )
+        .await;
+    let st = srv.wait_event(&token, &ev).await;
+    assert_eq!(st["eventStatus"], "FAILED");
+    assert_eq!(st["numCompleted"], 2);
+    assert_eq!(st["failures"][0]["errorNumber"], 9635);
+    assert_eq!(
+        st["failures"][0]["errorMessage"],
+        "Unable to associate the Apple Account with this user."
+    );
+    assert_eq!(
+        st["failures"][0]["errorInfo"]["clientUserIds"],
+        json!(["a"])
+    );
+    let (_, a) = srv.get(&token, "/mdm/v2/users?clientUserId=a").await;
+    assert_eq!(a["size"], 0, "a refused create makes no record");
+
+    // users/update giving a refused account: 9635, the user left Registered.
+    let ev = srv
+        .manage(
+            &token,
+            "update",
+            json!([{"clientUserId": "c", "managedAppleId": "y@refused.example"}]),
+        )
+        .await;
+    let st = srv.wait_event(&token, &ev).await;
+    assert_eq!(
+        (
+            st["eventStatus"].as_str(),
+            st["failures"][0]["errorNumber"].as_u64()
+        ),
+        (Some("FAILED"), Some(9635))
+    );
+    let (_, c) = srv.get(&token, "/mdm/v2/users?clientUserId=c").await;
+    assert_eq!(c["users"][0]["status"], "Registered");
+    let code = c["users"][0]["inviteCode"].as_str().unwrap().to_string();
+
+    // The invitation page refuses the account with 9635; another one is accepted.
+    let accept = |apple_id: &str| {
+        srv.http
+            .post(srv.url("/invite/accept"))
+            .json(&json!({"inviteCode": code, "appleId": apple_id}))
+            .send()
+    };
+    let r = accept("z@refused.example").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errorNumber"], 9635);
+    assert_eq!(body["error"], "apple_account_cannot_associate");
+    let r = srv
+        .http
+        .post(srv.url("/invite"))
+        .form(&[
+            ("inviteCode", code.as_str()),
+            ("appleId", "z@refused.example"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("Unable to associate"));
+    let (_, c) = srv.get(&token, "/mdm/v2/users?clientUserId=c").await;
+    assert_eq!(c["users"][0]["status"], "Registered");
+    let r = accept("z@corp.example").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, c) = srv.get(&token, "/mdm/v2/users?clientUserId=c").await;
+    assert_eq!(c["users"][0]["status"], "Associated");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_config_reports_the_organisations_country_and_platform() {
+    let env = Env::new();
+    let plain = env.org("Plain");
+    let gb = env
+        .cli(&[
+            "appsbooks",
+            "org",
+            "create",
+            "--name",
+            "British",
+            "--country",
+            "gb",
+            "--default-platform",
+            "enterprisestore",
+        ])
+        .trim()
+        .to_string();
+    let srv = env.serve(&[]);
+    let profile = |body: &Value| {
+        (
+            body["countryISO2ACode"].as_str().unwrap().to_string(),
+            body["defaultPlatform"].as_str().unwrap().to_string(),
+        )
+    };
+    let (_, cfg) = srv.get(&plain, "/mdm/v2/client/config").await;
+    assert_eq!(profile(&cfg), ("US".into(), "volumestore".into()));
+    let (_, cfg) = srv.get(&gb, "/mdm/v2/client/config").await;
+    assert_eq!(profile(&cfg), ("GB".into(), "enterprisestore".into()));
+    // `org set` changes one value and keeps the other; the service reads it per request.
+    env.cli(&[
+        "appsbooks",
+        "org",
+        "set",
+        "--org",
+        "British",
+        "--country",
+        "FR",
+    ]);
+    let (_, cfg) = srv.get(&gb, "/mdm/v2/client/config").await;
+    assert_eq!(profile(&cfg), ("FR".into(), "enterprisestore".into()));
+    env.cli(&[
+        "appsbooks",
+        "org",
+        "set",
+        "--org",
+        "Plain",
+        "--default-platform",
+        "enterprisestore",
+    ]);
+    let (_, cfg) = srv.get(&plain, "/mdm/v2/client/config").await;
+    assert_eq!(profile(&cfg), ("US".into(), "enterprisestore".into()));
+    // POST client/config returns them too.
+    let (status, cfg) = srv
+        .post(
+            &gb,
+            "/mdm/v2/client/config",
+            json!({"mdmInfo": {"id": "1", "name": "n", "metadata": "m"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{cfg}");
+    assert_eq!(profile(&cfg), ("FR".into(), "enterprisestore".into()));
+    // Values Apple does not use are refused by the command.
+    for bad in [
+        &["--country", "GBR"][..],
+        &["--country", "1A"][..],
+        &["--default-platform", "appstore"][..],
+    ] {
+        let mut args = vec!["appsbooks", "org", "set", "--org", "Plain"];
+        args.extend_from_slice(bad);
+        let out = std::process::Command::new(common::BIN)
+            .args(&args)
+            .env("CLOUDVPP_DATABASE", env.db())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{bad:?} accepted");
+    }
+}

@@ -5,7 +5,7 @@ use cloudvpp_abwire::errors::USER_NOT_FOUND;
 use cloudvpp_abwire::{RequestUser, UserStatus};
 use cloudvpp_store::{
     EventClaim, EventId, EventProgress, EventStatus, EventType, NewUser, Org, StoreError,
-    UserFilter, UserRecord, UserUpdate, UserWindow,
+    UserFilter, UserOrder, UserPage, UserRecord, UserUpdate,
 };
 
 const NOW: i64 = 1_700_000_000_000;
@@ -60,6 +60,21 @@ async fn add_users(b: &Backend, org: &Org, users: &[(&str, UserStatus)]) -> Vec<
     tx.set_counters(count, chg).await.expect("set_counters");
     tx.commit().await.expect("commit");
     added
+}
+
+/// One page of a listing, unwrapped.
+async fn page(
+    b: &Backend,
+    org: &Org,
+    order: UserOrder,
+    filter: &UserFilter,
+    first: i64,
+    size: i64,
+) -> UserPage {
+    b.store
+        .list_users_page(org.id, order, filter, first, size)
+        .await
+        .expect("list_users_page")
 }
 
 fn request(cuids: &[&str]) -> Vec<RequestUser> {
@@ -152,42 +167,33 @@ pub async fn user_windows_and_filters(b: &Backend) {
         retired_only: true,
         ..Default::default()
     };
-    let w = |lo, hi| UserWindow::Ord { lo, hi };
+    let created = UserOrder::Created;
+    let p = page(b, &o, created, &all, 0, 10).await;
+    assert_eq!(p.total, 4);
+    assert_eq!(cuids(p.users), ["a", "b", "c", "b"]);
+    let p = page(b, &o, created, &all, 1, 2).await;
+    assert_eq!(p.total, 4);
+    assert_eq!(cuids(p.users), ["b", "c"]);
+    let p = page(b, &o, created, &active, 0, 10).await;
+    assert_eq!(p.total, 3);
+    assert_eq!(cuids(p.users), ["a", "c", "b"]);
+    // Filtered pages are full: the second page of one active user is the second active one.
+    let p = page(b, &o, created, &active, 1, 1).await;
+    assert_eq!(p.total, 3);
+    assert_eq!(cuids(p.users), ["c"]);
+    let p = page(b, &o, created, &retired, 0, 10).await;
+    assert_eq!(p.total, 1);
+    assert_eq!(cuids(p.users), ["b"]);
+    // Past the end: nothing, and the listing's size.
+    let p = page(b, &o, created, &retired, 1, 10).await;
+    assert_eq!((p.users.len(), p.total), (0, 1));
+    let both = UserFilter {
+        active_only: true,
+        retired_only: true,
+    };
     assert_eq!(
-        cuids(
-            b.store
-                .list_users_window(o.id, w(1, 5), &all)
-                .await
-                .unwrap()
-        ),
-        ["a", "b", "c", "b"]
-    );
-    assert_eq!(
-        cuids(
-            b.store
-                .list_users_window(o.id, w(2, 4), &all)
-                .await
-                .unwrap()
-        ),
-        ["b", "c"]
-    );
-    assert_eq!(
-        cuids(
-            b.store
-                .list_users_window(o.id, w(1, 5), &active)
-                .await
-                .unwrap()
-        ),
-        ["a", "c", "b"]
-    );
-    assert_eq!(
-        cuids(
-            b.store
-                .list_users_window(o.id, w(1, 5), &retired)
-                .await
-                .unwrap()
-        ),
-        ["b"]
+        page(b, &o, created, &both, 0, 10).await,
+        UserPage::default()
     );
     // A change moves a record to the end of the chg order.
     let mut tx = b.store.begin_org_write(o.id).await.unwrap();
@@ -203,12 +209,13 @@ pub async fn user_windows_and_filters(b: &Backend) {
     let count = tx.org().user_count;
     tx.set_counters(count, a.chg).await.unwrap();
     tx.commit().await.unwrap();
-    let since = b
-        .store
-        .list_users_window(o.id, UserWindow::Chg { lo: 2, hi: 100 }, &all)
-        .await
-        .unwrap();
+    let since = page(b, &o, UserOrder::ChangedSince(1), &all, 0, 100).await;
+    assert_eq!(since.total, 4);
+    let since = since.users;
     assert_eq!(cuids(since.clone()), ["b", "c", "b", "a"]);
+    let p = page(b, &o, UserOrder::ChangedSince(1), &active, 1, 2).await;
+    assert_eq!(p.total, 3);
+    assert_eq!(cuids(p.users), ["b", "a"]);
     assert_eq!(since[3].email.as_deref(), Some("new@example.com"));
     let org_now = b.store.get_org(o.id).await.unwrap().unwrap();
     assert_eq!((org_now.user_count, org_now.chg), (4, 5));
@@ -225,6 +232,103 @@ pub async fn user_windows_and_filters(b: &Backend) {
     let (found_org, found) = b.store.find_invitation("codec-3").await.unwrap().unwrap();
     assert_eq!((found_org, found.client_user_id.as_str()), (o.id, "c"));
     assert!(b.store.find_invitation("nope").await.unwrap().is_none());
+}
+
+/// Filtered and `sinceVersionId` listings are placed by the counted blocks the writers keep:
+/// every page but the last is full, whatever the filter, across block boundaries, after
+/// retirements and changes, and matches the listing a plain scan would give.
+pub async fn filtered_pages_are_full_and_exact(b: &Backend) {
+    let o = org(b, "2101").await;
+    let names: Vec<String> = (0..700).map(|i| format!("u{i:04}")).collect();
+    let mut batch = Vec::new();
+    for n in &names {
+        batch.push((n.as_str(), UserStatus::Registered));
+    }
+    add_users(b, &o, &batch[..300]).await;
+    add_users(b, &o, &batch[300..]).await;
+    // Retire every third record and change every seventh, in two transactions: records
+    // change kind and move along the chg order.
+    for (step, pick) in [(3usize, true), (7usize, false)] {
+        let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+        let mut chg = tx.org().chg;
+        let keys: Vec<&str> = names.iter().step_by(step).map(String::as_str).collect();
+        let mut updates = Vec::new();
+        for mut r in tx.active_users(&keys).await.unwrap() {
+            chg += 1;
+            r.chg = chg;
+            if pick {
+                r.status = UserStatus::Retired;
+            } else {
+                r.email = Some("changed@example.com".into());
+            }
+            updates.push(UserUpdate {
+                record: r,
+                managed_apple_id: None,
+            });
+        }
+        updates.sort_by_key(|u| u.record.ord);
+        tx.update_users(&updates).await.unwrap();
+        let count = tx.org().user_count;
+        tx.set_counters(count, chg).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+    // The model: every record, read in full.
+    let every = page(b, &o, UserOrder::Created, &UserFilter::default(), 0, 10_000)
+        .await
+        .users;
+    assert_eq!(every.len(), 700);
+    let version = b.store.get_org(o.id).await.unwrap().unwrap().chg;
+    for (active_only, retired_only) in [(false, false), (true, false), (false, true)] {
+        let filter = UserFilter {
+            active_only,
+            retired_only,
+        };
+        let keep = |u: &&UserRecord| {
+            (!active_only || u.status != UserStatus::Retired)
+                && (!retired_only || u.status == UserStatus::Retired)
+        };
+        for since in [None, Some(0), Some(5), Some(300), Some(699), Some(version)] {
+            let mut want: Vec<&UserRecord> = every
+                .iter()
+                .filter(keep)
+                .filter(|u| since.is_none_or(|v| u.chg > v))
+                .collect();
+            if since.is_some() {
+                want.sort_by_key(|u| u.chg);
+            }
+            let order = since.map_or(UserOrder::Created, UserOrder::ChangedSince);
+            for size in [1i64, 7, 100, 256] {
+                let mut got = Vec::new();
+                let mut first = 0;
+                loop {
+                    let p = page(b, &o, order, &filter, first, size).await;
+                    assert_eq!(p.total, want.len() as i64, "{filter:?} {since:?} {size}");
+                    if first >= p.total {
+                        assert!(p.users.is_empty());
+                        break;
+                    }
+                    let expect = (p.total - first).min(size);
+                    assert_eq!(p.users.len() as i64, expect, "a full page at {first}");
+                    got.extend(p.users);
+                    first += size;
+                    if size == 1 && first > 40 {
+                        // Far pages of one: sample them, not all 700 queries.
+                        assert!(got.iter().zip(&want).all(|(g, w)| g == *w));
+                        first = (first + 97).min(p.total);
+                        let p = page(b, &o, order, &filter, first - 1, 1).await;
+                        if let Some(u) = p.users.first() {
+                            assert_eq!(u, want[(first - 1) as usize]);
+                        }
+                        break;
+                    }
+                }
+                if size > 1 {
+                    assert_eq!(got.len(), want.len(), "{filter:?} {since:?} {size}");
+                    assert!(got.iter().zip(&want).all(|(g, w)| g == *w));
+                }
+            }
+        }
+    }
 }
 
 /// The reads an organisation transaction offers: active records by clientUserId, the
@@ -338,15 +442,16 @@ pub async fn concurrent_writers_never_share_numbers(b: &Backend) {
     }
     let after = b.store.get_org(o.id).await.unwrap().unwrap();
     assert_eq!((after.user_count, after.chg), (60, 60));
-    let users = b
-        .store
-        .list_users_window(
-            o.id,
-            UserWindow::Chg { lo: 1, hi: 61 },
-            &UserFilter::default(),
-        )
-        .await
-        .unwrap();
+    let users = page(
+        b,
+        &o,
+        UserOrder::ChangedSince(0),
+        &UserFilter::default(),
+        0,
+        100,
+    )
+    .await
+    .users;
     let chgs: Vec<i64> = users.iter().map(|u| u.chg).collect();
     assert_eq!(chgs, (1..=60).collect::<Vec<_>>());
 }
@@ -649,11 +754,7 @@ pub async fn corrupt_values_are_reported(b: &Backend) {
     b.exec("UPDATE users SET status = 'Asleep'").await;
     corrupt(
         b.store
-            .list_users_window(
-                o.id,
-                UserWindow::Ord { lo: 1, hi: 2 },
-                &UserFilter::default(),
-            )
+            .list_users_page(o.id, UserOrder::Created, &UserFilter::default(), 0, 1)
             .await
             .map(|_| ()),
         "status",

@@ -3,6 +3,7 @@
 cloudvpp_store_conformance::conformance!(
     appsbooks::orgs_tokens_and_limits,
     appsbooks::user_windows_and_filters,
+    appsbooks::filtered_pages_are_full_and_exact,
     appsbooks::org_transaction_reads,
     appsbooks::org_transactions_are_all_or_nothing,
     appsbooks::concurrent_writers_never_share_numbers,

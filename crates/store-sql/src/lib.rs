@@ -17,10 +17,11 @@ use cloudvpp_store::secret;
 use cloudvpp_store::{
     AppsBooksStore, AssetRecord, ClientConfig, EventClaim, EventId, EventProgress, EventRecord,
     EventStatus, EventType, NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError,
-    TokenRecord, UserFilter, UserRecord, UserUpdate, UserWindow,
+    TokenRecord, UserFilter, UserOrder, UserPage, UserRecord, UserUpdate,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use std::collections::BTreeMap;
 
 /// What differs between the SQL backends at run time. Everything else (queries with `$n`
 /// placeholders, which SQLite accepts too, row mapping, the rules of an event step) is
@@ -76,6 +77,15 @@ impl Dialect {
         match self {
             Dialect::Sqlite => "MAX",
             Dialect::Postgres => "GREATEST",
+        }
+    }
+
+    /// How a read of several statements that must agree (a page and the counts that place
+    /// it) begins: one snapshot for all of them. SQLite's WAL readers have one already.
+    fn begin_read(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "BEGIN",
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         }
     }
 
@@ -197,7 +207,7 @@ impl SqlStore {
     }
 }
 
-const ORG_COLS: &str = "id, uid, name, secret, user_count, chg, asset_chg, mdm_info, notification_url, notification_auth_token, notification_types";
+const ORG_COLS: &str = "id, uid, name, secret, user_count, chg, asset_chg, mdm_info, notification_url, notification_auth_token, notification_types, country, default_platform";
 const USER_COLS: &str = "ord, chg, client_user_id, email, invite_code, id_hash, status";
 
 fn org_from_row(r: &AnyRow) -> Result<Org> {
@@ -215,6 +225,8 @@ fn org_from_row(r: &AnyRow) -> Result<Org> {
             notification_auth_token: row::get(r, "notification_auth_token")?,
             notification_types: row::json(r, "notification_types")?,
         },
+        country: row::get(r, "country")?,
+        default_platform: row::get(r, "default_platform")?,
     })
 }
 
@@ -250,12 +262,229 @@ fn users_from_rows(rows: &[AnyRow]) -> Result<Vec<UserRecord>> {
     rows.iter().map(user_from_row).collect()
 }
 
+/// Which records a filter keeps, by the two kinds the counted blocks count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    All,
+    Active,
+    Retired,
+    Nothing,
+}
+
+impl Kind {
+    fn of(f: &UserFilter) -> Kind {
+        match (f.active_only, f.retired_only) {
+            (false, false) => Kind::All,
+            (true, false) => Kind::Active,
+            (false, true) => Kind::Retired,
+            (true, true) => Kind::Nothing,
+        }
+    }
+
+    /// The condition on `users`, as the partial indexes `users_*_active|retired` state it.
+    fn sql(self) -> &'static str {
+        match self {
+            Kind::All => "",
+            Kind::Active => " AND status IN ('Registered', 'Associated')",
+            Kind::Retired => " AND status IN ('Retired', 'Deleted')",
+            Kind::Nothing => " AND 1 = 0",
+        }
+    }
+
+    /// The count of `user_blocks` it keeps.
+    fn count(self) -> &'static str {
+        match self {
+            Kind::All => "(active + retired)",
+            Kind::Active => "active",
+            Kind::Retired => "retired",
+            Kind::Nothing => "0",
+        }
+    }
+}
+
 fn filter_sql(f: &UserFilter) -> &'static str {
-    match (f.active_only, f.retired_only) {
-        (true, false) => " AND status <> 'Retired'",
-        (false, true) => " AND status = 'Retired'",
-        (true, true) => " AND FALSE",
-        (false, false) => "",
+    Kind::of(f).sql()
+}
+
+/// Counted blocks (`user_blocks`, migration 0010): for each organisation, axis (`ord`,
+/// `chg`) and level L (1-3), how many active and retired records have a key `k` with
+/// `k >> BLOCK_SHIFTS[L-1]` equal to the block. The n-th record of a filtered listing is
+/// found by walking them from the top level down (at most 256 rows a level, then at most
+/// 256 keys), so a page costs the same whatever its index: no OFFSET over what lies
+/// before it. The writers keep them exact in the transaction that writes the records.
+const BLOCK_SHIFTS: [u32; 3] = [8, 16, 24];
+/// Blocks of one level within one block of the level above.
+const FANOUT_SHIFT: u32 = 8;
+const AXIS_ORD: i64 = 0;
+const AXIS_CHG: i64 = 1;
+
+/// Changes to the counted blocks of one transaction, summed per block.
+#[derive(Default)]
+struct BlockDeltas(BTreeMap<(i64, i64, i64), (i64, i64)>);
+
+impl BlockDeltas {
+    /// One record of `status` more (`d` = 1) or less (-1) at `key` of `axis`.
+    fn add(&mut self, axis: i64, key: i64, status: UserStatus, d: i64) {
+        let active = cloudvpp_store::is_active(status);
+        for (i, shift) in BLOCK_SHIFTS.iter().enumerate() {
+            let e = self
+                .0
+                .entry((axis, i as i64 + 1, key >> shift))
+                .or_default();
+            if active {
+                e.0 += d;
+            } else {
+                e.1 += d;
+            }
+        }
+    }
+
+    /// Writes them, several blocks per statement.
+    async fn write(self, conn: &mut AnyConnection, org_id: OrgId) -> Result<()> {
+        let rows: Vec<_> = self.0.into_iter().filter(|(_, d)| *d != (0, 0)).collect();
+        for chunk in rows.chunks(row::rows_per_statement(6, 0)) {
+            let sql = format!(
+                "INSERT INTO user_blocks (org_id, axis, level, block, active, retired) VALUES {}
+                 ON CONFLICT (org_id, axis, level, block) DO UPDATE SET
+                   active = user_blocks.active + excluded.active,
+                   retired = user_blocks.retired + excluded.retired",
+                row::tuples(1, chunk.len(), 6)
+            );
+            let mut q = sqlx::query(&sql);
+            for ((axis, level, block), (a, r)) in chunk {
+                q = q
+                    .bind(org_id.0)
+                    .bind(*axis)
+                    .bind(*level)
+                    .bind(*block)
+                    .bind(*a)
+                    .bind(*r);
+            }
+            q.execute(&mut *conn).await.map_err(err)?;
+        }
+        Ok(())
+    }
+}
+
+fn axis_col(axis: i64) -> &'static str {
+    if axis == AXIS_ORD {
+        "ord"
+    } else {
+        "chg"
+    }
+}
+
+/// How many records of `kind` have a key at most `x` on `axis`: the blocks wholly below
+/// `x` at each level, plus the keys of `x`'s level-1 block up to it.
+async fn rank(
+    conn: &mut AnyConnection,
+    org_id: OrgId,
+    axis: i64,
+    kind: Kind,
+    x: i64,
+) -> Result<i64> {
+    let [s1, s2, s3] = BLOCK_SHIFTS;
+    let blocks = |level: i64, lo: &str, hi: &str| {
+        format!(
+            "(SELECT CAST(COALESCE(SUM({}), 0) AS BIGINT) FROM user_blocks WHERE org_id = $1 AND axis = $2 AND level = {level} AND block >= {lo} AND block < {hi})",
+            kind.count()
+        )
+    };
+    let sql = format!(
+        "SELECT CAST({} + {} + {} + (SELECT COUNT(*) FROM users WHERE org_id = $1 AND {col} >= $8 AND {col} <= $9{}) AS BIGINT) AS n",
+        blocks(3, "0", "$3"),
+        blocks(2, "$4", "$5"),
+        blocks(1, "$6", "$7"),
+        kind.sql(),
+        col = axis_col(axis),
+    );
+    let n = sqlx::query(&sql)
+        .bind(org_id.0)
+        .bind(axis)
+        .bind(x >> s3)
+        .bind((x >> s3) << FANOUT_SHIFT)
+        .bind(x >> s2)
+        .bind((x >> s2) << FANOUT_SHIFT)
+        .bind(x >> s1)
+        .bind((x >> s1) << FANOUT_SHIFT)
+        .bind(x)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(err)?;
+    row::get(&n, "n")
+}
+
+/// How many records of `kind` the organisation has on `axis`.
+async fn kind_total(conn: &mut AnyConnection, org_id: OrgId, axis: i64, kind: Kind) -> Result<i64> {
+    let n = sqlx::query(&format!(
+        "SELECT CAST(COALESCE(SUM({}), 0) AS BIGINT) AS n FROM user_blocks WHERE org_id = $1 AND axis = $2 AND level = 3",
+        kind.count()
+    ))
+    .bind(org_id.0)
+    .bind(axis)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(err)?;
+    row::get(&n, "n")
+}
+
+/// The key on `axis` of the `n`-th (from 1) record of `kind`, walking the counted blocks
+/// down; None when there are fewer.
+async fn select_nth(
+    conn: &mut AnyConnection,
+    org_id: OrgId,
+    axis: i64,
+    kind: Kind,
+    n: i64,
+) -> Result<Option<i64>> {
+    let mut rem = n;
+    let (mut lo, mut hi) = (0i64, i64::MAX);
+    for level in (1..=BLOCK_SHIFTS.len() as i64).rev() {
+        let rows = sqlx::query(&format!(
+            "SELECT block, {} AS n FROM user_blocks WHERE org_id = $1 AND axis = $2 AND level = $3 AND block >= $4 AND block < $5 ORDER BY block",
+            kind.count()
+        ))
+        .bind(org_id.0)
+        .bind(axis)
+        .bind(level)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err)?;
+        let mut found = None;
+        for r in &rows {
+            let count: i64 = row::get(r, "n")?;
+            if rem <= count {
+                found = Some(row::get::<i64>(r, "block")?);
+                break;
+            }
+            rem -= count;
+        }
+        let Some(block) = found else {
+            return Ok(None);
+        };
+        lo = block << FANOUT_SHIFT;
+        hi = (block + 1) << FANOUT_SHIFT;
+    }
+    let col = axis_col(axis);
+    let key = sqlx::query(&format!(
+        "SELECT {col} AS k FROM users WHERE org_id = $1 AND {col} >= $2 AND {col} < $3{} ORDER BY {col} LIMIT 1 OFFSET $4",
+        kind.sql()
+    ))
+    .bind(org_id.0)
+    .bind(lo)
+    .bind(hi)
+    .bind(rem - 1)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(err)?;
+    match key {
+        Some(r) => Ok(Some(row::get(&r, "k")?)),
+        None => Err(StoreError::corrupt(
+            "user_blocks",
+            format!("a level-1 block of axis {axis} counts more records than it holds"),
+        )),
     }
 }
 
@@ -439,28 +668,98 @@ impl AppsBooksStore for SqlStore {
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
-    async fn list_users_window(
+    async fn set_org_profile(
         &self,
         org_id: OrgId,
-        window: UserWindow,
+        country: Option<&str>,
+        default_platform: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE orgs SET country = COALESCE($1, country), default_platform = COALESCE($2, default_platform) WHERE id = $3",
+        )
+        .bind(country)
+        .bind(default_platform)
+        .bind(org_id.0)
+        .execute(&self.writer)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_users_page(
+        &self,
+        org_id: OrgId,
+        order: UserOrder,
         filter: &UserFilter,
-    ) -> Result<Vec<UserRecord>> {
-        let (col, lo, hi) = match window {
-            UserWindow::Ord { lo, hi } => ("ord", lo, hi),
-            UserWindow::Chg { lo, hi } => ("chg", lo, hi),
-        };
-        let sql = format!(
-            "SELECT {USER_COLS} FROM users WHERE org_id = $1 AND {col} >= $2 AND {col} < $3{} ORDER BY {col}",
-            filter_sql(filter)
-        );
-        let rows = sqlx::query(&sql)
-            .bind(org_id.0)
-            .bind(lo)
-            .bind(hi)
-            .fetch_all(&self.reader)
+        first: i64,
+        size: i64,
+    ) -> Result<UserPage> {
+        let kind = Kind::of(filter);
+        if kind == Kind::Nothing {
+            return Ok(UserPage::default());
+        }
+        let mut tx = self
+            .reader
+            .begin_with(self.dialect.begin_read())
             .await
             .map_err(err)?;
-        users_from_rows(&rows)
+        let (axis, since) = match order {
+            UserOrder::Created => (AXIS_ORD, None),
+            UserOrder::ChangedSince(v) => (AXIS_CHG, Some(v)),
+        };
+        // Records of the kind before the listing starts, and in all.
+        let before = match since {
+            Some(v) => rank(&mut tx, org_id, axis, kind, v).await?,
+            None => 0,
+        };
+        // `ord` is dense: the unfiltered creation order needs no blocks.
+        let dense = axis == AXIS_ORD && kind == Kind::All;
+        let all = if dense {
+            let r = sqlx::query("SELECT user_count FROM orgs WHERE id = $1")
+                .bind(org_id.0)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(err)?;
+            match r {
+                Some(r) => row::get(&r, "user_count")?,
+                None => 0,
+            }
+        } else {
+            kind_total(&mut tx, org_id, axis, kind).await?
+        };
+        let total = all - before;
+        if first < 0 || size < 1 || first >= total {
+            tx.commit().await.map_err(err)?;
+            return Ok(UserPage {
+                users: Vec::new(),
+                total,
+            });
+        }
+        let start = if dense {
+            Some(first + 1)
+        } else {
+            select_nth(&mut tx, org_id, axis, kind, before + first + 1).await?
+        };
+        let users = match start {
+            None => Vec::new(),
+            Some(start) => {
+                let col = axis_col(axis);
+                let rows = sqlx::query(&format!(
+                    "SELECT {USER_COLS} FROM users WHERE org_id = $1 AND {col} >= $2{} ORDER BY {col} LIMIT $3",
+                    kind.sql()
+                ))
+                .bind(org_id.0)
+                .bind(start)
+                .bind(size)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+                users_from_rows(&rows)?
+            }
+        };
+        tx.commit().await.map_err(err)?;
+        Ok(UserPage { users, total })
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
@@ -477,6 +776,26 @@ impl AppsBooksStore for SqlStore {
         let rows = sqlx::query(&sql)
             .bind(org_id.0)
             .bind(cuid)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(err)?;
+        users_from_rows(&rows)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, id_hash))]
+    async fn list_users_by_id_hash(
+        &self,
+        org_id: OrgId,
+        id_hash: &str,
+        filter: &UserFilter,
+    ) -> Result<Vec<UserRecord>> {
+        let sql = format!(
+            "SELECT {USER_COLS} FROM users WHERE org_id = $1 AND id_hash = $2{} ORDER BY ord",
+            filter_sql(filter)
+        );
+        let rows = sqlx::query(&sql)
+            .bind(org_id.0)
+            .bind(id_hash)
             .fetch_all(&self.reader)
             .await
             .map_err(err)?;
@@ -952,11 +1271,49 @@ impl OrgTx for SqlOrgTx {
             }
             q.execute(&mut *self.tx).await.map_err(err)?;
         }
-        Ok(())
+        let mut deltas = BlockDeltas::default();
+        for u in users {
+            let r = &u.record;
+            deltas.add(AXIS_ORD, r.ord, r.status, 1);
+            deltas.add(AXIS_CHG, r.chg, r.status, 1);
+        }
+        deltas.write(&mut self.tx, self.org.id).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(users = users.len()))]
     async fn update_users(&mut self, users: &[UserUpdate]) -> Result<()> {
+        // The records as they were, for the counted blocks.
+        let mut before = std::collections::HashMap::with_capacity(users.len());
+        let ords: Vec<i64> = users.iter().map(|u| u.record.ord).collect();
+        for chunk in ords.chunks(KEYS_PER_QUERY) {
+            let sql = format!(
+                "SELECT ord, chg, status FROM users WHERE org_id = $1 AND ord IN ({})",
+                row::list(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(self.org.id.0);
+            for k in chunk {
+                q = q.bind(*k);
+            }
+            for r in q.fetch_all(&mut *self.tx).await.map_err(err)? {
+                before.insert(
+                    row::get::<i64>(&r, "ord")?,
+                    (
+                        row::get::<i64>(&r, "chg")?,
+                        row::parsed(&r, "status", UserStatus::parse)?,
+                    ),
+                );
+            }
+        }
+        let mut deltas = BlockDeltas::default();
+        for u in users {
+            let r = &u.record;
+            if let Some((chg, status)) = before.get(&r.ord) {
+                deltas.add(AXIS_ORD, r.ord, *status, -1);
+                deltas.add(AXIS_CHG, *chg, *status, -1);
+                deltas.add(AXIS_ORD, r.ord, r.status, 1);
+                deltas.add(AXIS_CHG, r.chg, r.status, 1);
+            }
+        }
         // One statement per record: the records of a step differ in every column, and a
         // step is at most a notification's worth of users.
         for u in users {
@@ -975,7 +1332,7 @@ impl OrgTx for SqlOrgTx {
             .await
             .map_err(err)?;
         }
-        Ok(())
+        deltas.write(&mut self.tx, self.org.id).await
     }
 
     async fn set_counters(&mut self, user_count: i64, chg: i64) -> Result<()> {

@@ -107,6 +107,10 @@ pub struct Org {
     pub asset_chg: i64,
     /// Client config.
     pub config: ClientConfig,
+    /// `countryISO2ACode` of client config: ISO 3166-1 alpha-2, upper case ("US").
+    pub country: String,
+    /// `defaultPlatform` of client config: `volumestore` or `enterprisestore`.
+    pub default_platform: String,
 }
 
 /// What an MDM set with `POST client/config`.
@@ -176,23 +180,23 @@ impl UserRecord {
     }
 }
 
-/// Which slice of an organisation's users a page covers.
+/// The order of a Get Users listing, and where it starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UserWindow {
-    /// Records with `lo <= ord < hi` (full listings).
-    Ord {
-        /// Inclusive.
-        lo: i64,
-        /// Exclusive.
-        hi: i64,
-    },
-    /// Records with `lo <= chg < hi` (`sinceVersionId` listings).
-    Chg {
-        /// Inclusive.
-        lo: i64,
-        /// Exclusive.
-        hi: i64,
-    },
+pub enum UserOrder {
+    /// Every record, in creation order (`ord`).
+    Created,
+    /// The records changed after change number `since` (a `sinceVersionId`), in change
+    /// order (`chg`).
+    ChangedSince(i64),
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserPage {
+    /// The page's records, in the listing's order.
+    pub users: Vec<UserRecord>,
+    /// Records in the whole listing (filter applied), as of the page's snapshot.
+    pub total: i64,
 }
 
 /// Filters of Get Users.
@@ -202,6 +206,12 @@ pub struct UserFilter {
     pub active_only: bool,
     /// Only retired.
     pub retired_only: bool,
+}
+
+/// `activeOnly` counts Registered and Associated records; `retiredOnly` Retired ones and the
+/// legacy `Deleted` (a retired record, in Apple's words), which v2 never produces.
+pub fn is_active(status: UserStatus) -> bool {
+    matches!(status, UserStatus::Registered | UserStatus::Associated)
 }
 
 /// `CREATE`, `UPDATE`, `RETIRE`.
@@ -480,18 +490,40 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     /// Replaces the client config.
     async fn set_client_config(&self, org_id: OrgId, config: &ClientConfig) -> Result<()>;
 
-    /// Users of one window, in window order.
-    async fn list_users_window(
+    /// Sets what client config reports of the organisation: `countryISO2ACode` and
+    /// `defaultPlatform` (None keeps the current value).
+    async fn set_org_profile(
         &self,
         org_id: OrgId,
-        window: UserWindow,
+        country: Option<&str>,
+        default_platform: Option<&str>,
+    ) -> Result<()>;
+
+    /// Up to `size` records of a listing, from its `first`-th (zero-based) matching record
+    /// on, with the listing's size, read in one snapshot. Pages are full: every record
+    /// before `first` is one the listing holds. A page costs the same whatever `first` is
+    /// (no scan of what lies before it).
+    async fn list_users_page(
+        &self,
+        org_id: OrgId,
+        order: UserOrder,
         filter: &UserFilter,
-    ) -> Result<Vec<UserRecord>>;
+        first: i64,
+        size: i64,
+    ) -> Result<UserPage>;
     /// Every record of one clientUserId, oldest first.
     async fn list_users_by_client_id(
         &self,
         org_id: OrgId,
         client_user_id: &str,
+        filter: &UserFilter,
+    ) -> Result<Vec<UserRecord>>;
+    /// Every record whose Apple Account hashes to `id_hash` (associated with it, now or
+    /// before being retired), oldest first.
+    async fn list_users_by_id_hash(
+        &self,
+        org_id: OrgId,
+        id_hash: &str,
         filter: &UserFilter,
     ) -> Result<Vec<UserRecord>>;
 

@@ -106,6 +106,18 @@ pub enum OrgCommand {
         /// Token expiry, RFC 3339; default one year from now.
         #[arg(long)]
         expires: Option<String>,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// Change what client config reports of an organisation.
+    Set {
+        #[command(flatten)]
+        db: DbArg,
+        /// The organisation's uId or name.
+        #[arg(long)]
+        org: String,
+        #[command(flatten)]
+        profile: ProfileArgs,
     },
     /// List organisations.
     List {
@@ -123,6 +135,37 @@ pub enum OrgCommand {
         #[arg(long)]
         expires: Option<String>,
     },
+}
+
+/// What GET client/config reports of an organisation.
+#[derive(Args)]
+pub struct ProfileArgs {
+    /// `countryISO2ACode`: ISO 3166-1 alpha-2 (GB, US, ...); default US.
+    #[arg(long, value_parser = parse_country)]
+    pub country: Option<String>,
+    /// `defaultPlatform`, the platform of content metadata lookups; default volumestore.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(cloudvpp_appsbooks::config::PLATFORMS))]
+    pub default_platform: Option<String>,
+}
+
+fn parse_country(s: &str) -> Result<String, String> {
+    cloudvpp_appsbooks::config::country_code(s)
+        .ok_or_else(|| format!("{s:?} is not an ISO 3166-1 alpha-2 code (two letters, such as GB)"))
+}
+
+impl ProfileArgs {
+    async fn apply(&self, store: &dyn AppsBooksStore, org: cloudvpp_store::OrgId) -> Result<()> {
+        if self.country.is_some() || self.default_platform.is_some() {
+            store
+                .set_org_profile(
+                    org,
+                    self.country.as_deref(),
+                    self.default_platform.as_deref(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -239,14 +282,28 @@ async fn assets(command: AssetsCommand) -> Result<()> {
 
 async fn org(command: OrgCommand) -> Result<()> {
     match command {
-        OrgCommand::Create { db, name, expires } => {
+        OrgCommand::Create {
+            db,
+            name,
+            expires,
+            profile,
+        } => {
             let store = open_store(&db.database).await?;
             let exp = expiry(expires.as_deref())?;
             let stoken = ids::new_stoken(&name, exp);
-            store
+            let o = store
                 .create_org(&ids::new_uid(), &name, &ids::new_secret(), &stoken, exp)
                 .await?;
+            profile.apply(store.as_ref(), o.id).await?;
             println!("{stoken}");
+        }
+        OrgCommand::Set { db, org, profile } => {
+            let store = open_store(&db.database).await?;
+            let o = store
+                .find_org(&org)
+                .await?
+                .with_context(|| format!("no organisation {org:?}"))?;
+            profile.apply(store.as_ref(), o.id).await?;
         }
         OrgCommand::List { db } => {
             let store = open_existing(&db.database).await?;
