@@ -12,11 +12,19 @@ pub mod telemetry;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+/// `cloudvpp --version`: the package version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("CLOUDVPP_COMMIT"),
+    ")"
+);
+
 /// The command line.
 #[derive(Parser)]
 #[command(
     name = "cloudvpp",
-    version,
+    version = VERSION,
     about = "Apple Apps and Books service and MDM, in one binary"
 )]
 pub struct Cli {
@@ -61,6 +69,13 @@ pub enum Command {
         #[command(subcommand)]
         command: cmd::simulate::SimulateCommand,
     },
+    /// Print a shell completion script: `cloudvpp completions bash > /etc/bash_completion.d/cloudvpp`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `cloudvpp man | man -l -`.
+    Man,
 }
 
 /// Runs a parsed command line. A server whose background task was given up ends with
@@ -73,6 +88,28 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => cmd::serve::run(*a).await,
         Command::Invite(a) => cmd::invite::invite(a).await,
         Command::Invitations(a) => cmd::invite::invitations(a).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "cloudvpp", &mut script);
+            write_stdout(&script)
+        }
+        Command::Man => {
+            let command = <Cli as clap::CommandFactory>::command();
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            write_stdout(&page)
+        }
+    }
+}
+
+/// Writes `bytes` to standard output; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
 }
 

@@ -189,3 +189,56 @@ fn the_shell_words_are_read_as_a_shell_would() {
     );
     assert!(commands(r#"cloudvpp() { cargo run -q --release -- "$@"; }"#).is_empty());
 }
+
+/// `cloudvpp --version` names the commit it was built from (when built in a repository),
+/// and the completion scripts and the manual page come from the same command line.
+#[test]
+fn version_completions_and_manual_page() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloudvpp"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let version = run(&["--version"]);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output();
+    match head {
+        Ok(out) if out.status.success() => {
+            let commit = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert_eq!(
+                version.trim(),
+                format!("cloudvpp {} ({commit})", env!("CARGO_PKG_VERSION"))
+            );
+        }
+        // Built outside a repository: the version says so.
+        _ => assert!(version.contains("unknown commit"), "{version}"),
+    }
+    for (shell, marker) in [
+        ("bash", "_cloudvpp()"),
+        ("zsh", "#compdef cloudvpp"),
+        ("fish", "complete -c cloudvpp"),
+    ] {
+        let script = run(&["completions", shell]);
+        assert!(
+            script.contains(marker),
+            "{shell}: {}",
+            &script[..200.min(script.len())]
+        );
+        assert!(
+            script.contains("appsbooks"),
+            "{shell} completes subcommands"
+        );
+    }
+    let man = run(&["man"]);
+    assert!(man.contains(".TH cloudvpp 1"), "{}", &man[..200]);
+    assert!(man.contains("appsbooks"));
+}
