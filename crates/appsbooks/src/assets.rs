@@ -65,6 +65,11 @@ pub fn catalogue_name(adam_id: &str) -> Option<&'static str> {
         .map(|(_, name, ..)| *name)
 }
 
+/// Whether `adam_id` can be an App Store ID: digits, at most 20 of them.
+pub fn valid_adam_id(adam_id: &str) -> bool {
+    !adam_id.is_empty() && adam_id.len() <= 20 && adam_id.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// A purchase (positive count) or refund (negative) of licences, as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Purchase {
@@ -121,10 +126,7 @@ pub fn purchase(
     existing: Option<&AssetRecord>,
     p: &Purchase,
 ) -> Result<AssetRecord, PurchaseError> {
-    if p.adam_id.is_empty()
-        || p.adam_id.len() > 20
-        || !p.adam_id.bytes().all(|b| b.is_ascii_digit())
-    {
+    if !valid_adam_id(&p.adam_id) {
         return Err(PurchaseError::BadAdamId(p.adam_id.clone()));
     }
     if p.count == 0 {
@@ -282,9 +284,7 @@ impl AssetFilter {
                 .transpose()
         };
         let adam_id = match q.get("adamId") {
-            Some(a) if a.is_empty() || a.len() > 20 || !a.bytes().all(|b| b.is_ascii_digit()) => {
-                return Err(bad())
-            }
+            Some(a) if !valid_adam_id(a) => return Err(bad()),
             other => other.cloned(),
         };
         Ok(AssetFilter {

@@ -106,13 +106,7 @@ pub async fn post_client_config(
     let req: ClientConfigRequest =
         serde_json::from_slice(&body).map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?;
     let limits = state.limits.all().await;
-    let limit = |l: Limit| {
-        limits
-            .get(l.name())
-            .copied()
-            .unwrap_or_else(|| l.apple_default())
-            .max(0) as usize
-    };
+    let limit = |l: Limit| crate::limits::value(&limits, l).max(0) as usize;
     let mut cfg = ctx.org.config.clone();
 
     if let Some(info) = &req.mdm_info {

@@ -49,11 +49,7 @@ impl Limits {
 
     /// One limit.
     pub async fn get(&self, limit: Limit) -> i64 {
-        self.all()
-            .await
-            .get(limit.name())
-            .copied()
-            .unwrap_or_else(|| limit.apple_default())
+        value(&self.all().await, limit)
     }
 }
 
@@ -81,4 +77,11 @@ impl RateLimiter {
             }
         }
     }
+}
+
+/// `limit` in a map of every limit (as [`Limits::all`] returns), Apple's default if absent.
+pub fn value(all: &BTreeMap<String, i64>, limit: Limit) -> i64 {
+    all.get(limit.name())
+        .copied()
+        .unwrap_or_else(|| limit.apple_default())
 }

@@ -723,33 +723,23 @@ pub async fn corrupt_values_are_reported(b: &Backend) {
         b.store.claim_event("w", NOW, 1000).await.map(|_| ()),
         "event_type",
     );
-    b.exec("UPDATE events SET event_type = 'RETIRE', status = 'DONE-ISH'")
-        .await;
-    corrupt(
-        b.store
-            .get_event(o.id, &EventId::new("e1"))
-            .await
-            .map(|_| ()),
-        "status",
-    );
-    b.exec("UPDATE events SET status = 'PENDING', progress = '{\"cursor\": -4}'")
-        .await;
-    corrupt(
-        b.store
-            .get_event(o.id, &EventId::new("e1"))
-            .await
-            .map(|_| ()),
-        "progress",
-    );
-    b.exec("UPDATE events SET progress = '{\"failures\": [[1234, [\"a\"]]]}'")
-        .await;
-    corrupt(
-        b.store
-            .get_event(o.id, &EventId::new("e1"))
-            .await
-            .map(|_| ()),
-        "progress",
-    );
+    for (planted, column) in [
+        ("event_type = 'RETIRE', status = 'DONE-ISH'", "status"),
+        (
+            "status = 'PENDING', progress = '{\"cursor\": -4}'",
+            "progress",
+        ),
+        ("progress = '{\"failures\": [[1234, [\"a\"]]]}'", "progress"),
+    ] {
+        b.exec(&format!("UPDATE events SET {planted}")).await;
+        corrupt(
+            b.store
+                .get_event(o.id, &EventId::new("e1"))
+                .await
+                .map(|_| ()),
+            column,
+        );
+    }
 
     b.exec("UPDATE users SET status = 'Asleep'").await;
     corrupt(
@@ -768,10 +758,8 @@ pub async fn corrupt_values_are_reported(b: &Backend) {
 }
 
 fn cloudvpp_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    use cloudvpp_store::clock::Clock;
+    cloudvpp_store::clock::SystemClock.now_ms()
 }
 
 /// Assets are written and read back whole, per organisation, by key; the assets' version
