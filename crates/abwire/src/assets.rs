@@ -124,6 +124,110 @@ pub struct AssetCountNotification {
     pub pricing_param: PricingParam,
 }
 
+/// `Asset` of a manage request: which app or book. Apple's examples sometimes omit
+/// `pricingParam`; the service then takes `STDQ` (docs/appsbooks-behaviour.md).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
+pub struct AssetRef {
+    /// The App Store ID.
+    pub adam_id: String,
+    /// Quality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pricing_param: Option<PricingParam>,
+}
+
+/// `ManageAssetsRequest`: the body of `assets/associate` and `assets/disassociate`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ManageAssetsRequest {
+    /// The apps and books.
+    #[serde(default)]
+    pub assets: Vec<AssetRef>,
+    /// Users, by the MDM's identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_user_ids: Option<Vec<String>>,
+    /// Devices, by serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_numbers: Option<Vec<String>>,
+}
+
+/// `RevokeAssetsRequest`: the body of `assets/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokeAssetsRequest {
+    /// Users whose revocable assets are taken back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_user_ids: Option<Vec<String>>,
+    /// Devices whose revocable assets are taken back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_numbers: Option<Vec<String>>,
+}
+
+/// One assignment: an app or book given to a user or a device. With `includeUserState`, a
+/// user's assignment also carries the user's `userStatus` and `idHash`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    /// The App Store ID.
+    pub adam_id: String,
+    /// Quality.
+    pub pricing_param: PricingParam,
+    /// The user, for a user assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_user_id: Option<String>,
+    /// The device, for a device assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    /// The user's state (`includeUserState`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_status: Option<crate::UserStatus>,
+    /// The user's Apple Account hash once associated (`includeUserState`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_hash: Option<String>,
+}
+
+/// `GetAssignmentsResponse`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GetAssignmentsResponse {
+    /// The assignments of this page.
+    #[serde(default)]
+    pub assignments: Vec<Assignment>,
+    /// Zero-based index of this page.
+    pub current_page_index: u32,
+    /// Next page, absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page_index: Option<u32>,
+    /// Number of assignments on this page.
+    pub size: u32,
+    /// Number of pages.
+    pub total_pages: u32,
+    /// Version of the whole data set: the next `sinceVersionId`.
+    pub version_id: String,
+    /// Common metadata.
+    #[serde(flatten)]
+    pub meta: ResponseMeta,
+}
+
+/// `ASSET_MANAGEMENT`: result of an associate, disassociate or revoke event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssetManagementNotification {
+    /// The assignments made or taken back (at most 100).
+    #[serde(default)]
+    pub assignments: Vec<Assignment>,
+    /// The event this reports on.
+    pub event_id: String,
+    /// `SUCCESS` or `FAILURE`.
+    pub result: String,
+    /// `ASSOCIATE`, `DISASSOCIATE` or `REVOKE`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// On `FAILURE`: the one error, naming what it hit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::ErrorResponse>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +254,28 @@ mod tests {
         );
         assert_eq!(PricingParam::parse("PLUS"), Some(PricingParam::Plus));
         assert_eq!(ProductType::parse("Movie"), None);
+    }
+
+    #[test]
+    fn manage_requests_read_apples_examples() {
+        // Apple's example: both kinds of target, one asset without pricingParam.
+        let r: ManageAssetsRequest = serde_json::from_str(
+            r#"{"assets":[{"adamId":"408709785","pricingParam":"STDQ"},{"adamId":"361309726"}],"clientUserIds":["a"],"serialNumbers":["C02X"]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.assets[1].pricing_param, None);
+        assert_eq!(r.serial_numbers.as_deref(), Some(&["C02X".to_string()][..]));
+        let a = Assignment {
+            adam_id: "1".into(),
+            pricing_param: PricingParam::Stdq,
+            client_user_id: Some("u".into()),
+            serial_number: None,
+            user_status: None,
+            id_hash: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&a).unwrap(),
+            serde_json::json!({"adamId": "1", "pricingParam": "STDQ", "clientUserId": "u"})
+        );
     }
 }

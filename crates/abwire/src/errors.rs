@@ -22,9 +22,15 @@ pub struct ErrorResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorInfo {
+    /// The assets concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assets: Option<Vec<crate::assets::AssetRef>>,
     /// The users concerned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_user_ids: Option<Vec<String>>,
+    /// The devices concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_numbers: Option<Vec<String>>,
 }
 
 /// One of Apple's error numbers.

@@ -9,6 +9,7 @@ pub fn failure_response(error: AppleError, client_user_ids: Vec<String>) -> Erro
     ErrorResponse {
         error_info: Some(ErrorInfo {
             client_user_ids: Some(client_user_ids),
+            ..ErrorInfo::default()
         }),
         ..error.response()
     }
