@@ -7,18 +7,25 @@
 //!   with capped exponential backoff; retries are never nested; a write is only retried when
 //!   the service refused it before processing (429/9646), never after a transport failure;
 //! - requests are spaced by `maxRequestPerSecond`; `limits` and `urls` are cached and
-//!   re-read every 5 minutes; user batches are split by `maxUsers`;
+//!   re-read every 5 minutes; user batches are split by `maxUsers`, asset requests by
+//!   `maxAssets` and `maxClientUserIds`/`maxSerialNumbers` ([`split_manage_assets`]);
 //! - pagination is sequential or up to 5 pages at once, keeping the first page's `versionId`;
 //! - the location is claimed with `mdmInfo`, and a response carrying another MDM's
 //!   `mdmInfo` raises an alarm ([`Client::ownership_conflict`]).
 
+use cloudvpp_abwire::assets::{
+    Assignment, GetAssetsResponse, GetAssignmentsResponse, ManageAssetsRequest, PricingParam,
+    ProductType, ResponseAsset, RevokeAssetsRequest,
+};
 use cloudvpp_abwire::limits::Limit;
 use cloudvpp_abwire::{
     ClientConfigRequest, ClientConfigResponse, ErrorResponse, EventResponse, GetUsersResponse,
-    MdmInfo, RequestUser, ResponseUser, ServiceConfigResponse, StatusResponse,
+    MdmInfo, RequestUser, ResponseMeta, ResponseUser, ServiceConfigResponse, StatusResponse,
 };
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -71,6 +78,18 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// Whether a write that failed so was certainly not applied: the service refused it
+    /// before processing it (an answer below 500: "synchronous failures result in no
+    /// asynchronous processing"; 429/9646 included). After a transport failure, a 5xx or
+    /// an unreadable success the write may have been applied, and only a read can tell.
+    pub fn write_not_applied(&self) -> bool {
+        match self {
+            ClientError::Apple { status, .. } | ClientError::Http(status) => *status < 500,
+            ClientError::RetryBudgetExhausted { last, .. } => last.write_not_applied(),
+            ClientError::Transport(_) | ClientError::Decode(_) => false,
+        }
+    }
 }
 
 /// Result alias.
@@ -108,6 +127,266 @@ pub struct UsersQuery {
     pub client_user_id: Option<String>,
     /// Changes since this version.
     pub since_version_id: Option<String>,
+}
+
+/// Query of Get Assets (every filter optional; bounds are inclusive).
+#[derive(Debug, Clone, Default)]
+pub struct AssetsQuery {
+    /// One App Store ID.
+    pub adam_id: Option<String>,
+    /// One quality.
+    pub pricing_param: Option<PricingParam>,
+    /// Apps or books.
+    pub product_type: Option<ProductType>,
+    /// Only (non-)revocable assets.
+    pub revocable: Option<bool>,
+    /// Only (non-)device-assignable assets.
+    pub device_assignable: Option<bool>,
+    /// At least this many licences free.
+    pub min_available_count: Option<i64>,
+    /// At most this many licences free.
+    pub max_available_count: Option<i64>,
+    /// At least this many licences assigned.
+    pub min_assigned_count: Option<i64>,
+    /// At most this many licences assigned.
+    pub max_assigned_count: Option<i64>,
+}
+
+impl AssetsQuery {
+    fn params(&self, page: u32) -> Vec<(&'static str, String)> {
+        let mut q = vec![("pageIndex", page.to_string())];
+        let mut opt = |name, v: Option<String>| {
+            if let Some(v) = v {
+                q.push((name, v));
+            }
+        };
+        opt("adamId", self.adam_id.clone());
+        opt(
+            "pricingParam",
+            self.pricing_param.map(|p| p.as_str().into()),
+        );
+        opt("productType", self.product_type.map(|p| p.as_str().into()));
+        opt("revocable", self.revocable.map(|b| b.to_string()));
+        opt(
+            "deviceAssignable",
+            self.device_assignable.map(|b| b.to_string()),
+        );
+        opt(
+            "minAvailableCount",
+            self.min_available_count.map(|n| n.to_string()),
+        );
+        opt(
+            "maxAvailableCount",
+            self.max_available_count.map(|n| n.to_string()),
+        );
+        opt(
+            "minAssignedCount",
+            self.min_assigned_count.map(|n| n.to_string()),
+        );
+        opt(
+            "maxAssignedCount",
+            self.max_assigned_count.map(|n| n.to_string()),
+        );
+        q
+    }
+}
+
+/// Query of Get Assignments.
+#[derive(Debug, Clone, Default)]
+pub struct AssignmentsQuery {
+    /// One App Store ID.
+    pub adam_id: Option<String>,
+    /// One user.
+    pub client_user_id: Option<String>,
+    /// One device.
+    pub serial_number: Option<String>,
+    /// One quality.
+    pub pricing_param: Option<PricingParam>,
+    /// Leave out assignments of retired users.
+    pub exclude_inactive_users: bool,
+    /// Add each user's `userStatus` and `idHash`.
+    pub include_user_state: bool,
+    /// Changes since this version.
+    pub since_version_id: Option<String>,
+}
+
+impl AssignmentsQuery {
+    fn params(&self, page: u32) -> Vec<(&'static str, String)> {
+        let mut q = vec![("pageIndex", page.to_string())];
+        let mut opt = |name, v: Option<String>| {
+            if let Some(v) = v {
+                q.push((name, v));
+            }
+        };
+        opt("adamId", self.adam_id.clone());
+        opt("clientUserId", self.client_user_id.clone());
+        opt("serialNumber", self.serial_number.clone());
+        opt(
+            "pricingParam",
+            self.pricing_param.map(|p| p.as_str().into()),
+        );
+        opt(
+            "excludeInactiveUsers",
+            self.exclude_inactive_users.then(|| "true".into()),
+        );
+        opt(
+            "includeUserState",
+            self.include_user_state.then(|| "true".into()),
+        );
+        opt("sinceVersionId", self.since_version_id.clone());
+        q
+    }
+}
+
+/// How many assets and targets one asset request may carry: the service limits as last
+/// read (Apple's example values when service config does not say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssetLimits {
+    /// `maxAssets`.
+    pub assets: usize,
+    /// `maxClientUserIds`.
+    pub client_user_ids: usize,
+    /// `maxSerialNumbers`.
+    pub serial_numbers: usize,
+    /// `maxRevokeClientUserIds`.
+    pub revoke_client_user_ids: usize,
+    /// `maxRevokeSerialNumbers`.
+    pub revoke_serial_numbers: usize,
+}
+
+impl Default for AssetLimits {
+    fn default() -> Self {
+        let d = |l: Limit| l.apple_default() as usize;
+        AssetLimits {
+            assets: d(Limit::MaxAssets),
+            client_user_ids: d(Limit::MaxClientUserIds),
+            serial_numbers: d(Limit::MaxSerialNumbers),
+            revoke_client_user_ids: d(Limit::MaxRevokeClientUserIds),
+            revoke_serial_numbers: d(Limit::MaxRevokeSerialNumbers),
+        }
+    }
+}
+
+/// `items` without repeats, in first-seen order.
+fn distinct<T: Clone + Eq + std::hash::Hash>(items: &[T]) -> Vec<T> {
+    let mut seen = HashSet::new();
+    items
+        .iter()
+        .filter(|i| seen.insert((*i).clone()))
+        .cloned()
+        .collect()
+}
+
+/// Splits an associate or disassociate request (every asset for every target) into
+/// requests within `limits`: each chunk of at most `assets` assets goes with each chunk of
+/// at most `client_user_ids` users, and separately with each chunk of at most
+/// `serial_numbers` devices, so together they cover exactly the pairs asked for. Repeated
+/// assets and targets are sent once (a repeat is a synchronous 9703/9704/9705 refusal of
+/// the whole request). A request with no asset or no target is returned as it is, for the
+/// service to refuse with its own number (9718, 9719).
+pub fn split_manage_assets(
+    req: &ManageAssetsRequest,
+    limits: &AssetLimits,
+) -> Vec<ManageAssetsRequest> {
+    let assets = distinct(&req.assets);
+    let users = distinct(req.client_user_ids.as_deref().unwrap_or_default());
+    let serials = distinct(req.serial_numbers.as_deref().unwrap_or_default());
+    if assets.is_empty() || (users.is_empty() && serials.is_empty()) {
+        return vec![req.clone()];
+    }
+    let mut out = Vec::new();
+    for a in assets.chunks(limits.assets.max(1)) {
+        for u in users.chunks(limits.client_user_ids.max(1)) {
+            out.push(ManageAssetsRequest {
+                assets: a.to_vec(),
+                client_user_ids: Some(u.to_vec()),
+                serial_numbers: None,
+            });
+        }
+        for s in serials.chunks(limits.serial_numbers.max(1)) {
+            out.push(ManageAssetsRequest {
+                assets: a.to_vec(),
+                client_user_ids: None,
+                serial_numbers: Some(s.to_vec()),
+            });
+        }
+    }
+    out
+}
+
+/// Splits a revoke request by `maxRevokeClientUserIds` and `maxRevokeSerialNumbers`, users
+/// and devices in separate requests, repeats sent once. An empty request is returned as it
+/// is (the service refuses it).
+pub fn split_revoke_assets(
+    req: &RevokeAssetsRequest,
+    limits: &AssetLimits,
+) -> Vec<RevokeAssetsRequest> {
+    let users = distinct(req.client_user_ids.as_deref().unwrap_or_default());
+    let serials = distinct(req.serial_numbers.as_deref().unwrap_or_default());
+    if users.is_empty() && serials.is_empty() {
+        return vec![req.clone()];
+    }
+    let mut out: Vec<RevokeAssetsRequest> = users
+        .chunks(limits.revoke_client_user_ids.max(1))
+        .map(|u| RevokeAssetsRequest {
+            client_user_ids: Some(u.to_vec()),
+            serial_numbers: None,
+        })
+        .collect();
+    out.extend(
+        serials
+            .chunks(limits.revoke_serial_numbers.max(1))
+            .map(|s| RevokeAssetsRequest {
+                client_user_ids: None,
+                serial_numbers: Some(s.to_vec()),
+            }),
+    );
+    out
+}
+
+/// One page of a paged listing, as [`Client::all_pages`] walks it.
+struct PageParts<T> {
+    items: Vec<T>,
+    total_pages: u32,
+    last: bool,
+    version_id: String,
+    meta: ResponseMeta,
+}
+
+impl From<GetUsersResponse> for PageParts<ResponseUser> {
+    fn from(p: GetUsersResponse) -> Self {
+        PageParts {
+            items: p.users,
+            total_pages: p.total_pages,
+            last: p.next_page_index.is_none(),
+            version_id: p.version_id,
+            meta: p.meta,
+        }
+    }
+}
+
+impl From<GetAssetsResponse> for PageParts<ResponseAsset> {
+    fn from(p: GetAssetsResponse) -> Self {
+        PageParts {
+            items: p.assets,
+            total_pages: p.total_pages,
+            last: p.next_page_index.is_none(),
+            version_id: p.version_id,
+            meta: p.meta,
+        }
+    }
+}
+
+impl From<GetAssignmentsResponse> for PageParts<Assignment> {
+    fn from(p: GetAssignmentsResponse) -> Self {
+        PageParts {
+            items: p.assignments,
+            total_pages: p.total_pages,
+            last: p.next_page_index.is_none(),
+            version_id: p.version_id,
+            meta: p.meta,
+        }
+    }
 }
 
 /// A client for one sToken.
@@ -501,29 +780,41 @@ impl Client {
         &self,
         q: &UsersQuery,
         concurrency: usize,
-    ) -> Result<(Vec<ResponseUser>, String, cloudvpp_abwire::ResponseMeta)> {
-        let first = self.get_users(q, 0).await?;
-        let meta = first.meta.clone();
-        let version = first.version_id.clone();
-        let mut users = first.users;
+    ) -> Result<(Vec<ResponseUser>, String, ResponseMeta)> {
+        Self::all_pages(|p| self.get_users(q, p), concurrency).await
+    }
+
+    /// Every page of a listing: the first, then `concurrency` (1..=5) at a time; the items,
+    /// and the first page's `versionId` and metadata (the version to sync from next).
+    async fn all_pages<P, T, F, Fut>(
+        fetch: F,
+        concurrency: usize,
+    ) -> Result<(Vec<T>, String, ResponseMeta)>
+    where
+        P: Into<PageParts<T>>,
+        F: Fn(u32) -> Fut,
+        Fut: Future<Output = Result<P>>,
+    {
+        let first: PageParts<T> = fetch(0).await?.into();
+        let (meta, version) = (first.meta, first.version_id);
+        let mut items = first.items;
         let mut total = first.total_pages;
-        let mut done = first.next_page_index.is_none();
+        let mut done = first.last;
         let (concurrency, mut page) = (concurrency.clamp(1, 5) as u32, 1u32);
         while !done {
             let end = (page + concurrency).min(total.max(page + 1));
-            let results =
-                futures::future::join_all((page..end).map(|p| self.get_users(q, p))).await;
+            let results = futures::future::join_all((page..end).map(&fetch)).await;
             for r in results {
-                let p = r?;
-                users.extend(p.users);
+                let p: PageParts<T> = r?.into();
+                items.extend(p.items);
                 // totalPages can change while paging: go on until a page says it is the last.
                 total = total.max(p.total_pages);
-                done |= p.next_page_index.is_none();
+                done |= p.last;
             }
             page = end;
             done |= page >= total;
         }
-        Ok((users, version, meta))
+        Ok((items, version, meta))
     }
 
     async fn manage(&self, action: &str, users: &[RequestUser]) -> Result<Vec<String>> {
@@ -558,6 +849,112 @@ impl Client {
     /// `users/retire`, split by `maxUsers`.
     pub async fn retire_users(&self, users: &[RequestUser]) -> Result<Vec<String>> {
         self.manage("retire", users).await
+    }
+
+    /// One page of `GET assets`.
+    pub async fn get_assets(&self, q: &AssetsQuery, page: u32) -> Result<GetAssetsResponse> {
+        self.send(reqwest::Method::GET, "/assets", &q.params(page), None, true)
+            .await
+    }
+
+    /// Every page of `GET assets`, `concurrency` (1..=5) at a time after the first.
+    pub async fn all_assets(
+        &self,
+        q: &AssetsQuery,
+        concurrency: usize,
+    ) -> Result<Vec<ResponseAsset>> {
+        Self::all_pages(|p| self.get_assets(q, p), concurrency)
+            .await
+            .map(|(a, _, _)| a)
+    }
+
+    /// One page of `GET assignments`.
+    pub async fn get_assignments(
+        &self,
+        q: &AssignmentsQuery,
+        page: u32,
+    ) -> Result<GetAssignmentsResponse> {
+        self.send(
+            reqwest::Method::GET,
+            "/assignments",
+            &q.params(page),
+            None,
+            true,
+        )
+        .await
+    }
+
+    /// Every page of `GET assignments`, `concurrency` (1..=5) at a time after the first;
+    /// returns the assignments and the first page's `versionId` (the one to sync from next).
+    pub async fn all_assignments(
+        &self,
+        q: &AssignmentsQuery,
+        concurrency: usize,
+    ) -> Result<(Vec<Assignment>, String)> {
+        Self::all_pages(|p| self.get_assignments(q, p), concurrency)
+            .await
+            .map(|(a, v, _)| (a, v))
+    }
+
+    /// The asset request limits from (cached) service config, Apple's example values for
+    /// any it does not state.
+    pub async fn asset_limits(&self) -> AssetLimits {
+        let get = |l: Limit| async move {
+            self.limit(l)
+                .await
+                .unwrap_or(l.apple_default())
+                .clamp(1, i64::from(u32::MAX)) as usize
+        };
+        AssetLimits {
+            assets: get(Limit::MaxAssets).await,
+            client_user_ids: get(Limit::MaxClientUserIds).await,
+            serial_numbers: get(Limit::MaxSerialNumbers).await,
+            revoke_client_user_ids: get(Limit::MaxRevokeClientUserIds).await,
+            revoke_serial_numbers: get(Limit::MaxRevokeSerialNumbers).await,
+        }
+    }
+
+    /// POSTs `body` to `path`, an asynchronous request: its eventId. Never replayed after
+    /// a transport failure or a 5xx (it may have been processed); see [`Self::send`].
+    async fn post_event(&self, path: &str, body: &impl serde::Serialize) -> Result<String> {
+        let body = serde_json::to_value(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let r: EventResponse = self
+            .send(reqwest::Method::POST, path, &[], Some(&body), true)
+            .await?;
+        Ok(r.event_id)
+    }
+
+    async fn manage_assets(&self, action: &str, req: &ManageAssetsRequest) -> Result<Vec<String>> {
+        let limits = self.asset_limits().await;
+        let mut events = Vec::new();
+        for part in split_manage_assets(req, &limits) {
+            events.push(self.post_event(&format!("/assets/{action}"), &part).await?);
+        }
+        Ok(events)
+    }
+
+    /// `assets/associate`, split by `maxAssets` and `maxClientUserIds`/`maxSerialNumbers`
+    /// ([`split_manage_assets`]); one eventId per request sent. Stops at the first refused
+    /// request: a caller that must know which pairs each event covers splits first and
+    /// sends the parts one at a time.
+    pub async fn associate_assets(&self, req: &ManageAssetsRequest) -> Result<Vec<String>> {
+        self.manage_assets("associate", req).await
+    }
+
+    /// `assets/disassociate`, split as [`Self::associate_assets`].
+    pub async fn disassociate_assets(&self, req: &ManageAssetsRequest) -> Result<Vec<String>> {
+        self.manage_assets("disassociate", req).await
+    }
+
+    /// `assets/revoke`, split by `maxRevokeClientUserIds` and `maxRevokeSerialNumbers`
+    /// ([`split_revoke_assets`]); one eventId per request sent.
+    pub async fn revoke_assets(&self, req: &RevokeAssetsRequest) -> Result<Vec<String>> {
+        let limits = self.asset_limits().await;
+        let mut events = Vec::new();
+        for part in split_revoke_assets(req, &limits) {
+            events.push(self.post_event("/assets/revoke", &part).await?);
+        }
+        Ok(events)
     }
 
     /// `GET status`.
@@ -630,6 +1027,7 @@ pub fn parse_apple_date(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cloudvpp_abwire::assets::AssetRef;
 
     #[test]
     fn apple_dates_parse() {
@@ -657,5 +1055,185 @@ mod tests {
             }),
         };
         assert_eq!(e.apple_number(), Some(9646));
+        assert!(e.write_not_applied(), "9646 is refused unprocessed");
+        assert!(!ClientError::Transport("reset".into()).write_not_applied());
+        assert!(!ClientError::Http(502).write_not_applied());
+        let refused = ClientError::Apple {
+            number: 9700,
+            message: "too many assets".into(),
+            status: 400,
+            retry_after: None,
+        };
+        assert!(refused.write_not_applied());
+    }
+
+    fn asset(id: &str) -> AssetRef {
+        AssetRef {
+            adam_id: id.into(),
+            pricing_param: Some(PricingParam::Stdq),
+        }
+    }
+
+    fn ids(prefix: &str, n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    }
+
+    /// Every (asset, target) pair of `reqs`, with how often it is asked for.
+    fn pairs(reqs: &[ManageAssetsRequest]) -> BTreeMap<(String, String), usize> {
+        let mut out = BTreeMap::new();
+        for r in reqs {
+            for a in &r.assets {
+                let targets = r.client_user_ids.iter().chain(&r.serial_numbers).flatten();
+                for t in targets {
+                    *out.entry((a.adam_id.clone(), t.clone())).or_default() += 1;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn asset_requests_split_by_the_limits_and_cover_each_pair_once() {
+        let limits = AssetLimits {
+            assets: 25,
+            client_user_ids: 1000,
+            serial_numbers: 3,
+            ..Default::default()
+        };
+        assert_eq!(
+            limits,
+            AssetLimits {
+                serial_numbers: 3,
+                ..AssetLimits::default()
+            }
+        );
+        // 30 assets for 2500 people and 4 devices: 2 asset chunks × (3 user chunks + 2 device chunks).
+        let req = ManageAssetsRequest {
+            assets: (0..30).map(|i| asset(&format!("{}", 1000 + i))).collect(),
+            client_user_ids: Some(ids("u", 2500)),
+            serial_numbers: Some(ids("S", 4)),
+        };
+        let parts = split_manage_assets(&req, &limits);
+        assert_eq!(parts.len(), 2 * (3 + 2));
+        for p in &parts {
+            assert!(p.assets.len() <= 25);
+            assert!(p.client_user_ids.as_ref().is_none_or(|u| u.len() <= 1000));
+            assert!(p.serial_numbers.as_ref().is_none_or(|s| s.len() <= 3));
+            // Users and devices never share a request.
+            assert!(p.client_user_ids.is_none() || p.serial_numbers.is_none());
+        }
+        let covered = pairs(&parts);
+        assert_eq!(covered.len(), 30 * (2500 + 4));
+        assert!(covered.values().all(|n| *n == 1));
+        // Within the limits: the request itself.
+        let small = ManageAssetsRequest {
+            assets: vec![asset("1")],
+            client_user_ids: Some(ids("u", 7)),
+            serial_numbers: None,
+        };
+        assert_eq!(split_manage_assets(&small, &limits), vec![small.clone()]);
+    }
+
+    #[test]
+    fn repeats_are_sent_once_and_empty_requests_go_as_they_are() {
+        let limits = AssetLimits {
+            assets: 1,
+            client_user_ids: 2,
+            ..Default::default()
+        };
+        let req = ManageAssetsRequest {
+            assets: vec![asset("1"), asset("2"), asset("1")],
+            client_user_ids: Some(vec!["a".into(), "b".into(), "a".into(), "c".into()]),
+            serial_numbers: None,
+        };
+        let parts = split_manage_assets(&req, &limits);
+        assert_eq!(parts.len(), 2 * 2);
+        assert!(pairs(&parts).values().all(|n| *n == 1));
+        assert_eq!(pairs(&parts).len(), 2 * 3);
+        // The service refuses these with its own numbers (9718, 9719): they are not dropped.
+        let no_assets = ManageAssetsRequest {
+            assets: vec![],
+            client_user_ids: Some(vec!["a".into()]),
+            serial_numbers: None,
+        };
+        assert_eq!(
+            split_manage_assets(&no_assets, &limits),
+            vec![no_assets.clone()]
+        );
+        let no_targets = ManageAssetsRequest {
+            assets: vec![asset("1")],
+            ..Default::default()
+        };
+        assert_eq!(
+            split_manage_assets(&no_targets, &limits),
+            vec![no_targets.clone()]
+        );
+        // A limit of 0 from a broken service config still makes progress.
+        let zero = AssetLimits {
+            assets: 0,
+            client_user_ids: 0,
+            ..Default::default()
+        };
+        assert_eq!(split_manage_assets(&req, &zero).len(), 2 * 3);
+    }
+
+    #[test]
+    fn revoke_requests_split_by_the_revoke_limits() {
+        let limits = AssetLimits {
+            revoke_client_user_ids: 100,
+            revoke_serial_numbers: 2,
+            ..Default::default()
+        };
+        let req = RevokeAssetsRequest {
+            client_user_ids: Some(ids("u", 250)),
+            serial_numbers: Some(ids("S", 3)),
+        };
+        let parts = split_revoke_assets(&req, &limits);
+        let sizes: Vec<(usize, usize)> = parts
+            .iter()
+            .map(|p| {
+                (
+                    p.client_user_ids.as_ref().map_or(0, Vec::len),
+                    p.serial_numbers.as_ref().map_or(0, Vec::len),
+                )
+            })
+            .collect();
+        assert_eq!(sizes, [(100, 0), (100, 0), (50, 0), (0, 2), (0, 1)]);
+        let empty = RevokeAssetsRequest::default();
+        assert_eq!(split_revoke_assets(&empty, &limits), vec![empty.clone()]);
+    }
+
+    #[test]
+    fn queries_use_apples_parameter_names() {
+        let q = AssignmentsQuery {
+            adam_id: Some("408709785".into()),
+            client_user_id: Some("u1".into()),
+            exclude_inactive_users: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            q.params(2),
+            vec![
+                ("pageIndex", "2".to_string()),
+                ("adamId", "408709785".into()),
+                ("clientUserId", "u1".into()),
+                ("excludeInactiveUsers", "true".into()),
+            ]
+        );
+        let q = AssetsQuery {
+            adam_id: Some("1".into()),
+            pricing_param: Some(PricingParam::Plus),
+            min_available_count: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            q.params(0),
+            vec![
+                ("pageIndex", "0".to_string()),
+                ("adamId", "1".into()),
+                ("pricingParam", "PLUS".into()),
+                ("minAvailableCount", "1".into()),
+            ]
+        );
     }
 }
