@@ -16,4 +16,6 @@ cloudvpp_store_conformance::conformance!(
     mdm::certificate_bindings,
     mdm::location_leases,
     mdm::last_seen_batches,
+    engine::location_apps_and_missing_assignments,
+    engine::assignment_leases_and_guarded_writes,
 );

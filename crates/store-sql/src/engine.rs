@@ -7,13 +7,15 @@
 use crate::row;
 use crate::{err, SqlStore};
 use async_trait::async_trait;
+use cloudvpp_abwire::assets::PricingParam;
 use cloudvpp_abwire::{ResponseUser, UserStatus};
 use cloudvpp_store::engine::{
-    EngineStore, Invitation, InvitationFilter, InvitationId, InvitationState, Location, LocationId,
+    AppleFailure, Assignment, AssignmentFilter, AssignmentId, AssignmentState, EngineStore,
+    Invitation, InvitationFilter, InvitationId, InvitationState, Location, LocationApp, LocationId,
     MirrorUser,
 };
 use cloudvpp_store::mdm::{CommandUuid, EnrollmentId};
-use cloudvpp_store::Result;
+use cloudvpp_store::{Result, StoreError};
 use sqlx::any::AnyRow;
 use std::collections::HashMap;
 
@@ -128,6 +130,104 @@ async fn update_one(conn: &mut sqlx::AnyConnection, i: &Invitation) -> Result<()
     );
     bind_invitation(q, i).execute(conn).await.map_err(err)?;
     Ok(())
+}
+
+const APP_COLS: &str = "location_id, adam_id, pricing_param, created_at";
+
+fn app_from_row(r: &AnyRow) -> Result<LocationApp> {
+    Ok(LocationApp {
+        location_id: LocationId(row::get(r, "location_id")?),
+        adam_id: row::get(r, "adam_id")?,
+        pricing_param: row::parsed(r, "pricing_param", PricingParam::parse)?,
+        created_at: row::get(r, "created_at")?,
+    })
+}
+
+/// Assignment columns, in the order [`bind_assignment`] binds them.
+const ASG_COLS: &str =
+    "id, location_id, client_user_id, adam_id, pricing_param, state, error_number, error_message, \
+     note, event_id, attempts, version, created_at, updated_at, next_action_at";
+const ASG_N: usize = 15;
+
+/// The states an assignment is worked on in (the due index's predicate, written the same).
+const OPEN_ASSIGNMENT_STATES: &str = "('pending', 'requested', 'waiting')";
+
+fn assignment_from_row(r: &AnyRow) -> Result<Assignment> {
+    let number: Option<i64> = row::get(r, "error_number")?;
+    let message: Option<String> = row::get(r, "error_message")?;
+    let error = match (number, message) {
+        (None, None) => None,
+        (Some(n), Some(message)) => Some(AppleFailure {
+            number: u32::try_from(n).map_err(|_| {
+                StoreError::corrupt("error_number", format!("{n} is not an error number"))
+            })?,
+            message,
+        }),
+        _ => {
+            return Err(StoreError::corrupt(
+                "error_number",
+                "an error number without its message, or the reverse",
+            ))
+        }
+    };
+    Ok(Assignment {
+        id: AssignmentId::new(row::get::<String>(r, "id")?),
+        location_id: LocationId(row::get(r, "location_id")?),
+        client_user_id: row::get(r, "client_user_id")?,
+        adam_id: row::get(r, "adam_id")?,
+        pricing_param: row::parsed(r, "pricing_param", PricingParam::parse)?,
+        state: row::parsed(r, "state", AssignmentState::parse)?,
+        error,
+        note: row::get(r, "note")?,
+        event_id: row::get(r, "event_id")?,
+        attempts: row::get(r, "attempts")?,
+        version: row::get(r, "version")?,
+        created_at: row::get(r, "created_at")?,
+        updated_at: row::get(r, "updated_at")?,
+        next_action_at: row::get(r, "next_action_at")?,
+    })
+}
+
+fn bind_assignment<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    a: &'q Assignment,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(a.id.as_str())
+        .bind(a.location_id.0)
+        .bind(&a.client_user_id)
+        .bind(&a.adam_id)
+        .bind(a.pricing_param.as_str())
+        .bind(a.state.as_str())
+        .bind(a.error.as_ref().map(|e| i64::from(e.number)))
+        .bind(a.error.as_ref().map(|e| e.message.as_str()))
+        .bind(&a.note)
+        .bind(&a.event_id)
+        .bind(a.attempts)
+        .bind(a.version)
+        .bind(a.created_at)
+        .bind(a.updated_at)
+        .bind(a.next_action_at)
+}
+
+/// What an assignment's writers may change, bound from `$1`; `$9` is its ID.
+const ASG_SET: &str =
+    "state = $1, error_number = $2, error_message = $3, note = $4, event_id = $5, attempts = $6, \
+     pricing_param = $7, updated_at = $8, next_action_at = $10, version = version + 1";
+
+fn bind_assignment_change<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    a: &'q Assignment,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(a.state.as_str())
+        .bind(a.error.as_ref().map(|e| i64::from(e.number)))
+        .bind(a.error.as_ref().map(|e| e.message.as_str()))
+        .bind(&a.note)
+        .bind(&a.event_id)
+        .bind(a.attempts)
+        .bind(a.pricing_param.as_str())
+        .bind(a.updated_at)
+        .bind(a.id.as_str())
+        .bind(a.next_action_at)
 }
 
 #[async_trait]
@@ -588,6 +688,372 @@ impl EngineStore for SqlStore {
     async fn release_locations(&self, owner: &str) -> Result<()> {
         sqlx::query(
             "UPDATE engine_locations SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.writer)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self, client_user_ids, emails), fields(people = client_user_ids.len() + emails.len()), level = "debug")]
+    async fn find_invitations(
+        &self,
+        client_user_ids: &[String],
+        emails: &[String],
+    ) -> Result<Vec<Invitation>> {
+        let mut out = Vec::new();
+        for (col, keys) in [("client_user_id", client_user_ids), ("email", emails)] {
+            for chunk in keys.chunks(row::rows_per_statement(1, 0)) {
+                let sql = format!(
+                    "SELECT {INV_COLS} FROM engine_invitations i WHERE i.{col} IN ({})",
+                    row::list(1, chunk.len())
+                );
+                let mut q = sqlx::query(&sql);
+                for k in chunk {
+                    q = q.bind(k);
+                }
+                for r in q.fetch_all(&self.reader).await.map_err(err)? {
+                    out.push(invitation_from_row(&r)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn put_location_app(&self, app: &LocationApp) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO engine_location_apps (location_id, adam_id, pricing_param, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT(location_id, adam_id) DO UPDATE SET pricing_param = excluded.pricing_param",
+        )
+        .bind(app.location_id.0)
+        .bind(&app.adam_id)
+        .bind(app.pricing_param.as_str())
+        .bind(app.created_at)
+        .execute(&self.writer)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self, location_ids), fields(locations = location_ids.len()), level = "debug")]
+    async fn location_apps(&self, location_ids: &[LocationId]) -> Result<Vec<LocationApp>> {
+        if location_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {APP_COLS} FROM engine_location_apps WHERE location_id IN ({}) ORDER BY location_id, adam_id",
+            id_list(location_ids)
+        ))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
+        rows.iter().map(app_from_row).collect()
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn remove_location_app(&self, location_id: LocationId, adam_id: &str) -> Result<bool> {
+        let r =
+            sqlx::query("DELETE FROM engine_location_apps WHERE location_id = $1 AND adam_id = $2")
+                .bind(location_id.0)
+                .bind(adam_id)
+                .execute(&self.writer)
+                .await
+                .map_err(err)?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    #[tracing::instrument(skip(self, assignments), fields(assignments = assignments.len()), level = "debug")]
+    async fn create_assignments(&self, assignments: &[Assignment]) -> Result<u64> {
+        if assignments.is_empty() {
+            return Ok(0);
+        }
+        let mut created = 0;
+        let mut tx = self.begin_write().await?;
+        for chunk in assignments.chunks(row::rows_per_statement(ASG_N, 0)) {
+            let sql = format!(
+                "INSERT INTO engine_assignments ({ASG_COLS}) VALUES {}
+                 ON CONFLICT(location_id, client_user_id, adam_id) DO NOTHING",
+                row::tuples(1, chunk.len(), ASG_N)
+            );
+            let mut q = sqlx::query(&sql);
+            for a in chunk {
+                q = bind_assignment(q, a);
+            }
+            created += q.execute(&mut *tx).await.map_err(err)?.rows_affected();
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(created)
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn assignments(&self, f: &AssignmentFilter) -> Result<Vec<Assignment>> {
+        let mut sql = format!("SELECT {ASG_COLS} FROM engine_assignments WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if f.state.is_some() {
+            sql.push_str(&format!(" AND state = {}", next()));
+        }
+        if f.location_id.is_some() {
+            sql.push_str(&format!(" AND location_id = {}", next()));
+        }
+        if f.adam_id.is_some() {
+            sql.push_str(&format!(" AND adam_id = {}", next()));
+        }
+        if f.client_user_id.is_some() {
+            sql.push_str(&format!(" AND client_user_id = {}", next()));
+        }
+        sql.push_str(&format!(" ORDER BY created_at DESC, id LIMIT {}", next()));
+        let mut q = sqlx::query(&sql);
+        if let Some(s) = f.state {
+            q = q.bind(s.as_str());
+        }
+        if let Some(l) = f.location_id {
+            q = q.bind(l.0);
+        }
+        if let Some(a) = &f.adam_id {
+            q = q.bind(a);
+        }
+        if let Some(c) = &f.client_user_id {
+            q = q.bind(c);
+        }
+        let rows = q
+            .bind(f.limit.unwrap_or(1000))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(err)?;
+        rows.iter().map(assignment_from_row).collect()
+    }
+
+    #[tracing::instrument(skip(self, people), fields(people = people.len()), level = "debug")]
+    async fn assignments_of(&self, people: &[(LocationId, String)]) -> Result<Vec<Assignment>> {
+        let mut out = Vec::new();
+        for chunk in people.chunks(row::rows_per_statement(2, 0)) {
+            let sql = format!(
+                // The keys drive a join (see open_invitations).
+                "WITH k(location_id, client_user_id) AS (VALUES {})
+                 SELECT {} FROM k CROSS JOIN engine_assignments a
+                 WHERE a.location_id = k.location_id AND a.client_user_id = k.client_user_id",
+                row::tuples(1, chunk.len(), 2),
+                ASG_COLS
+                    .split(", ")
+                    .map(|c| format!("a.{}", c.trim()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (loc, cuid) in chunk {
+                q = q.bind(loc.0).bind(cuid);
+            }
+            for r in q.fetch_all(&self.reader).await.map_err(err)? {
+                out.push(assignment_from_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn event_assignments(
+        &self,
+        location_id: LocationId,
+        event_id: &str,
+    ) -> Result<Vec<Assignment>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ASG_COLS} FROM engine_assignments WHERE location_id = $1 AND event_id = $2 AND state = $3"
+        ))
+        .bind(location_id.0)
+        .bind(event_id)
+        .bind(AssignmentState::Requested.as_str())
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
+        rows.iter().map(assignment_from_row).collect()
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn assignment_counts(&self) -> Result<Vec<(AssignmentState, i64)>> {
+        let rows = sqlx::query(
+            "SELECT state, COUNT(*) AS n FROM engine_assignments GROUP BY state ORDER BY state",
+        )
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    row::parsed(r, "state", AssignmentState::parse)?,
+                    row::get(r, "n")?,
+                ))
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(skip(self, location_ids), fields(locations = location_ids.len()), level = "debug")]
+    async fn missing_assignments(
+        &self,
+        location_ids: &[LocationId],
+        limit: i64,
+    ) -> Result<Vec<(String, LocationApp)>> {
+        if location_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // DISTINCT: a person invited on several devices has several associated invitations.
+        let rows = sqlx::query(&format!(
+            "SELECT DISTINCT i.client_user_id AS person, a.location_id, a.adam_id, a.pricing_param, a.created_at
+             FROM engine_invitations i JOIN engine_location_apps a ON a.location_id = i.location_id
+             WHERE i.state = $1 AND i.location_id IN ({})
+               AND NOT EXISTS (SELECT 1 FROM engine_assignments s WHERE s.location_id = i.location_id
+                                 AND s.client_user_id = i.client_user_id AND s.adam_id = a.adam_id)
+             LIMIT $2",
+            id_list(location_ids)
+        ))
+        .bind(InvitationState::Associated.as_str())
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
+        rows.iter()
+            .map(|r| Ok((row::get(r, "person")?, app_from_row(r)?)))
+            .collect()
+    }
+
+    #[tracing::instrument(skip(self, location_ids), fields(locations = location_ids.len()), level = "debug")]
+    async fn claim_assignments(
+        &self,
+        owner: &str,
+        location_ids: &[LocationId],
+        now: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Assignment>> {
+        if location_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        // A materialised choice, run once (see claim_notifications in lib.rs).
+        let rows = sqlx::query(&format!(
+            "WITH picked AS MATERIALIZED (
+                SELECT id FROM engine_assignments
+                WHERE state IN {OPEN_ASSIGNMENT_STATES} AND next_action_at <= $3 AND location_id IN ({})
+                  AND (lease_owner IS NULL OR lease_until IS NULL OR lease_until < $3 OR lease_owner = $1)
+                ORDER BY next_action_at, id LIMIT $4{})
+             UPDATE engine_assignments SET lease_owner = $1, lease_until = $2 WHERE id IN (SELECT id FROM picked)
+             RETURNING {ASG_COLS}",
+            id_list(location_ids),
+            self.dialect.skip_locked("engine_assignments")
+        ))
+        .bind(owner)
+        .bind(now.saturating_add(lease_ms))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.writer)
+        .await
+        .map_err(err)?;
+        let mut out = rows
+            .iter()
+            .map(assignment_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by(|a, b| (a.next_action_at, &a.id).cmp(&(b.next_action_at, &b.id)));
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn renew_assignment_leases(&self, owner: &str, now: i64, lease_ms: i64) -> Result<()> {
+        sqlx::query("UPDATE engine_assignments SET lease_until = $1 WHERE lease_owner = $2")
+            .bind(now.saturating_add(lease_ms))
+            .bind(owner)
+            .execute(&self.writer)
+            .await
+            .map_err(err)?;
+        Ok(())
+    }
+
+    #[tracing::instrument(skip(self, assignments), fields(assignments = assignments.len()), level = "debug")]
+    async fn save_assignments(
+        &self,
+        owner: &str,
+        assignments: &[Assignment],
+        release: bool,
+    ) -> Result<u64> {
+        if assignments.is_empty() {
+            return Ok(0);
+        }
+        let lease = if release {
+            ", lease_owner = NULL, lease_until = NULL"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE engine_assignments SET {ASG_SET}{lease} WHERE id = $9 AND lease_owner = $11"
+        );
+        let mut written = 0;
+        let mut tx = self.begin_write().await?;
+        for a in assignments {
+            written += bind_assignment_change(sqlx::query(&sql), a)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(written)
+    }
+
+    #[tracing::instrument(skip(self, assignments), fields(assignments = assignments.len()), level = "debug")]
+    async fn update_idle_assignments(&self, assignments: &[Assignment], now: i64) -> Result<u64> {
+        if assignments.is_empty() {
+            return Ok(0);
+        }
+        let sql = format!(
+            "UPDATE engine_assignments SET {ASG_SET}, lease_owner = NULL, lease_until = NULL
+             WHERE id = $9 AND version = $11 AND (lease_owner IS NULL OR lease_until IS NULL OR lease_until < $12)"
+        );
+        let mut written = 0;
+        let mut tx = self.begin_write().await?;
+        for a in assignments {
+            written += bind_assignment_change(sqlx::query(&sql), a)
+                .bind(a.version)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?
+                .rows_affected();
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(written)
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn wake_waiting(
+        &self,
+        location_id: LocationId,
+        adam_id: &str,
+        pricing_param: PricingParam,
+        now: i64,
+    ) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE engine_assignments SET next_action_at = $1, version = version + 1
+             WHERE location_id = $2 AND adam_id = $3 AND pricing_param = $4 AND state = $5 AND next_action_at > $1",
+        )
+        .bind(now)
+        .bind(location_id.0)
+        .bind(adam_id)
+        .bind(pricing_param.as_str())
+        .bind(AssignmentState::Waiting.as_str())
+        .execute(&self.writer)
+        .await
+        .map_err(err)?;
+        Ok(r.rows_affected())
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn release_assignments(&self, owner: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE engine_assignments SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
         )
         .bind(owner)
         .execute(&self.writer)

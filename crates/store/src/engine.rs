@@ -1,9 +1,12 @@
 //! Storage of the invitation engine: Apps and Books locations, a local mirror of each
-//! location's users, invitations and their states, and seen notification IDs.
+//! location's users, invitations and their states, seen notification IDs, and licences:
+//! each location's list of apps and books for every associated person, and one assignment
+//! record per (location, person, adamId) with its state.
 
 use crate::mdm::{string_id, CommandUuid, EnrollmentId};
 use crate::Result;
 use async_trait::async_trait;
+use cloudvpp_abwire::assets::PricingParam;
 use cloudvpp_abwire::{ResponseUser, UserStatus};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +24,11 @@ impl std::fmt::Display for LocationId {
 string_id!(
     /// An invitation's ID (a UUID).
     InvitationId
+);
+
+string_id!(
+    /// A licence assignment's ID (a UUID).
+    AssignmentId
 );
 
 /// An Apps and Books location (one sToken).
@@ -191,6 +199,136 @@ pub struct InvitationFilter {
     pub limit: Option<i64>,
 }
 
+/// An app or book a location gives every person once associated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocationApp {
+    /// Location.
+    pub location_id: LocationId,
+    /// The App Store ID.
+    pub adam_id: String,
+    /// Licence quality.
+    pub pricing_param: PricingParam,
+    /// Unix ms.
+    pub created_at: i64,
+}
+
+/// Where one licence assignment stands: `pending → requested → assigned`, or `waiting`
+/// (not enough licences, 9709) or `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AssignmentState {
+    /// To be sent in an associate request (held while the person is not registered).
+    Pending,
+    /// Sent: the associate event is followed (`event_id`); without an event ID the request
+    /// may or may not have reached the service, and the service's assignments tell.
+    Requested,
+    /// The licence is the person's.
+    Assigned,
+    /// Apple answered 9709, not enough licences: looked at again when licences may have
+    /// appeared (ASSET_COUNT, or the slow periodic re-check), never in a loop.
+    Waiting,
+    /// Refused; `error` holds Apple's number and message.
+    Failed,
+}
+
+impl AssignmentState {
+    /// Every state.
+    pub const ALL: [AssignmentState; 5] = [
+        AssignmentState::Pending,
+        AssignmentState::Requested,
+        AssignmentState::Assigned,
+        AssignmentState::Waiting,
+        AssignmentState::Failed,
+    ];
+    /// The spelling stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssignmentState::Pending => "pending",
+            AssignmentState::Requested => "requested",
+            AssignmentState::Assigned => "assigned",
+            AssignmentState::Waiting => "waiting",
+            AssignmentState::Failed => "failed",
+        }
+    }
+    /// Parses [`Self::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+    /// States the engine never moves on by itself (asking again reopens a failed one).
+    pub fn is_terminal(self) -> bool {
+        matches!(self, AssignmentState::Assigned | AssignmentState::Failed)
+    }
+}
+
+impl std::fmt::Display for AssignmentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Apple's answer that failed an assignment or holds it waiting: its number and message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppleFailure {
+    /// `errorNumber`.
+    pub number: u32,
+    /// `errorMessage`.
+    pub message: String,
+}
+
+impl std::fmt::Display for AppleFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.number, self.message)
+    }
+}
+
+/// One licence of one app or book for one person of a location.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    /// UUID.
+    pub id: AssignmentId,
+    /// Location.
+    pub location_id: LocationId,
+    /// The person's clientUserId.
+    pub client_user_id: String,
+    /// The App Store ID.
+    pub adam_id: String,
+    /// Licence quality.
+    pub pricing_param: PricingParam,
+    /// Where it is.
+    pub state: AssignmentState,
+    /// Apple's refusal (`failed`) or shortage (`waiting`).
+    pub error: Option<AppleFailure>,
+    /// What a pending or requested assignment waits for, in words.
+    pub note: Option<String>,
+    /// The associate event it was last sent in.
+    pub event_id: Option<String>,
+    /// Associate requests sent for it.
+    pub attempts: i64,
+    /// Bumped by every write; writers that hold no lease write only the version they read.
+    pub version: i64,
+    /// Unix ms.
+    pub created_at: i64,
+    /// Unix ms.
+    pub updated_at: i64,
+    /// When the engine looks at it next, Unix ms.
+    pub next_action_at: i64,
+}
+
+/// Filter of assignment listings.
+#[derive(Debug, Clone, Default)]
+pub struct AssignmentFilter {
+    /// One state.
+    pub state: Option<AssignmentState>,
+    /// One location.
+    pub location_id: Option<LocationId>,
+    /// One app or book.
+    pub adam_id: Option<String>,
+    /// One person.
+    pub client_user_id: Option<String>,
+    /// At most this many (newest first).
+    pub limit: Option<i64>,
+}
+
 /// Storage of the invitation engine. It holds the engine's tables only: what the MDM
 /// knows (enrollments, command answers) the engine asks the MDM service for.
 #[async_trait]
@@ -283,4 +421,80 @@ pub trait EngineStore: Send + Sync + 'static {
     async fn claim_locations(&self, owner: &str, now: i64, lease_ms: i64) -> Result<Vec<Location>>;
     /// Gives up `owner`'s leases (a clean shutdown), so another instance takes over at once.
     async fn release_locations(&self, owner: &str) -> Result<()>;
+
+    /// Invitations of these people, by clientUserId or by email, in any location and state.
+    async fn find_invitations(
+        &self,
+        client_user_ids: &[String],
+        emails: &[String],
+    ) -> Result<Vec<Invitation>>;
+
+    /// Adds an app or book to its location's list, or changes its quality.
+    async fn put_location_app(&self, app: &LocationApp) -> Result<()>;
+    /// The lists of these locations, by location and adamId.
+    async fn location_apps(&self, location_ids: &[LocationId]) -> Result<Vec<LocationApp>>;
+    /// Takes an app or book off its location's list (its assignments stay); false if it
+    /// was not on it.
+    async fn remove_location_app(&self, location_id: LocationId, adam_id: &str) -> Result<bool>;
+
+    /// Stores new assignments, leaving any (location, person, adamId) that has one already;
+    /// returns how many were new.
+    async fn create_assignments(&self, assignments: &[Assignment]) -> Result<u64>;
+    /// Assignments by filter, newest first.
+    async fn assignments(&self, filter: &AssignmentFilter) -> Result<Vec<Assignment>>;
+    /// The assignments of these people (location, clientUserId), any order.
+    async fn assignments_of(&self, people: &[(LocationId, String)]) -> Result<Vec<Assignment>>;
+    /// The requested assignments of one associate event of a location.
+    async fn event_assignments(
+        &self,
+        location_id: LocationId,
+        event_id: &str,
+    ) -> Result<Vec<Assignment>>;
+    /// Counts by state (states with none are left out).
+    async fn assignment_counts(&self) -> Result<Vec<(AssignmentState, i64)>>;
+    /// People with an associated invitation in these locations who have no assignment of an
+    /// app or book on their location's list (at most `limit` pairs): what a crash between an
+    /// association and its assignments, or an app added later, leaves to create.
+    async fn missing_assignments(
+        &self,
+        location_ids: &[LocationId],
+        limit: i64,
+    ) -> Result<Vec<(String, LocationApp)>>;
+    /// Leases for `owner`, until `now + lease_ms`, up to `limit` assignments of these
+    /// locations that are due (`pending`, `requested` or `waiting`, `next_action_at <= now`)
+    /// and that no one else holds; returns them, soonest due first. Two owners never hold
+    /// one assignment at once.
+    async fn claim_assignments(
+        &self,
+        owner: &str,
+        location_ids: &[LocationId],
+        now: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Assignment>>;
+    /// Extends the leases `owner` holds to `now + lease_ms`.
+    async fn renew_assignment_leases(&self, owner: &str, now: i64, lease_ms: i64) -> Result<()>;
+    /// Writes back assignments `owner` holds (one transaction), bumping their versions,
+    /// and gives their leases up when `release`. A row whose lease `owner` lost is left as
+    /// it is; returns the rows written.
+    async fn save_assignments(
+        &self,
+        owner: &str,
+        assignments: &[Assignment],
+        release: bool,
+    ) -> Result<u64>;
+    /// Writes assignments no one works on (a notification, the admin API): each row only if
+    /// its version is still the one read and no live lease holds it; returns the rows written.
+    async fn update_idle_assignments(&self, assignments: &[Assignment], now: i64) -> Result<u64>;
+    /// Makes the `waiting` assignments of one app or book of a location due now (licences may
+    /// have appeared); returns how many.
+    async fn wake_waiting(
+        &self,
+        location_id: LocationId,
+        adam_id: &str,
+        pricing_param: PricingParam,
+        now: i64,
+    ) -> Result<u64>;
+    /// Gives up `owner`'s assignment leases (a clean shutdown).
+    async fn release_assignments(&self, owner: &str) -> Result<()>;
 }
