@@ -8,6 +8,7 @@
 //! confirmed by polling status, and association by syncing users (`sinceVersionId`).
 
 pub mod api;
+pub mod licences;
 pub mod machine;
 mod worker;
 
