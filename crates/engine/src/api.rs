@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cloudvpp_abclient::Client;
+use cloudvpp_abwire::assets::{AssetCountNotification, AssetManagementNotification};
 use cloudvpp_abwire::notification::{
     types, NotificationEnvelope, UserAssociatedNotification, UserManagementNotification,
 };
@@ -31,7 +32,8 @@ pub fn router(engine: Engine) -> Router {
         )
         .route("/api/v1/invitations/{id}", get(get_invitation))
         .route("/api/v1/invitations/{id}/resend", post(resend))
-        .route("/api/v1/invitations/{id}/retire", post(retire));
+        .route("/api/v1/invitations/{id}/retire", post(retire))
+        .merge(crate::licence_api::routes());
     Router::new()
         .merge(require_api_key(admin, engine.admin.clone()))
         // Apps and Books authenticates with the location's own secret, checked there.
@@ -106,7 +108,13 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
         .claim(Some((
             &url,
             &notify_token,
-            vec![types::USER_MANAGEMENT.into(), types::USER_ASSOCIATED.into()],
+            vec![
+                types::USER_MANAGEMENT.into(),
+                types::USER_ASSOCIATED.into(),
+                // Licences: associate results, and purchases that free waiting assignments.
+                types::ASSET_MANAGEMENT.into(),
+                types::ASSET_COUNT.into(),
+            ],
         )))
         .await
     {
@@ -510,6 +518,34 @@ async fn notification(
             serde_json::from_value::<UserAssociatedNotification>(env.notification)
                 .map(|n| n.associated_users)
                 .unwrap_or_default()
+        }
+        types::ASSET_MANAGEMENT => {
+            if let Ok(n) = serde_json::from_value::<AssetManagementNotification>(env.notification) {
+                if let Err(e) =
+                    crate::licence_worker::on_asset_management(&engine, loc.id, &n).await
+                {
+                    tracing::error!(error = %e, "applying notification");
+                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+            }
+            Vec::new()
+        }
+        types::ASSET_COUNT => {
+            if let Ok(n) = serde_json::from_value::<AssetCountNotification>(env.notification) {
+                let woken = crate::licence_worker::on_asset_count(
+                    &engine,
+                    loc.id,
+                    &n.adam_id,
+                    n.pricing_param,
+                    n.count_delta,
+                )
+                .await;
+                if let Err(e) = woken {
+                    tracing::error!(error = %e, "applying notification");
+                    return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+            }
+            Vec::new()
         }
         _ => Vec::new(),
     };

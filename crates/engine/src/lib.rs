@@ -1,6 +1,8 @@
 //! The invitation engine: registers people with Apps and Books, invites them with
 //! `InviteToProgram` (or hands out the email link), and tracks every invitation through
-//! `registering → registered → queued → delivered → associated` (or `failed`).
+//! `registering → registered → queued → delivered → associated` (or `failed`). Once a
+//! person is associated it assigns them their location's apps and books
+//! (`pending → requested → assigned`, or `waiting` for licences, or `failed`).
 //!
 //! It runs inside the MDM service: it shares its store (one database) and enqueues
 //! commands and pushes through it. State lives in the store, so a restart resumes every
@@ -8,6 +10,8 @@
 //! confirmed by polling status, and association by syncing users (`sinceVersionId`).
 
 pub mod api;
+pub mod licence_api;
+mod licence_worker;
 pub mod licences;
 pub mod machine;
 mod worker;
@@ -36,6 +40,9 @@ pub struct EngineConfig {
     pub mdm_info: MdmInfo,
     /// Wait between status polls of a PENDING event (Apple asks for at least 30 s).
     pub status_poll: Duration,
+    /// How often assignments waiting for licences (9709) look at the licences free when no
+    /// ASSET_COUNT notification says some were bought.
+    pub licence_recheck: Duration,
     /// Incremental sync (`sinceVersionId`) at least this often.
     pub sync_interval: Duration,
     /// Full reconciliation this often.
@@ -63,6 +70,7 @@ impl Default for EngineConfig {
                 metadata: Some(env!("CARGO_PKG_VERSION").into()),
             },
             status_poll: Duration::from_secs(30),
+            licence_recheck: Duration::from_secs(300),
             sync_interval: Duration::from_secs(60),
             full_sync_interval: Duration::from_secs(6 * 3600),
             repush_after: Duration::from_secs(3600),

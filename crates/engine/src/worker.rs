@@ -20,11 +20,15 @@ pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool
     let mut last_sync: HashMap<LocationId, i64> = HashMap::new();
     let mut warned: HashMap<LocationId, i64> = HashMap::new();
     let mut cursor: Option<InvitationId> = None;
+    let mut licences = crate::licence_worker::LicenceState::default();
     let lease_ms = engine.config.lease.as_millis() as i64;
     loop {
         if *shutdown.borrow() {
             if let Err(e) = engine.store.release_locations(&engine.owner).await {
                 tracing::warn!(error = %e, "releasing location leases");
+            }
+            if let Err(e) = engine.store.release_assignments(&engine.owner).await {
+                tracing::warn!(error = %e, "releasing assignment leases");
             }
             return;
         }
@@ -39,6 +43,9 @@ pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool
                 if let Err(e) = tick(&engine, &held, &mut last_sync, &mut cursor).await {
                     tracing::warn!(error = %e, "engine tick");
                 }
+                if let Err(e) = crate::licence_worker::round(&engine, &held, &mut licences).await {
+                    tracing::warn!(error = %e, "licence round");
+                }
                 renewer.abort();
             }
             Err(e) => tracing::warn!(error = %e, "claiming locations"),
@@ -51,8 +58,8 @@ pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool
     }
 }
 
-/// Renews this instance's leases every third of the lease while a round runs (a round
-/// that waits on Apple can outlast a lease).
+/// Renews this instance's leases (locations and the assignments it works on) every third
+/// of the lease while a round runs (a round that waits on Apple can outlast a lease).
 async fn renew_while_working(engine: Engine) {
     let lease_ms = engine.config.lease.as_millis() as i64;
     loop {
@@ -63,6 +70,13 @@ async fn renew_while_working(engine: Engine) {
             .await
         {
             tracing::warn!(error = %e, "renewing location leases");
+        }
+        if let Err(e) = engine
+            .store
+            .renew_assignment_leases(&engine.owner, engine.now_ms(), lease_ms)
+            .await
+        {
+            tracing::warn!(error = %e, "renewing assignment leases");
         }
     }
 }
@@ -155,6 +169,10 @@ async fn tick(
                 }
                 s => {
                     transition(engine, &mut inv, &s).await?;
+                    if inv.state == InvitationState::Associated {
+                        let person = [(inv.location_id, inv.client_user_id.clone())];
+                        crate::licence_worker::give_apps(engine, &person).await?;
+                    }
                     continue;
                 }
             }
@@ -252,6 +270,7 @@ async fn observe(
     let answers = engine.mdm.command_states(&keys).await?;
     let now = engine.now_ms();
     let mut changed = Vec::new();
+    let mut associated = Vec::new();
     for (mut inv, person) in watch.into_values() {
         let command = match (&inv.channel, &inv.command_uuid) {
             (Some(ch), Some(uuid)) => answers.get(&(ch.clone(), uuid.clone())),
@@ -265,10 +284,16 @@ async fn observe(
         let before = inv.state;
         if machine::apply(&mut inv, &step, now, repush_ms(engine)) {
             log_change(&inv, before);
+            if inv.state == InvitationState::Associated {
+                associated.push((inv.location_id, inv.client_user_id.clone()));
+            }
             changed.push(inv);
         }
     }
     engine.store.update_invitations(&changed).await?;
+    // Their location's apps; a crash before this is made good by the licence work's
+    // periodic look for missing assignments.
+    crate::licence_worker::give_apps(engine, &associated).await?;
     Ok(())
 }
 
