@@ -63,6 +63,10 @@ pub enum Command {
     Invite(cmd::invite::InviteArgs),
     /// List invitations and where each person stands.
     Invitations(cmd::invite::InvitationsArgs),
+    /// Assign an app or book to people already invited (one, or a CSV).
+    Assign(cmd::licences::AssignArgs),
+    /// List licence assignments and where each stands.
+    Assignments(cmd::licences::AssignmentsArgs),
     /// Simulated Apple devices: PKI, enrollment, polling, load bodies.
     Simulate {
         /// What to do.
@@ -88,6 +92,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Serve(a) => cmd::serve::run(*a).await,
         Command::Invite(a) => cmd::invite::invite(a).await,
         Command::Invitations(a) => cmd::invite::invitations(a).await,
+        Command::Assign(a) => cmd::licences::assign(a).await,
+        Command::Assignments(a) => cmd::licences::assignments(a).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -90,6 +90,11 @@ pub enum LocationCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The apps and books a location gives every person once associated.
+    Apps {
+        #[command(subcommand)]
+        command: crate::cmd::licences::AppsCommand,
+    },
 }
 
 /// `cloudvpp mdm serve`.
@@ -210,6 +215,9 @@ pub async fn run(cmd: MdmCommand) -> Result<()> {
             print(&call(&api, reqwest::Method::GET, "/api/v1/locations", None).await?);
             Ok(())
         }
+        MdmCommand::Location {
+            command: LocationCommand::Apps { command },
+        } => crate::cmd::licences::apps(command).await,
         MdmCommand::Enrollments { api } => {
             print(&call(&api, reqwest::Method::GET, "/api/v1/enrollments", None).await?);
             Ok(())

@@ -3,6 +3,7 @@
 pub mod api;
 pub mod appsbooks;
 pub mod invite;
+pub mod licences;
 pub mod mdm;
 pub mod serve;
 pub mod simulate;
