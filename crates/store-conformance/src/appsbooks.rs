@@ -4,8 +4,8 @@ use crate::Backend;
 use cloudvpp_abwire::errors::USER_NOT_FOUND;
 use cloudvpp_abwire::{RequestUser, UserStatus};
 use cloudvpp_store::{
-    EventClaim, EventId, EventProgress, EventStatus, EventType, NewUser, Org, StoreError,
-    UserFilter, UserOrder, UserPage, UserRecord, UserUpdate,
+    EventClaim, EventId, EventPayload, EventProgress, EventStatus, EventType, NewUser, Org,
+    StoreError, UserFilter, UserOrder, UserPage, UserRecord, UserUpdate,
 };
 
 const NOW: i64 = 1_700_000_000_000;
@@ -480,7 +480,8 @@ pub async fn event_claims_leases_and_steps(b: &Backend) {
                 o.id,
                 &EventId::new(id),
                 EventType::Create,
-                &request(&["p", "q"]),
+                &EventPayload::Users(request(&["p", "q"])),
+                2,
                 NOW,
             )
             .await
@@ -488,7 +489,7 @@ pub async fn event_claims_leases_and_steps(b: &Backend) {
     }
     let first = claim(b, "w1", NOW).await.unwrap();
     assert_eq!((first.event_id.as_str(), first.cursor), ("a1", 0));
-    assert_eq!(first.users.len(), 2);
+    assert_eq!(first.payload.len(), 2);
     // a2 waits for a1; c1 is free.
     let second = claim(b, "w2", NOW).await.unwrap();
     assert_eq!(second.event_id.as_str(), "c1");
@@ -700,7 +701,8 @@ pub async fn corrupt_values_are_reported(b: &Backend) {
             o.id,
             &EventId::new("e1"),
             EventType::Retire,
-            &request(&["a"]),
+            &EventPayload::Users(request(&["a"])),
+            1,
             NOW,
         )
         .await
