@@ -28,6 +28,10 @@ pub async fn service_config(State(state): State<AppState>) -> Json<ServiceConfig
         ("retireUsers", "/users/retire"),
         ("eventStatus", "/status"),
         ("getAssets", "/assets"),
+        ("getAssignments", "/assignments"),
+        ("associateAssets", "/assets/associate"),
+        ("disassociateAssets", "/assets/disassociate"),
+        ("revokeAssets", "/assets/revoke"),
     ] {
         urls.insert(key.to_string(), format!("{base}{path}"));
     }

@@ -245,6 +245,11 @@ pub fn decide_step(
                     }
                 }
             },
+            // Asset events are decided by `licences`; a users payload stored with one of
+            // their types is a corrupt row, refused user by user rather than guessed at.
+            EventType::Associate | EventType::Disassociate | EventType::Revoke => {
+                failed(cloudvpp_abwire::errors::INTERNAL_ERROR)
+            }
             EventType::Retire => match active {
                 None => failed(USER_NOT_FOUND),
                 Some(before) => {

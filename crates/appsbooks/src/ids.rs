@@ -68,7 +68,23 @@ pub fn id_hash(org_secret: &str, apple_account: &str) -> String {
 /// half and an organisation-keyed check in the second, so no table is needed and a
 /// version from another organisation, or a made-up one, is refused (9721).
 pub fn encode_version(org_secret: &str, chg: i64) -> String {
-    let check = mac(org_secret, &[b"version:", &chg.to_be_bytes()]);
+    encode_version_of(org_secret, b"version:", chg)
+}
+
+/// The `versionId` of Get Assignments for the assignments' change number `chg`: keyed
+/// apart from Get Users', so one endpoint's version is refused by the other (9721).
+pub fn encode_assignments_version(org_secret: &str, chg: i64) -> String {
+    encode_version_of(org_secret, b"assignments-version:", chg)
+}
+
+/// Reads a Get Assignments `versionId` back; `None` if it was not issued for this
+/// organisation's assignments.
+pub fn decode_assignments_version(org_secret: &str, version: &str) -> Option<i64> {
+    decode_version_of(org_secret, b"assignments-version:", version)
+}
+
+fn encode_version_of(org_secret: &str, domain: &[u8], chg: i64) -> String {
+    let check = mac(org_secret, &[domain, &chg.to_be_bytes()]);
     let hex = format!(
         "{:016x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
         chg as u64, check[0], check[1], check[2], check[3], check[4], check[5], check[6], check[7]
@@ -85,6 +101,10 @@ pub fn encode_version(org_secret: &str, chg: i64) -> String {
 
 /// Reads a `versionId` back; `None` if it was not issued for this organisation.
 pub fn decode_version(org_secret: &str, version: &str) -> Option<i64> {
+    decode_version_of(org_secret, b"version:", version)
+}
+
+fn decode_version_of(org_secret: &str, domain: &[u8], version: &str) -> Option<i64> {
     // Exactly the shape we issue (ASCII, so slicing below never splits a character).
     let shaped = version.len() == 36
         && version.bytes().enumerate().all(|(i, b)| match i {
@@ -96,7 +116,7 @@ pub fn decode_version(org_secret: &str, version: &str) -> Option<i64> {
     }
     let hex: String = version.chars().filter(|c| *c != '-').collect();
     let chg = i64::try_from(u64::from_str_radix(&hex[0..16], 16).ok()?).ok()?;
-    (encode_version(org_secret, chg) == version.to_ascii_lowercase()).then_some(chg)
+    (encode_version_of(org_secret, domain, chg) == version.to_ascii_lowercase()).then_some(chg)
 }
 
 #[cfg(test)]
@@ -117,6 +137,14 @@ mod tests {
         assert_eq!(v.len(), 36);
         assert_eq!(decode_version("s1", &v), Some(42));
         assert_eq!(decode_version("s2", &v), None);
+        assert_eq!(
+            decode_assignments_version("s1", &v),
+            None,
+            "not a users version"
+        );
+        let a = encode_assignments_version("s1", 42);
+        assert_eq!(decode_assignments_version("s1", &a), Some(42));
+        assert_eq!(decode_version("s1", &a), None);
         assert_eq!(
             decode_version("s1", "021f10a0-7035-11eb-9f67-bd1df52e1e13"),
             None

@@ -11,6 +11,7 @@
 //! [`cloudvpp_store::OrgTx`], decide with them, and write the result back.
 
 pub mod assets;
+pub mod assignments;
 pub mod auth;
 pub mod config;
 pub mod envelope;
@@ -18,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod ids;
 pub mod invite;
+pub mod licences;
 pub mod limits;
 pub mod notify;
 pub mod outbox;
@@ -189,6 +191,22 @@ pub fn router(state: AppState) -> Router {
         .route("/mdm/v2/users/retire", post(retire_users).fallback(wrong))
         .route("/mdm/v2/status", get(event_status).fallback(wrong))
         .route("/mdm/v2/assets", get(assets::get_assets).fallback(wrong))
+        .route(
+            "/mdm/v2/assignments",
+            get(assignments::get_assignments).fallback(wrong),
+        )
+        .route(
+            "/mdm/v2/assets/associate",
+            post(assignments::associate).fallback(wrong),
+        )
+        .route(
+            "/mdm/v2/assets/disassociate",
+            post(assignments::disassociate).fallback(wrong),
+        )
+        .route(
+            "/mdm/v2/assets/revoke",
+            post(assignments::revoke).fallback(wrong),
+        )
         .layer(axum::middleware::from_fn(error::refuse_declared_oversize))
         .merge(
             Router::new()

@@ -10,7 +10,7 @@ use axum::http::{header, HeaderMap};
 use axum::Json;
 use cloudvpp_abwire::errors::{self, AppleError};
 use cloudvpp_abwire::{EventResponse, GetUsersResponse, RequestUser, StatusResponse};
-use cloudvpp_store::{EventId, EventStatus, EventType, UserFilter, UserOrder};
+use cloudvpp_store::{EventId, EventPayload, EventStatus, EventType, UserFilter, UserOrder};
 use std::collections::{HashMap, HashSet};
 
 /// Any method an endpoint does not support: 9726 with HTTP 405.
@@ -276,7 +276,8 @@ async fn manage(
             ctx.org.id,
             &event_id,
             event_type,
-            &users,
+            &EventPayload::Users(users.clone()),
+            users.len() as i64,
             state.config.clock.now_ms(),
         )
         .await?;
@@ -330,6 +331,7 @@ pub async fn event_status(
                 .failures
                 .into_iter()
                 .map(|(n, ids)| failure_response(n, ids))
+                .chain(ev.asset_failures.iter().map(crate::licences::failure_body))
                 .collect(),
         },
         meta: ctx.meta(),

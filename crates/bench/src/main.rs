@@ -13,6 +13,36 @@ enum Cmd {
     Appsbooks(Args),
     /// The invitation engine end to end (bench/invitations.sh).
     Invitations(InvArgs),
+    /// Licences: associate one app to many users, then a full Get Assignments sync
+    /// (bench/assets.sh).
+    Assets(AssetArgs),
+}
+
+#[derive(Parser)]
+struct AssetArgs {
+    /// Base URL of the service (loopback).
+    #[arg(long)]
+    base: String,
+    /// sToken.
+    #[arg(long)]
+    token: String,
+    /// Users the organisation holds (created first, unmeasured, if missing).
+    #[arg(long, default_value_t = 1_000_000)]
+    users: usize,
+    /// Users given the measured app (requests of 100).
+    #[arg(long, default_value_t = 100_000)]
+    associate: usize,
+    /// Assignments the organisation must hold before the sync (more apps associated,
+    /// unmeasured, 1,000 users a request).
+    #[arg(long, default_value_t = 1_000_000)]
+    assignments: usize,
+    /// The organisation's adamIds, comma-separated: the first is measured, the next ones
+    /// fill up to `assignments`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    adam_ids: Vec<String>,
+    /// Concurrent requests.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
 }
 
 #[derive(Parser)]
@@ -167,6 +197,7 @@ async fn main() -> Result<()> {
     match Cmd::parse() {
         Cmd::Appsbooks(a) => appsbooks(a).await,
         Cmd::Invitations(a) => invitations(a).await,
+        Cmd::Assets(a) => assets(a).await,
     }
 }
 
@@ -415,5 +446,161 @@ async fn appsbooks(a: Args) -> Result<()> {
         p99(&mut lat).as_secs_f64() * 1000.0,
         a.samples
     );
+    Ok(())
+}
+
+/// Associates `adam_id` to users `bench-{from}..` in requests of `per`, `concurrency` at a
+/// time, and waits until every event is COMPLETE.
+async fn associate_all(
+    c: &Arc<Client>,
+    adam_id: &str,
+    from: usize,
+    count: usize,
+    per: usize,
+    concurrency: usize,
+) -> Result<Duration> {
+    let t0 = Instant::now();
+    let batches: Vec<usize> = (from..from + count).step_by(per).collect();
+    let queue = Arc::new(std::sync::Mutex::new(batches.into_iter()));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (c, queue, adam_id) = (c.clone(), queue.clone(), adam_id.to_string());
+        let end = from + count;
+        tasks.push(tokio::spawn(async move {
+            let mut events = Vec::new();
+            loop {
+                let next = queue.lock().unwrap().next();
+                let Some(start) = next else { break };
+                let ids: Vec<String> = (start..(start + per).min(end))
+                    .map(|i| format!("bench-{i}"))
+                    .collect();
+                let r: Value = c
+                    .http
+                    .post(c.url("/mdm/v2/assets/associate"))
+                    .bearer_auth(&c.token)
+                    .json(&json!({"assets": [{"adamId": adam_id, "pricingParam": "STDQ"}], "clientUserIds": ids}))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                events.push(
+                    r["eventId"]
+                        .as_str()
+                        .with_context(|| format!("associate: {r}"))?
+                        .to_string(),
+                );
+            }
+            anyhow::Ok(events)
+        }));
+    }
+    let mut events = Vec::new();
+    for t in tasks {
+        events.extend(t.await??);
+    }
+    let accepted = t0.elapsed();
+    for ev in events.iter().rev().take(1).chain(events.iter()) {
+        loop {
+            let st = c.get(&format!("/mdm/v2/status?eventId={ev}")).await?;
+            match st["eventStatus"].as_str() {
+                Some("COMPLETE") => break,
+                Some("PENDING") => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ => bail!("event {ev}: {st}"),
+            }
+        }
+    }
+    eprintln!(
+        "  accepted {} requests in {:.2}s",
+        events.len(),
+        accepted.as_secs_f64()
+    );
+    Ok(t0.elapsed())
+}
+
+async fn assets(a: AssetArgs) -> Result<()> {
+    loopback(&a.base)?;
+    let c = Arc::new(Client {
+        http: reqwest::Client::new(),
+        bases: vec![a.base.trim_end_matches('/').to_string()],
+        next: Default::default(),
+        token: a.token,
+    });
+    let have = c.get("/mdm/v2/users?pageIndex=0").await?;
+    let size = have["size"].as_u64().unwrap_or(1000).max(1) as usize;
+    let existing = (have["totalPages"].as_u64().unwrap_or(1) as usize - 1) * size;
+    if a.users > existing {
+        println!("== seeding {} users (unmeasured)", a.users - existing);
+        let took = create_all(&c, existing, a.users - existing, a.concurrency, "bench").await?;
+        println!("seed: {:.1}s", took.as_secs_f64());
+    }
+    let assets = c.get("/mdm/v2/assets?pageIndex=0").await?;
+    println!(
+        "organisation: {} users, {} assets",
+        a.users,
+        assets["size"].as_u64().unwrap_or(0) * assets["totalPages"].as_u64().unwrap_or(1)
+    );
+
+    println!(
+        "== associate {} to {} users (requests of 100, {} concurrent) until all COMPLETE",
+        a.adam_ids[0], a.associate, a.concurrency
+    );
+    let took = associate_all(&c, &a.adam_ids[0], 0, a.associate, 100, a.concurrency).await?;
+    println!(
+        "associate: {} assignments COMPLETE in {:.2}s ({:.0} assignments/s)",
+        a.associate,
+        took.as_secs_f64(),
+        a.associate as f64 / took.as_secs_f64()
+    );
+
+    let mut held = a.associate;
+    let mut next = a.adam_ids.iter().skip(1);
+    if held < a.assignments {
+        println!("== filling to {} assignments (unmeasured)", a.assignments);
+        let t0 = Instant::now();
+        while held < a.assignments {
+            let adam_id = next.next().context("not enough adamIds to fill")?;
+            let n = (a.assignments - held).min(a.users);
+            associate_all(&c, adam_id, 0, n, 1000, a.concurrency).await?;
+            held += n;
+        }
+        println!("fill: {:.1}s", t0.elapsed().as_secs_f64());
+    }
+
+    println!("== full sync: every page of GET assignments, one client");
+    let t0 = Instant::now();
+    let (mut page, mut count, mut pages) = (0u64, 0usize, 0usize);
+    loop {
+        let v = c
+            .get(&format!("/mdm/v2/assignments?pageIndex={page}"))
+            .await?;
+        count += v["assignments"].as_array().map(|u| u.len()).unwrap_or(0);
+        pages += 1;
+        match v["nextPageIndex"].as_u64() {
+            Some(n) => page = n,
+            None => break,
+        }
+    }
+    let took = t0.elapsed();
+    if count != held {
+        bail!("sync returned {count} assignments, expected {held}");
+    }
+    println!(
+        "full sync: {count} assignments, {pages} pages in {:.2}s ({:.1} ms/page)",
+        took.as_secs_f64(),
+        took.as_secs_f64() * 1000.0 / pages as f64
+    );
+    println!("== page latency by index");
+    for idx in [0, pages / 2, pages - 1] {
+        let mut lat = Vec::new();
+        for _ in 0..30 {
+            let t = Instant::now();
+            c.get(&format!("/mdm/v2/assignments?pageIndex={idx}"))
+                .await?;
+            lat.push(t.elapsed());
+        }
+        println!(
+            "page {idx}: median {:.2} ms",
+            median(&mut lat).as_secs_f64() * 1000.0
+        );
+    }
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! [`cloudvpp_store::AppsBooksStore`] and its [`cloudvpp_store::OrgTx`].
 
 use crate::Backend;
+use cloudvpp_abwire::assets::PricingParam;
 use cloudvpp_abwire::errors::USER_NOT_FOUND;
 use cloudvpp_abwire::{RequestUser, UserStatus};
 use cloudvpp_store::{
-    EventClaim, EventId, EventProgress, EventStatus, EventType, NewUser, Org, StoreError,
-    UserFilter, UserOrder, UserPage, UserRecord, UserUpdate,
+    AssetKey, AssignmentFilter, AssignmentRecord, EventClaim, EventId, EventPayload, EventProgress,
+    EventStatus, EventType, NewUser, Org, StoreError, Target, UserFilter, UserOrder, UserPage,
+    UserRecord, UserUpdate,
 };
 
 const NOW: i64 = 1_700_000_000_000;
@@ -480,7 +482,8 @@ pub async fn event_claims_leases_and_steps(b: &Backend) {
                 o.id,
                 &EventId::new(id),
                 EventType::Create,
-                &request(&["p", "q"]),
+                &EventPayload::Users(request(&["p", "q"])),
+                2,
                 NOW,
             )
             .await
@@ -488,7 +491,7 @@ pub async fn event_claims_leases_and_steps(b: &Backend) {
     }
     let first = claim(b, "w1", NOW).await.unwrap();
     assert_eq!((first.event_id.as_str(), first.cursor), ("a1", 0));
-    assert_eq!(first.users.len(), 2);
+    assert_eq!(first.payload.len(), 2);
     // a2 waits for a1; c1 is free.
     let second = claim(b, "w2", NOW).await.unwrap();
     assert_eq!(second.event_id.as_str(), "c1");
@@ -700,7 +703,8 @@ pub async fn corrupt_values_are_reported(b: &Backend) {
             o.id,
             &EventId::new("e1"),
             EventType::Retire,
-            &request(&["a"]),
+            &EventPayload::Users(request(&["a"])),
+            1,
             NOW,
         )
         .await
@@ -833,4 +837,222 @@ pub async fn assets_round_trip(b: &Backend) {
         Err(StoreError::Corrupt { column, .. }) => assert_eq!(column, "pricing_param"),
         other => panic!("expected Corrupt, got {other:?}"),
     }
+}
+
+fn assignment(adam_id: &str, target: Target, chg: i64, user_active: bool) -> AssignmentRecord {
+    AssignmentRecord {
+        asset: AssetKey {
+            adam_id: adam_id.to_string(),
+            pricing_param: PricingParam::Stdq,
+        },
+        target,
+        chg,
+        user_active,
+    }
+}
+
+/// Every page of an assignments listing, in pages of `size`.
+async fn assignment_pages(
+    b: &Backend,
+    org: &Org,
+    since: Option<i64>,
+    filter: &AssignmentFilter,
+    size: i64,
+) -> (Vec<AssignmentRecord>, i64) {
+    let mut out = Vec::new();
+    let mut first = 0;
+    loop {
+        let p = b
+            .store
+            .list_assignments_page(org.id, since, filter, first, size)
+            .await
+            .expect("list_assignments_page");
+        if p.assignments.is_empty() {
+            return (out, p.total);
+        }
+        if first + size < p.total {
+            assert_eq!(
+                p.assignments.len() as i64,
+                size,
+                "a page before the last is full"
+            );
+        }
+        first += size;
+        out.extend(p.assignments);
+    }
+}
+
+/// Assignments written, changed and removed across counted-block boundaries are listed
+/// exactly: every filter, every `since`, full pages; lookups by target find them.
+pub async fn assignments_listings_are_exact(b: &Backend) {
+    let o = org(b, "9101").await;
+    // 700 assignments (crossing the 256-key blocks twice), every seventh of an inactive
+    // user, every tenth a device; two assets.
+    let mut model: Vec<AssignmentRecord> = (1..=700)
+        .map(|i| {
+            let target = if i % 10 == 0 {
+                Target::Serial(format!("S{i}"))
+            } else {
+                Target::User(format!("u{i}"))
+            };
+            let adam = if i % 2 == 0 { "1" } else { "2" };
+            assignment(adam, target, i, i % 7 != 0 || i % 10 == 0)
+        })
+        .collect();
+    let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+    tx.insert_assignments(&model).await.unwrap();
+    tx.set_assignment_chg(700).await.unwrap();
+    tx.commit().await.unwrap();
+    // Remove 100 from the middle; move 50 to the end (a retirement), inactive.
+    let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+    let gone: Vec<AssignmentRecord> = model.drain(200..300).collect();
+    tx.delete_assignments(&gone).await.unwrap();
+    let mut moves = Vec::new();
+    for (k, a) in model.iter_mut().skip(400).take(50).enumerate() {
+        let before = a.clone();
+        a.chg = 701 + k as i64;
+        a.user_active = false;
+        moves.push((before, a.clone()));
+    }
+    tx.update_assignments(&moves).await.unwrap();
+    tx.set_assignment_chg(750).await.unwrap();
+    // Removing what is not stored as read is refused, and the transaction with it.
+    assert!(matches!(
+        tx.delete_assignments(&gone[..1]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    drop(tx);
+    // The refused transaction wrote nothing: do it again and commit.
+    let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+    tx.delete_assignments(&gone).await.unwrap();
+    tx.update_assignments(&moves).await.unwrap();
+    tx.set_assignment_chg(750).await.unwrap();
+    tx.commit().await.unwrap();
+    model.sort_by_key(|a| a.chg);
+
+    let none = AssignmentFilter::default();
+    let active = AssignmentFilter {
+        exclude_inactive_users: true,
+        ..AssignmentFilter::default()
+    };
+    for since in [
+        None,
+        Some(0),
+        Some(1),
+        Some(255),
+        Some(256),
+        Some(333),
+        Some(699),
+        Some(720),
+        Some(750),
+    ] {
+        for (filter, keep) in [
+            (
+                &none,
+                &(|_: &AssignmentRecord| true) as &dyn Fn(&AssignmentRecord) -> bool,
+            ),
+            (&active, &|a: &AssignmentRecord| a.user_active),
+        ] {
+            let want: Vec<AssignmentRecord> = model
+                .iter()
+                .filter(|a| a.chg > since.unwrap_or(0) && keep(a))
+                .cloned()
+                .collect();
+            for size in [1, 23, 256, 1000] {
+                // Pages of one only where few: each page is a few round trips.
+                if size == 1 && want.len() > 60 {
+                    continue;
+                }
+                let (got, total) = assignment_pages(b, &o, since, filter, size).await;
+                assert_eq!(total, want.len() as i64, "{since:?} {size}");
+                assert_eq!(got, want, "{since:?} size {size}");
+            }
+        }
+    }
+    // Narrowing filters.
+    let by_adam = AssignmentFilter {
+        adam_id: Some("1".into()),
+        ..AssignmentFilter::default()
+    };
+    let (got, _) = assignment_pages(b, &o, Some(100), &by_adam, 9).await;
+    let want: Vec<_> = model
+        .iter()
+        .filter(|a| a.asset.adam_id == "1" && a.chg > 100)
+        .cloned()
+        .collect();
+    assert_eq!(got, want);
+    let by_serial = AssignmentFilter {
+        serial_number: Some("S690".into()),
+        ..AssignmentFilter::default()
+    };
+    let (got, _) = assignment_pages(b, &o, None, &by_serial, 10).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].target, Target::Serial("S690".into()));
+    let by_user = AssignmentFilter {
+        client_user_id: Some("S690".into()),
+        ..AssignmentFilter::default()
+    };
+    assert!(
+        assignment_pages(b, &o, None, &by_user, 10)
+            .await
+            .0
+            .is_empty(),
+        "a serial is not a user"
+    );
+
+    // Lookups by target, in a transaction.
+    let mut tx = b.store.begin_org_write(o.id).await.unwrap();
+    let held = tx
+        .assignments_of(&[
+            Target::User("u1".into()),
+            Target::Serial("S10".into()),
+            Target::User("u250".into()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(held.len(), 2, "u250 was removed: {held:?}");
+    assert_eq!(tx.org().assign_chg, 750);
+    tx.rollback().await.unwrap();
+    // Another organisation sees none of them.
+    let other = org(b, "9102").await;
+    let p = b
+        .store
+        .list_assignments_page(other.id, None, &none, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!((p.total, p.assignments.len()), (0, 0));
+}
+
+/// The latest record of each clientUserId: the active one, else the last retired one.
+pub async fn latest_users_are_the_newest_records(b: &Backend) {
+    let o = org(b, "9201").await;
+    add_users(
+        b,
+        &o,
+        &[
+            ("a", UserStatus::Retired),
+            ("a", UserStatus::Registered),
+            ("b", UserStatus::Retired),
+            ("c", UserStatus::Associated),
+        ],
+    )
+    .await;
+    let mut got = b
+        .store
+        .latest_users(o.id, &["a", "b", "c", "zz"])
+        .await
+        .unwrap();
+    got.sort_by(|x, y| x.client_user_id.cmp(&y.client_user_id));
+    let states: Vec<(&str, UserStatus)> = got
+        .iter()
+        .map(|u| (u.client_user_id.as_str(), u.status))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a", UserStatus::Registered),
+            ("b", UserStatus::Retired),
+            ("c", UserStatus::Associated)
+        ]
+    );
 }

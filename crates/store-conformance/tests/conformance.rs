@@ -12,6 +12,8 @@ cloudvpp_store_conformance::conformance!(
     appsbooks::request_windows,
     appsbooks::corrupt_values_are_reported,
     appsbooks::assets_round_trip,
+    appsbooks::assignments_listings_are_exact,
+    appsbooks::latest_users_are_the_newest_records,
     mdm::command_queue_order_and_reports,
     mdm::certificate_bindings,
     mdm::location_leases,

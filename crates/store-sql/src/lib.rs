@@ -12,12 +12,13 @@ mod row;
 
 use async_trait::async_trait;
 use cloudvpp_abwire::assets::{PricingParam, ProductType};
-use cloudvpp_abwire::{RequestUser, UserStatus};
+use cloudvpp_abwire::UserStatus;
 use cloudvpp_store::secret;
 use cloudvpp_store::{
-    AppsBooksStore, AssetRecord, ClientConfig, EventClaim, EventId, EventProgress, EventRecord,
-    EventStatus, EventType, NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError,
-    TokenRecord, UserFilter, UserOrder, UserPage, UserRecord, UserUpdate,
+    AppsBooksStore, AssetKey, AssetRecord, AssignmentFilter, AssignmentPage, AssignmentRecord,
+    ClientConfig, EventClaim, EventId, EventPayload, EventProgress, EventRecord, EventStatus,
+    EventType, NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError, Target, TokenRecord,
+    UserFilter, UserOrder, UserPage, UserRecord, UserUpdate,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
@@ -207,7 +208,7 @@ impl SqlStore {
     }
 }
 
-const ORG_COLS: &str = "id, uid, name, secret, user_count, chg, asset_chg, mdm_info, notification_url, notification_auth_token, notification_types, country, default_platform";
+const ORG_COLS: &str = "id, uid, name, secret, user_count, chg, asset_chg, assign_chg, mdm_info, notification_url, notification_auth_token, notification_types, country, default_platform";
 const USER_COLS: &str = "ord, chg, client_user_id, email, invite_code, id_hash, status";
 
 fn org_from_row(r: &AnyRow) -> Result<Org> {
@@ -219,6 +220,7 @@ fn org_from_row(r: &AnyRow) -> Result<Org> {
         user_count: row::get(r, "user_count")?,
         chg: row::get(r, "chg")?,
         asset_chg: row::get(r, "asset_chg")?,
+        assign_chg: row::get(r, "assign_chg")?,
         config: ClientConfig {
             mdm_info: row::json_opt(r, "mdm_info")?,
             notification_url: row::get(r, "notification_url")?,
@@ -258,6 +260,40 @@ fn asset_from_row(r: &AnyRow) -> Result<AssetRecord> {
     })
 }
 
+const ASSIGNMENT_COLS: &str =
+    "a.adam_id, a.pricing_param, a.target_kind, a.target, a.chg, a.user_active";
+
+fn assignment_from_row(r: &AnyRow) -> Result<AssignmentRecord> {
+    let value: String = row::get(r, "target")?;
+    let target = match row::get::<i64>(r, "target_kind")? {
+        0 => Target::User(value),
+        1 => Target::Serial(value),
+        other => {
+            return Err(StoreError::corrupt(
+                "assignments.target_kind",
+                format!("{other} is neither 0 (user) nor 1 (device)"),
+            ))
+        }
+    };
+    Ok(AssignmentRecord {
+        asset: AssetKey {
+            adam_id: row::get(r, "adam_id")?,
+            pricing_param: row::parsed(r, "pricing_param", PricingParam::parse)?,
+        },
+        target,
+        chg: row::get(r, "chg")?,
+        user_active: row::flag(r, "user_active")?,
+    })
+}
+
+/// `target_kind` and `target` of a target.
+fn target_cols(t: &Target) -> (i64, &str) {
+    match t {
+        Target::User(c) => (0, c.as_str()),
+        Target::Serial(s) => (1, s.as_str()),
+    }
+}
+
 fn users_from_rows(rows: &[AnyRow]) -> Result<Vec<UserRecord>> {
     rows.iter().map(user_from_row).collect()
 }
@@ -281,10 +317,14 @@ impl Kind {
         }
     }
 
-    /// The condition on `users`, as the partial indexes `users_*_active|retired` state it.
-    fn sql(self) -> &'static str {
+    /// The condition on `table`, as its partial indexes (`users_*_active|retired`,
+    /// `assignments_active|inactive`) state it.
+    fn sql(self, table: &str) -> &'static str {
+        let assignments = table == "assignments";
         match self {
             Kind::All => "",
+            Kind::Active if assignments => " AND user_active = 1",
+            Kind::Retired if assignments => " AND user_active = 0",
             Kind::Active => " AND status IN ('Registered', 'Associated')",
             Kind::Retired => " AND status IN ('Retired', 'Deleted')",
             Kind::Nothing => " AND 1 = 0",
@@ -303,7 +343,7 @@ impl Kind {
 }
 
 fn filter_sql(f: &UserFilter) -> &'static str {
-    Kind::of(f).sql()
+    Kind::of(f).sql("users")
 }
 
 /// Counted blocks (`user_blocks`, migration 0010): for each organisation, axis (`ord`,
@@ -315,8 +355,34 @@ fn filter_sql(f: &UserFilter) -> &'static str {
 const BLOCK_SHIFTS: [u32; 3] = [8, 16, 24];
 /// Blocks of one level within one block of the level above.
 const FANOUT_SHIFT: u32 = 8;
-const AXIS_ORD: i64 = 0;
-const AXIS_CHG: i64 = 1;
+
+/// One ordering the counted blocks count: its number in `user_blocks.axis`, and the table
+/// and column of its keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Axis {
+    id: i64,
+    table: &'static str,
+    col: &'static str,
+}
+
+/// Users in creation order.
+const AXIS_ORD: Axis = Axis {
+    id: 0,
+    table: "users",
+    col: "ord",
+};
+/// Users in change order.
+const AXIS_CHG: Axis = Axis {
+    id: 1,
+    table: "users",
+    col: "chg",
+};
+/// Assignments in change order (`active`: of active users and devices).
+const AXIS_ASSIGN: Axis = Axis {
+    id: 2,
+    table: "assignments",
+    col: "chg",
+};
 
 /// Changes to the counted blocks of one transaction, summed per block.
 #[derive(Default)]
@@ -324,12 +390,16 @@ struct BlockDeltas(BTreeMap<(i64, i64, i64), (i64, i64)>);
 
 impl BlockDeltas {
     /// One record of `status` more (`d` = 1) or less (-1) at `key` of `axis`.
-    fn add(&mut self, axis: i64, key: i64, status: UserStatus, d: i64) {
-        let active = cloudvpp_store::is_active(status);
+    fn add(&mut self, axis: Axis, key: i64, status: UserStatus, d: i64) {
+        self.add_kind(axis, key, cloudvpp_store::is_active(status), d);
+    }
+
+    /// One record more (`d` = 1) or less (-1) at `key` of `axis`, counted as `active` or not.
+    fn add_kind(&mut self, axis: Axis, key: i64, active: bool, d: i64) {
         for (i, shift) in BLOCK_SHIFTS.iter().enumerate() {
             let e = self
                 .0
-                .entry((axis, i as i64 + 1, key >> shift))
+                .entry((axis.id, i as i64 + 1, key >> shift))
                 .or_default();
             if active {
                 e.0 += d;
@@ -366,20 +436,12 @@ impl BlockDeltas {
     }
 }
 
-fn axis_col(axis: i64) -> &'static str {
-    if axis == AXIS_ORD {
-        "ord"
-    } else {
-        "chg"
-    }
-}
-
 /// How many records of `kind` have a key at most `x` on `axis`: the blocks wholly below
 /// `x` at each level, plus the keys of `x`'s level-1 block up to it.
 async fn rank(
     conn: &mut AnyConnection,
     org_id: OrgId,
-    axis: i64,
+    axis: Axis,
     kind: Kind,
     x: i64,
 ) -> Result<i64> {
@@ -391,16 +453,17 @@ async fn rank(
         )
     };
     let sql = format!(
-        "SELECT CAST({} + {} + {} + (SELECT COUNT(*) FROM users WHERE org_id = $1 AND {col} >= $8 AND {col} <= $9{}) AS BIGINT) AS n",
+        "SELECT CAST({} + {} + {} + (SELECT COUNT(*) FROM {table} WHERE org_id = $1 AND {col} >= $8 AND {col} <= $9{}) AS BIGINT) AS n",
         blocks(3, "0", "$3"),
         blocks(2, "$4", "$5"),
         blocks(1, "$6", "$7"),
-        kind.sql(),
-        col = axis_col(axis),
+        kind.sql(axis.table),
+        table = axis.table,
+        col = axis.col,
     );
     let n = sqlx::query(&sql)
         .bind(org_id.0)
-        .bind(axis)
+        .bind(axis.id)
         .bind(x >> s3)
         .bind((x >> s3) << FANOUT_SHIFT)
         .bind(x >> s2)
@@ -415,13 +478,18 @@ async fn rank(
 }
 
 /// How many records of `kind` the organisation has on `axis`.
-async fn kind_total(conn: &mut AnyConnection, org_id: OrgId, axis: i64, kind: Kind) -> Result<i64> {
+async fn kind_total(
+    conn: &mut AnyConnection,
+    org_id: OrgId,
+    axis: Axis,
+    kind: Kind,
+) -> Result<i64> {
     let n = sqlx::query(&format!(
         "SELECT CAST(COALESCE(SUM({}), 0) AS BIGINT) AS n FROM user_blocks WHERE org_id = $1 AND axis = $2 AND level = 3",
         kind.count()
     ))
     .bind(org_id.0)
-    .bind(axis)
+    .bind(axis.id)
     .fetch_one(&mut *conn)
     .await
     .map_err(err)?;
@@ -433,7 +501,7 @@ async fn kind_total(conn: &mut AnyConnection, org_id: OrgId, axis: i64, kind: Ki
 async fn select_nth(
     conn: &mut AnyConnection,
     org_id: OrgId,
-    axis: i64,
+    axis: Axis,
     kind: Kind,
     n: i64,
 ) -> Result<Option<i64>> {
@@ -445,7 +513,7 @@ async fn select_nth(
             kind.count()
         ))
         .bind(org_id.0)
-        .bind(axis)
+        .bind(axis.id)
         .bind(level)
         .bind(lo)
         .bind(hi)
@@ -467,10 +535,10 @@ async fn select_nth(
         lo = block << FANOUT_SHIFT;
         hi = (block + 1) << FANOUT_SHIFT;
     }
-    let col = axis_col(axis);
+    let (table, col) = (axis.table, axis.col);
     let key = sqlx::query(&format!(
-        "SELECT {col} AS k FROM users WHERE org_id = $1 AND {col} >= $2 AND {col} < $3{} ORDER BY {col} LIMIT 1 OFFSET $4",
-        kind.sql()
+        "SELECT {col} AS k FROM {table} WHERE org_id = $1 AND {col} >= $2 AND {col} < $3{} ORDER BY {col} LIMIT 1 OFFSET $4",
+        kind.sql(table)
     ))
     .bind(org_id.0)
     .bind(lo)
@@ -483,7 +551,10 @@ async fn select_nth(
         Some(r) => Ok(Some(row::get(&r, "k")?)),
         None => Err(StoreError::corrupt(
             "user_blocks",
-            format!("a level-1 block of axis {axis} counts more records than it holds"),
+            format!(
+                "a level-1 block of axis {} counts more records than it holds",
+                axis.id
+            ),
         )),
     }
 }
@@ -744,10 +815,10 @@ impl AppsBooksStore for SqlStore {
         let users = match start {
             None => Vec::new(),
             Some(start) => {
-                let col = axis_col(axis);
+                let col = axis.col;
                 let rows = sqlx::query(&format!(
                     "SELECT {USER_COLS} FROM users WHERE org_id = $1 AND {col} >= $2{} ORDER BY {col} LIMIT $3",
-                    kind.sql()
+                    kind.sql("users")
                 ))
                 .bind(org_id.0)
                 .bind(start)
@@ -802,13 +873,14 @@ impl AppsBooksStore for SqlStore {
         users_from_rows(&rows)
     }
 
-    #[tracing::instrument(level = "debug", skip(self, users), fields(users = users.len()))]
+    #[tracing::instrument(level = "debug", skip(self, payload))]
     async fn insert_event(
         &self,
         org_id: OrgId,
         event_id: &EventId,
         event_type: EventType,
-        users: &[RequestUser],
+        payload: &EventPayload,
+        num_requested: i64,
         now: i64,
     ) -> Result<()> {
         sqlx::query(
@@ -818,8 +890,8 @@ impl AppsBooksStore for SqlStore {
         .bind(event_id.as_str())
         .bind(event_type.as_str())
         .bind(EventStatus::Pending.as_str())
-        .bind(serde_json::to_string(users).expect("serialisable"))
-        .bind(users.len() as i64)
+        .bind(serde_json::to_string(payload).expect("serialisable"))
+        .bind(num_requested)
         .bind(now)
         .execute(&self.writer)
         .await
@@ -846,6 +918,7 @@ impl AppsBooksStore for SqlStore {
                 num_requested: row::get(&r, "num_requested")?,
                 num_completed: row::get(&r, "num_completed")?,
                 failures: progress.failures,
+                asset_failures: progress.asset_failures,
             })
         })
         .transpose()
@@ -894,7 +967,7 @@ impl AppsBooksStore for SqlStore {
                 org_id: OrgId(row::get(&r, "org_id")?),
                 event_id: EventId::new(row::get::<String>(&r, "event_id")?),
                 event_type: row::parsed(&r, "event_type", EventType::parse)?,
-                users: row::json(&r, "users")?,
+                payload: row::json(&r, "users")?,
                 cursor: progress.cursor,
                 owner: owner.to_string(),
                 step_failures: row::get(&r, "step_failures")?,
@@ -1158,6 +1231,133 @@ impl AppsBooksStore for SqlStore {
         .await
         .map_err(err)?;
         rows.iter().map(asset_from_row).collect()
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn list_assignments_page(
+        &self,
+        org_id: OrgId,
+        since: Option<i64>,
+        filter: &AssignmentFilter,
+        first: i64,
+        size: i64,
+    ) -> Result<AssignmentPage> {
+        let kind = if filter.exclude_inactive_users {
+            Kind::Active
+        } else {
+            Kind::All
+        };
+        let narrowed = filter.adam_id.is_some()
+            || filter.client_user_id.is_some()
+            || filter.serial_number.is_some()
+            || filter.pricing_param.is_some();
+        let mut tx = self
+            .reader
+            .begin_with(self.dialect.begin_read())
+            .await
+            .map_err(err)?;
+        let since = since.unwrap_or(0);
+        let page = if narrowed {
+            // A filter on the asset or the target narrows the listing to one asset's or
+            // one target's assignments, read by their indexes with OFFSET within them.
+            let mut cond = format!("org_id = $1 AND chg > $2{}", kind.sql("assignments"));
+            let mut args: Vec<String> = Vec::new();
+            if let Some(a) = &filter.adam_id {
+                args.push(a.clone());
+                cond += &format!(" AND adam_id = ${}", args.len() + 2);
+            }
+            if let Some(p) = filter.pricing_param {
+                args.push(p.as_str().to_string());
+                cond += &format!(" AND pricing_param = ${}", args.len() + 2);
+            }
+            match (&filter.client_user_id, &filter.serial_number) {
+                (Some(_), Some(_)) => cond += " AND 1 = 0",
+                (Some(c), None) => {
+                    args.push(c.clone());
+                    cond += &format!(" AND target_kind = 0 AND target = ${}", args.len() + 2);
+                }
+                (None, Some(sn)) => {
+                    args.push(sn.clone());
+                    cond += &format!(" AND target_kind = 1 AND target = ${}", args.len() + 2);
+                }
+                (None, None) => {}
+            }
+            let count_sql = format!("SELECT COUNT(*) AS n FROM assignments WHERE {cond}");
+            let mut q = sqlx::query(&count_sql).bind(org_id.0).bind(since);
+            for a in &args {
+                q = q.bind(a.as_str());
+            }
+            let total: i64 = row::get(&q.fetch_one(&mut *tx).await.map_err(err)?, "n")?;
+            let mut assignments = Vec::new();
+            if first >= 0 && size > 0 && first < total {
+                let list_sql = format!(
+                    "SELECT {ASSIGNMENT_COLS} FROM assignments a WHERE {cond} ORDER BY chg LIMIT {size} OFFSET {first}"
+                );
+                let mut q = sqlx::query(&list_sql).bind(org_id.0).bind(since);
+                for a in &args {
+                    q = q.bind(a.as_str());
+                }
+                for r in q.fetch_all(&mut *tx).await.map_err(err)? {
+                    assignments.push(assignment_from_row(&r)?);
+                }
+            }
+            AssignmentPage { assignments, total }
+        } else {
+            let before = if since > 0 {
+                rank(&mut tx, org_id, AXIS_ASSIGN, kind, since).await?
+            } else {
+                0
+            };
+            let total = kind_total(&mut tx, org_id, AXIS_ASSIGN, kind).await? - before;
+            let mut assignments = Vec::new();
+            if first >= 0 && size > 0 && first < total {
+                if let Some(start) =
+                    select_nth(&mut tx, org_id, AXIS_ASSIGN, kind, before + first + 1).await?
+                {
+                    let rows = sqlx::query(&format!(
+                        "SELECT {ASSIGNMENT_COLS} FROM assignments a WHERE org_id = $1 AND chg >= $2{} ORDER BY chg LIMIT $3",
+                        kind.sql("assignments")
+                    ))
+                    .bind(org_id.0)
+                    .bind(start)
+                    .bind(size)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(err)?;
+                    for r in &rows {
+                        assignments.push(assignment_from_row(r)?);
+                    }
+                }
+            }
+            AssignmentPage { assignments, total }
+        };
+        tx.commit().await.map_err(err)?;
+        Ok(page)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(users = client_user_ids.len()))]
+    async fn latest_users(
+        &self,
+        org_id: OrgId,
+        client_user_ids: &[&str],
+    ) -> Result<Vec<UserRecord>> {
+        let mut out = Vec::new();
+        for chunk in client_user_ids.chunks(KEYS_PER_QUERY) {
+            // The highest `ord` of a clientUserId is its latest record: the active one
+            // when there is one (a new record is made only once the old one is retired).
+            let sql = format!(
+                "SELECT {USER_COLS} FROM users WHERE org_id = $1 AND ord IN (
+                   SELECT MAX(ord) FROM users WHERE org_id = $1 AND client_user_id IN ({}) GROUP BY client_user_id)",
+                row::list(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(org_id.0);
+            for c in chunk {
+                q = q.bind(*c);
+            }
+            let rows = q.fetch_all(&self.reader).await.map_err(err)?;
+            out.extend(users_from_rows(&rows)?);
+        }
+        Ok(out)
     }
 }
 
@@ -1443,6 +1643,125 @@ impl OrgTx for SqlOrgTx {
                 .map_err(err)?;
             self.org.asset_chg = asset_chg;
         }
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(targets = targets.len()))]
+    async fn assignments_of(&mut self, targets: &[Target]) -> Result<Vec<AssignmentRecord>> {
+        let mut out = Vec::new();
+        for chunk in targets.chunks(row::rows_per_statement(2, 1)) {
+            let sql = format!(
+                "WITH k(target_kind, target) AS (VALUES {})
+                 SELECT {ASSIGNMENT_COLS} FROM k CROSS JOIN assignments a
+                 WHERE a.org_id = $1 AND a.target_kind = k.target_kind AND a.target = k.target",
+                row::tuples(2, chunk.len(), 2)
+            );
+            let mut q = sqlx::query(&sql).bind(self.org.id.0);
+            for t in chunk {
+                let (kind, value) = target_cols(t);
+                q = q.bind(kind).bind(value);
+            }
+            for r in q.fetch_all(&mut *self.tx).await.map_err(err)? {
+                out.push(assignment_from_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(assignments = assignments.len()))]
+    async fn insert_assignments(&mut self, assignments: &[AssignmentRecord]) -> Result<()> {
+        for chunk in assignments.chunks(row::rows_per_statement(7, 0)) {
+            let sql = format!(
+                "INSERT INTO assignments (org_id, adam_id, pricing_param, target_kind, target, chg, user_active) VALUES {}",
+                row::tuples(1, chunk.len(), 7)
+            );
+            let mut q = sqlx::query(&sql);
+            for a in chunk {
+                let (kind, value) = target_cols(&a.target);
+                q = q
+                    .bind(self.org.id.0)
+                    .bind(&a.asset.adam_id)
+                    .bind(a.asset.pricing_param.as_str())
+                    .bind(kind)
+                    .bind(value)
+                    .bind(a.chg)
+                    .bind(i64::from(a.user_active));
+            }
+            q.execute(&mut *self.tx).await.map_err(err)?;
+        }
+        let mut deltas = BlockDeltas::default();
+        for a in assignments {
+            deltas.add_kind(AXIS_ASSIGN, a.chg, a.user_active, 1);
+        }
+        deltas.write(&mut self.tx, self.org.id).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(assignments = assignments.len()))]
+    async fn delete_assignments(&mut self, assignments: &[AssignmentRecord]) -> Result<()> {
+        // `chg` is unique per organisation: it names the row.
+        let chgs: Vec<i64> = assignments.iter().map(|a| a.chg).collect();
+        for chunk in chgs.chunks(KEYS_PER_QUERY) {
+            let sql = format!(
+                "DELETE FROM assignments WHERE org_id = $1 AND chg IN ({})",
+                row::list(2, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(self.org.id.0);
+            for c in chunk {
+                q = q.bind(*c);
+            }
+            let done = q.execute(&mut *self.tx).await.map_err(err)?;
+            if done.rows_affected() != chunk.len() as u64 {
+                return Err(StoreError::Conflict(
+                    "an assignment to remove is not stored as read".into(),
+                ));
+            }
+        }
+        let mut deltas = BlockDeltas::default();
+        for a in assignments {
+            deltas.add_kind(AXIS_ASSIGN, a.chg, a.user_active, -1);
+        }
+        deltas.write(&mut self.tx, self.org.id).await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(assignments = changes.len()))]
+    async fn update_assignments(
+        &mut self,
+        changes: &[(AssignmentRecord, AssignmentRecord)],
+    ) -> Result<()> {
+        let mut deltas = BlockDeltas::default();
+        for (before, after) in changes {
+            let done = sqlx::query(
+                "UPDATE assignments SET chg = $1, user_active = $2 WHERE org_id = $3 AND chg = $4",
+            )
+            .bind(after.chg)
+            .bind(i64::from(after.user_active))
+            .bind(self.org.id.0)
+            .bind(before.chg)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(err)?;
+            if done.rows_affected() != 1 {
+                return Err(StoreError::Conflict(
+                    "an assignment to change is not stored as read".into(),
+                ));
+            }
+            deltas.add_kind(AXIS_ASSIGN, before.chg, before.user_active, -1);
+            deltas.add_kind(AXIS_ASSIGN, after.chg, after.user_active, 1);
+        }
+        deltas.write(&mut self.tx, self.org.id).await
+    }
+
+    async fn set_assignment_chg(&mut self, assign_chg: i64) -> Result<()> {
+        if assign_chg == self.org.assign_chg {
+            return Ok(());
+        }
+        sqlx::query("UPDATE orgs SET assign_chg = $1 WHERE id = $2")
+            .bind(assign_chg)
+            .bind(self.org.id.0)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(err)?;
+        self.org.assign_chg = assign_chg;
         Ok(())
     }
 

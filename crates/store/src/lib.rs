@@ -17,7 +17,7 @@ pub mod mdm;
 pub mod secret;
 
 use async_trait::async_trait;
-use cloudvpp_abwire::assets::{PricingParam, ProductType, ResponseAsset};
+use cloudvpp_abwire::assets::{Assignment, PricingParam, ProductType, ResponseAsset};
 use cloudvpp_abwire::{AppleError, MdmInfo, RequestUser, ResponseUser, UserStatus};
 use serde::{Deserialize, Serialize};
 
@@ -105,6 +105,9 @@ pub struct Org {
     pub chg: i64,
     /// The version of the organisation's assets (Get Assets' `versionId`).
     pub asset_chg: i64,
+    /// The latest change number of the organisation's assignments (Get Assignments'
+    /// `versionId`; each assignment carries the number of its last change).
+    pub assign_chg: i64,
     /// Client config.
     pub config: ClientConfig,
     /// `countryISO2ACode` of client config: ISO 3166-1 alpha-2, upper case ("US").
@@ -214,7 +217,7 @@ pub fn is_active(status: UserStatus) -> bool {
     matches!(status, UserStatus::Registered | UserStatus::Associated)
 }
 
-/// `CREATE`, `UPDATE`, `RETIRE`.
+/// `CREATE`, `UPDATE`, `RETIRE` (users); `ASSOCIATE`, `DISASSOCIATE`, `REVOKE` (assets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventType {
     /// users/create
@@ -223,6 +226,12 @@ pub enum EventType {
     Update,
     /// users/retire
     Retire,
+    /// assets/associate
+    Associate,
+    /// assets/disassociate
+    Disassociate,
+    /// assets/revoke
+    Revoke,
 }
 
 impl EventType {
@@ -232,6 +241,9 @@ impl EventType {
             EventType::Create => "CREATE",
             EventType::Update => "UPDATE",
             EventType::Retire => "RETIRE",
+            EventType::Associate => "ASSOCIATE",
+            EventType::Disassociate => "DISASSOCIATE",
+            EventType::Revoke => "REVOKE",
         }
     }
     /// Parses Apple's spelling.
@@ -240,9 +252,168 @@ impl EventType {
             "CREATE" => EventType::Create,
             "UPDATE" => EventType::Update,
             "RETIRE" => EventType::Retire,
+            "ASSOCIATE" => EventType::Associate,
+            "DISASSOCIATE" => EventType::Disassociate,
+            "REVOKE" => EventType::Revoke,
             _ => return None,
         })
     }
+    /// Whether the event manages assets (its notifications are `ASSET_MANAGEMENT`).
+    pub fn is_asset_event(self) -> bool {
+        matches!(
+            self,
+            EventType::Associate | EventType::Disassociate | EventType::Revoke
+        )
+    }
+}
+
+/// An asset's key within an organisation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssetKey {
+    /// The App Store ID.
+    pub adam_id: String,
+    /// Quality.
+    pub pricing_param: PricingParam,
+}
+
+/// Who an assignment is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Target {
+    /// A user, by clientUserId.
+    User(String),
+    /// A device, by serial number.
+    Serial(String),
+}
+
+/// What an asset event is to do: the assets (none for a revoke) and whom to, in request
+/// order. Its steps walk the targets, users first.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssetOrder {
+    /// The assets.
+    pub assets: Vec<AssetKey>,
+    /// Users.
+    pub client_user_ids: Vec<String>,
+    /// Devices.
+    pub serial_numbers: Vec<String>,
+}
+
+impl AssetOrder {
+    /// The targets, users first.
+    pub fn targets(&self) -> impl Iterator<Item = Target> + '_ {
+        self.client_user_ids
+            .iter()
+            .map(|c| Target::User(c.clone()))
+            .chain(
+                self.serial_numbers
+                    .iter()
+                    .map(|s| Target::Serial(s.clone())),
+            )
+    }
+    /// How many targets.
+    pub fn targets_len(&self) -> usize {
+        self.client_user_ids.len() + self.serial_numbers.len()
+    }
+}
+
+/// What an event carries: a users request's users, or an asset event's order. Stored as
+/// JSON (an array for users, as before asset events existed; an object for assets).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EventPayload {
+    /// create/update/retire.
+    Users(Vec<RequestUser>),
+    /// associate/disassociate/revoke.
+    Assets(AssetOrder),
+}
+
+impl EventPayload {
+    /// The units the event's cursor walks: users, or targets.
+    pub fn len(&self) -> usize {
+        match self {
+            EventPayload::Users(u) => u.len(),
+            EventPayload::Assets(o) => o.targets_len(),
+        }
+    }
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One assignment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssignmentRecord {
+    /// The asset.
+    pub asset: AssetKey,
+    /// Whom it is assigned to.
+    pub target: Target,
+    /// Change number of its last change (the assignments' version sequence).
+    pub chg: i64,
+    /// False once its user was retired (`excludeInactiveUsers` leaves it out); devices
+    /// are always active.
+    pub user_active: bool,
+}
+
+impl AssignmentRecord {
+    /// The assignment as Apple shows it (without user state).
+    pub fn to_response(&self) -> Assignment {
+        let (client_user_id, serial_number) = match &self.target {
+            Target::User(c) => (Some(c.clone()), None),
+            Target::Serial(s) => (None, Some(s.clone())),
+        };
+        Assignment {
+            adam_id: self.asset.adam_id.clone(),
+            pricing_param: self.asset.pricing_param,
+            client_user_id,
+            serial_number,
+            user_status: None,
+            id_hash: None,
+        }
+    }
+}
+
+/// Filters of Get Assignments.
+#[derive(Debug, Clone, Default)]
+pub struct AssignmentFilter {
+    /// Only this adamId.
+    pub adam_id: Option<String>,
+    /// Only this user.
+    pub client_user_id: Option<String>,
+    /// Only this device.
+    pub serial_number: Option<String>,
+    /// Only this quality.
+    pub pricing_param: Option<PricingParam>,
+    /// Leave out assignments of retired users.
+    pub exclude_inactive_users: bool,
+}
+
+/// One page of assignments.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AssignmentPage {
+    /// The page, in change order.
+    pub assignments: Vec<AssignmentRecord>,
+    /// Assignments in the whole listing.
+    pub total: i64,
+}
+
+/// An asynchronous failure of an asset event: one error, the asset it concerns (none for
+/// a revoke), and the targets it hit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssetFailure {
+    /// The error.
+    pub error: AppleError,
+    /// The asset.
+    #[serde(default)]
+    pub asset: Option<AssetKey>,
+    /// Users.
+    #[serde(default)]
+    pub client_user_ids: Vec<String>,
+    /// Devices.
+    #[serde(default)]
+    pub serial_numbers: Vec<String>,
 }
 
 /// One app or book an organisation owns licences of.
@@ -336,6 +507,10 @@ pub struct EventProgress {
     pub failures: Vec<(AppleError, Vec<String>)>,
     /// Users applied since the last notification was queued.
     pub unreported: Vec<ResponseUser>,
+    /// Asset events: failures by (error, asset), in the order met.
+    pub asset_failures: Vec<AssetFailure>,
+    /// Asset events: assignments made or taken back since the last notification.
+    pub unreported_assignments: Vec<Assignment>,
 }
 
 /// An event as `GET status` reports it.
@@ -353,6 +528,8 @@ pub struct EventRecord {
     pub num_completed: i64,
     /// Error → clientUserIds it hit, in the order met.
     pub failures: Vec<(AppleError, Vec<String>)>,
+    /// Asset events: failures by (error, asset).
+    pub asset_failures: Vec<AssetFailure>,
 }
 
 /// An event a worker has leased.
@@ -366,9 +543,9 @@ pub struct EventClaim {
     pub event_id: EventId,
     /// Type.
     pub event_type: EventType,
-    /// The request's users.
-    pub users: Vec<RequestUser>,
-    /// How many of `users` are already applied.
+    /// What the event is to do.
+    pub payload: EventPayload,
+    /// How many of the payload's units (users, targets) are already applied.
     pub cursor: usize,
     /// The lease owner this claim was made under.
     pub owner: String,
@@ -441,6 +618,19 @@ pub trait OrgTx: Send {
     /// Writes assets (added, or replacing the one of the same key) and moves the assets'
     /// version to `asset_chg`.
     async fn put_assets(&mut self, assets: &[AssetRecord], asset_chg: i64) -> Result<()>;
+    /// Every assignment of these targets, whatever the asset.
+    async fn assignments_of(&mut self, targets: &[Target]) -> Result<Vec<AssignmentRecord>>;
+    /// Adds assignments.
+    async fn insert_assignments(&mut self, assignments: &[AssignmentRecord]) -> Result<()>;
+    /// Removes assignments (as read: their `chg` and `user_active` are those stored).
+    async fn delete_assignments(&mut self, assignments: &[AssignmentRecord]) -> Result<()>;
+    /// Writes assignments back: each pair is (as read, as it now is) of the same key.
+    async fn update_assignments(
+        &mut self,
+        changes: &[(AssignmentRecord, AssignmentRecord)],
+    ) -> Result<()>;
+    /// Stores the assignments' latest change number.
+    async fn set_assignment_chg(&mut self, assign_chg: i64) -> Result<()>;
     /// Commits every write.
     async fn commit(self: Box<Self>) -> Result<()>;
     /// Undoes every write and lets the locks go now (a dropped transaction is rolled back
@@ -533,7 +723,8 @@ pub trait AppsBooksStore: Send + Sync + 'static {
         org_id: OrgId,
         event_id: &EventId,
         event_type: EventType,
-        users: &[RequestUser],
+        payload: &EventPayload,
+        num_requested: i64,
         now: i64,
     ) -> Result<()>;
     /// One event of one organisation.
@@ -587,6 +778,26 @@ pub trait AppsBooksStore: Send + Sync + 'static {
 
     /// Every asset of an organisation, by adamId then pricingParam.
     async fn list_assets(&self, org_id: OrgId) -> Result<Vec<AssetRecord>>;
+
+    /// Up to `size` assignments of a listing, from its `first`-th (zero-based) on, with
+    /// the listing's size, in one snapshot. The listing is every assignment the filter
+    /// keeps (with `since`, those changed after that change number), in change order.
+    async fn list_assignments_page(
+        &self,
+        org_id: OrgId,
+        since: Option<i64>,
+        filter: &AssignmentFilter,
+        first: i64,
+        size: i64,
+    ) -> Result<AssignmentPage>;
+
+    /// The latest record of each of `client_user_ids` that has one (its active record, or
+    /// else its last retired one).
+    async fn latest_users(
+        &self,
+        org_id: OrgId,
+        client_user_ids: &[&str],
+    ) -> Result<Vec<UserRecord>>;
 }
 
 /// Every store of cloudvpp: what a backend implements and the binary hands out.
