@@ -25,6 +25,7 @@ struct System {
     ab: String,
     mdm: String,
     http: reqwest::Client,
+    extra: Vec<String>,
 }
 
 impl Drop for System {
@@ -34,43 +35,84 @@ impl Drop for System {
     }
 }
 
+/// Starts `cloudvpp serve` with fast polling and syncs, then `extra`, on free ports or on
+/// `ports` (Apps and Books, MDM); returns the process and both base URLs.
+fn spawn(
+    env: &Env,
+    extra: &[String],
+    ports: Option<(&str, &str)>,
+) -> (std::process::Child, String, String) {
+    use std::io::BufRead;
+    let ca = env.dir.path().join("ca.pem");
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["serve", "--api-key", KEY])
+        .args([
+            "--appsbooks-listen",
+            ports.map_or("127.0.0.1:0", |p| p.0),
+            "--mdm-listen",
+            ports.map_or("127.0.0.1:0", |p| p.1),
+        ])
+        .args(["--ca", ca.to_str().unwrap(), "--database", &env.db()])
+        .args(["--status-poll-ms", "200", "--sync-interval-ms", "1000"])
+        // After kill -9 another instance takes over the dead one's work soon.
+        .args(["--lease-ms", "3000"])
+        .args(extra)
+        .env("CLOUDVPP_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut a, mut m) = (String::new(), String::new());
+    out.read_line(&mut a).unwrap();
+    out.read_line(&mut m).unwrap();
+    let url = |l: &str| l.trim().rsplit(' ').next().unwrap().to_string();
+    // Keep reading stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || for _ in out.lines() {});
+    (child, url(&a), url(&m))
+}
+
 impl System {
-    /// `cloudvpp serve` with fast polling and syncs, then `extra`.
     fn start(extra: &[&str]) -> System {
-        use std::io::BufRead;
         let env = Env::new();
-        let ca = env.dir.path().join("ca.pem");
         let pki = cloudvpp_simulator::Pki::generate().unwrap();
-        std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
-        let mut child = std::process::Command::new(common::BIN)
-            .args(["serve", "--api-key", KEY])
-            .args([
-                "--appsbooks-listen",
-                "127.0.0.1:0",
-                "--mdm-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--ca", ca.to_str().unwrap(), "--database", &env.db()])
-            .args(["--status-poll-ms", "200", "--sync-interval-ms", "1000"])
-            .args(extra)
-            .env("CLOUDVPP_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let (mut a, mut m) = (String::new(), String::new());
-        out.read_line(&mut a).unwrap();
-        out.read_line(&mut m).unwrap();
-        let url = |l: &str| l.trim().rsplit(' ').next().unwrap().to_string();
-        // Keep reading stdout so the process never blocks on a full pipe.
-        std::thread::spawn(move || for _ in out.lines() {});
+        std::fs::write(env.dir.path().join("ca.pem"), &pki.ca_cert_pem).unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, ab, mdm) = spawn(&env, &extra, None);
         System {
             env,
             child,
-            ab: url(&a),
-            mdm: url(&m),
+            ab,
+            mdm,
             http: reqwest::Client::new(),
+            extra,
         }
+    }
+
+    /// kill -9, then the same command again on the same ports.
+    fn crash_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let (ab, mdm) = (
+            self.ab.trim_start_matches("http://").to_string(),
+            self.mdm.trim_start_matches("http://").to_string(),
+        );
+        let (child, ab, mdm) = spawn(&self.env, &self.extra, Some((&ab, &mdm)));
+        (self.child, self.ab, self.mdm) = (child, ab, mdm);
+    }
+
+    /// A second MDM service with its engine, on this system's database.
+    fn second_mdm(&self) -> common::Server {
+        let ca = self.env.dir.path().join("ca.pem");
+        let extra = [
+            "--status-poll-ms",
+            "200",
+            "--sync-interval-ms",
+            "1000",
+            "--engine-lease-ms",
+            "3000",
+        ];
+        self.env
+            .spawn(&common::mdm_serve_args(KEY, ca.to_str().unwrap(), &extra))
     }
 
     /// Runs `cloudvpp ARGS` against this system (database, MDM URL and admin key from the
@@ -537,4 +579,65 @@ async fn without_notifications_polling_and_the_periodic_recheck_finish_the_work(
     let mut crew = crew.clone();
     crew.sort();
     assert_eq!(sys.holders(&token, APP).await, crew);
+}
+
+/// Two MDM instances run engines on one database; the one holding the location is killed
+/// while Apple is still processing the associate request it sent. The other takes the
+/// assignments over when their leases run out and follows the same event: one associate
+/// request in all, each assignment sent once, every licence assigned once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_engines_and_a_kill_send_each_assignment_once() {
+    const N: usize = 40;
+    // Apps and Books spends 50 ms a target: the associate event is still PENDING at the kill.
+    let mut sys = System::start(&["--processing-delay-ms", "50"]);
+    let mut second = Some(sys.second_mdm());
+    let token = sys.location();
+    sys.buy(APP, N as i64);
+    let crowd = people(N, "p");
+    sys.invite_and_accept(&crowd).await;
+    // Everyone is associated: the app added now goes to all of them in one request.
+    let out = sys.ok(&["mdm", "location", "apps", "add", "--adam-id", APP]);
+    assert!(
+        out.contains(&format!("{N} people already associated")),
+        "{out}"
+    );
+    until("the associate request sent", 30, async || {
+        sys.env
+            .sql_i64("SELECT COUNT(*) FROM engine_assignments WHERE event_id IS NOT NULL")
+            .await
+            == N as i64
+    })
+    .await;
+    const ASSOCIATES: &str = "SELECT COUNT(*) FROM events WHERE event_type = 'ASSOCIATE'";
+    assert_eq!(
+        sys.env.sql_i64(ASSOCIATES).await,
+        1,
+        "one engine sends the batch"
+    );
+    let holds = |pid: u32| {
+        format!("SELECT COUNT(*) FROM engine_locations WHERE lease_owner LIKE 'engine-{pid}-%'")
+    };
+    let (first_pid, second_pid) = (sys.child.id(), second.as_ref().unwrap().child.id());
+    let a_holds = sys.env.sql_i64(&holds(first_pid)).await == 1;
+    let b_holds = sys.env.sql_i64(&holds(second_pid)).await == 1;
+    assert!(a_holds ^ b_holds, "exactly one instance holds the location");
+    if a_holds {
+        // It also runs the Apps and Books service: it comes back on the same ports.
+        sys.crash_and_restart();
+    } else {
+        second.take().unwrap().kill9();
+    }
+    until("all assigned after the kill", 90, async || {
+        sys.states(APP).get("assigned") == Some(&N)
+    })
+    .await;
+    assert_eq!(sys.env.sql_i64(ASSOCIATES).await, 1, "nothing sent twice");
+    let (all, _) = sys.assignments(APP);
+    assert!(all.values().all(|a| a["attempts"] == 1), "each sent once");
+    let mut everyone = crowd.clone();
+    everyone.sort();
+    assert_eq!(sys.holders(&token, APP).await, everyone);
+    let asset = sys.asset(&token, APP).await;
+    assert_eq!(asset["assignedCount"].as_i64(), Some(N as i64));
+    drop(second);
 }
