@@ -176,3 +176,150 @@ async fn another_mdms_claim_raises_the_alarm_and_is_not_overwritten() {
         Some("cloudvpp")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn asset_requests_are_split_by_the_services_limits_and_listings_walk_every_page() {
+    use cloudvpp_abclient::{AssetsQuery, AssignmentsQuery};
+    use cloudvpp_abwire::assets::{
+        AssetRef, ManageAssetsRequest, PricingParam, RevokeAssetsRequest,
+    };
+    let env = Env::new();
+    let token = env.org("O");
+    let srv = env.serve(&[
+        "--page-size",
+        "4",
+        "--limit",
+        "maxAssets=2",
+        "--limit",
+        "maxClientUserIds=3",
+        "--limit",
+        "maxRevokeClientUserIds=2",
+        "--limit",
+        "maxRequestPerSecond=1000",
+    ]);
+    let apps = ["408709785", "361309726", "284882215"];
+    for a in apps {
+        env.cli(&[
+            "appsbooks",
+            "assets",
+            "add",
+            "--org",
+            "O",
+            "--adam-id",
+            a,
+            "--count",
+            "10",
+        ]);
+    }
+    let c = Client::new(&format!("{}/mdm/v2", srv.base), &token);
+    wait_all(&c, &c.create_users(&people(0..7)).await.unwrap()).await;
+    let limits = c.asset_limits().await;
+    assert_eq!((limits.assets, limits.client_user_ids), (2, 3));
+    let req = ManageAssetsRequest {
+        assets: apps
+            .iter()
+            .map(|a| AssetRef {
+                adam_id: a.to_string(),
+                pricing_param: Some(PricingParam::Stdq),
+            })
+            .collect(),
+        client_user_ids: Some((0..7).map(|i| format!("c{i}")).collect()),
+        serial_numbers: None,
+    };
+    // Sent whole, the service refuses it (9700); split, it is 2 asset chunks × 3 user chunks.
+    let (status, body) = srv
+        .post(
+            &token,
+            "/mdm/v2/assets/associate",
+            serde_json::to_value(&req).unwrap(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["errorNumber"].as_u64()),
+        (400, Some(9700)),
+        "{body}"
+    );
+    let events = c.associate_assets(&req).await.unwrap();
+    assert_eq!(events.len(), 6);
+    wait_all(&c, &events).await;
+    for ev in &events {
+        let s = c.event_status(ev).await.unwrap();
+        assert_eq!(
+            (s.event_status.as_str(), s.event_type.as_str()),
+            ("COMPLETE", "ASSOCIATE")
+        );
+    }
+    // 21 assignments over pages of 4, walked three pages at a time and one at a time.
+    let (all, version) = c
+        .all_assignments(&AssignmentsQuery::default(), 3)
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 21);
+    let (seq, _) = c
+        .all_assignments(&AssignmentsQuery::default(), 1)
+        .await
+        .unwrap();
+    assert_eq!(seq.len(), 21);
+    let one = AssignmentsQuery {
+        adam_id: Some(apps[0].into()),
+        client_user_id: Some("c3".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.get_assignments(&one, 0).await.unwrap().assignments.len(),
+        1
+    );
+    let assets = c.all_assets(&AssetsQuery::default(), 2).await.unwrap();
+    assert_eq!(assets.len(), 3);
+    assert!(assets
+        .iter()
+        .all(|a| a.assigned_count == 7 && a.available_count == 3));
+    // Disassociate and revoke are split the same way; changes since the version above.
+    let events = c
+        .disassociate_assets(&ManageAssetsRequest {
+            assets: req.assets[..1].to_vec(),
+            client_user_ids: Some(vec!["c0".into(), "c1".into()]),
+            serial_numbers: None,
+        })
+        .await
+        .unwrap();
+    wait_all(&c, &events).await;
+    let events = c
+        .revoke_assets(&RevokeAssetsRequest {
+            client_user_ids: Some(vec!["c4".into(), "c5".into(), "c6".into()]),
+            serial_numbers: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 2, "maxRevokeClientUserIds=2");
+    wait_all(&c, &events).await;
+    let (left, _) = c
+        .all_assignments(&AssignmentsQuery::default(), 5)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 21 - 2 - 9);
+    let since = AssignmentsQuery {
+        since_version_id: Some(version),
+        ..Default::default()
+    };
+    let (changed, _) = c.all_assignments(&since, 5).await.unwrap();
+    assert!(changed.len() < 21, "only changes: {changed:?}");
+    // More than there are licences: Apple's 9709, asynchronously, naming who did not get
+    // one. The second app is held by c0..c3 (c4..c6 gave theirs back): 6 of 10 are free.
+    wait_all(&c, &c.create_users(&people(7..15)).await.unwrap()).await;
+    let more = ManageAssetsRequest {
+        assets: req.assets[1..2].to_vec(),
+        client_user_ids: Some((7..15).map(|i| format!("c{i}")).collect()),
+        serial_numbers: None,
+    };
+    let events = c.associate_assets(&more).await.unwrap();
+    wait_all(&c, &events).await;
+    let failed: Vec<String> = futures::future::join_all(events.iter().map(|e| c.event_status(e)))
+        .await
+        .into_iter()
+        .flat_map(|s| s.unwrap().failures)
+        .filter(|f| f.error_number == 9709)
+        .flat_map(|f| f.error_info.unwrap().client_user_ids.unwrap_or_default())
+        .collect();
+    assert_eq!(failed.len(), 2, "8 asked, 6 free: {failed:?}");
+}
