@@ -1,9 +1,11 @@
-//! Every `cloudvpp ...` command line in README.md parses (in-process, with clap), and every
-//! flag the README names for `serve` exists on `cloudvpp serve`.
+//! Every `cloudvpp ...` command line in README.md (and in the walk-through drafts of docs/)
+//! parses (in-process, with clap), and every flag the README names for `serve` exists on
+//! `cloudvpp serve`.
 
 use clap::{CommandFactory, Parser};
 
 const README: &str = include_str!("../../../README.md");
+const LICENCES_WALKTHROUGH: &str = include_str!("../../../docs/walkthrough-licences.md");
 
 /// Shell words of `line`, up to the first operator (`>`, `|`, `&`, `;`) or comment;
 /// quotes removed, `$VAR` kept as it is.
@@ -68,10 +70,10 @@ fn commands(line: &str) -> Vec<Vec<String>> {
 
 /// Lines of shell in fenced blocks (indented four spaces, or between ```), and inline
 /// code spans of prose that start with `cloudvpp `.
-fn command_lines() -> Vec<String> {
+fn command_lines(text: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut fenced = false;
-    for line in README.lines() {
+    for line in text.lines() {
         if line.trim_start().starts_with("```") {
             fenced = !fenced;
             continue;
@@ -94,12 +96,12 @@ fn the_command_line_is_well_formed() {
     cloudvpp::Cli::command().debug_assert();
 }
 
-#[test]
-fn every_readme_command_line_parses() {
-    // The README exports the admin API key before the commands that need it.
+/// Parses every `cloudvpp` command line of `text` (the document `doc`); how many.
+fn parse_every_line(text: &str, doc: &str) -> usize {
+    // The walk-throughs export the admin API key before the commands that need it.
     std::env::set_var("CLOUDVPP_API_KEY", "from-the-environment");
     let mut parsed = 0;
-    for line in command_lines() {
+    for line in command_lines(text) {
         for args in commands(&line) {
             let argv = std::iter::once("cloudvpp".to_string()).chain(args.iter().cloned());
             match cloudvpp::Cli::try_parse_from(argv) {
@@ -111,16 +113,28 @@ fn every_readme_command_line_parses() {
                         clap::error::ErrorKind::DisplayVersion
                             | clap::error::ErrorKind::DisplayHelp
                     ) => {}
-                Err(e) => panic!("README: `cloudvpp {}` does not parse:\n{e}", args.join(" ")),
+                Err(e) => panic!("{doc}: `cloudvpp {}` does not parse:\n{e}", args.join(" ")),
             }
             parsed += 1;
         }
     }
+    parsed
+}
+
+#[test]
+fn every_readme_command_line_parses() {
+    let parsed = parse_every_line(README, "README.md");
     // The walk-throughs hold a few dozen; a parser that finds none tests nothing.
     assert!(
         parsed >= 20,
         "only {parsed} command lines found in README.md"
     );
+}
+
+#[test]
+fn every_licences_walkthrough_command_line_parses() {
+    let parsed = parse_every_line(LICENCES_WALKTHROUGH, "docs/walkthrough-licences.md");
+    assert!(parsed >= 15, "only {parsed} command lines found");
 }
 
 /// Prose paragraphs, and runs of `#` comment lines in code, that name `serve`.

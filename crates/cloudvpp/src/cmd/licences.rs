@@ -199,7 +199,7 @@ pub async fn apps(command: AppsCommand) -> Result<()> {
             for a in v["apps"].as_array().into_iter().flatten() {
                 println!(
                     "{:<10} {:<20} {}",
-                    a["location_id"],
+                    a["location_id"].as_i64().unwrap_or_default(),
                     a["adam_id"].as_str().unwrap_or(""),
                     a["pricing_param"].as_str().unwrap_or("")
                 );
