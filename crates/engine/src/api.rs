@@ -475,7 +475,8 @@ async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiRes
         .iter()
         .filter(|(_, o)| matches!(o, Outcome::Rejected(_)))
         .count();
-    let store = !dry_run && !(atomic && rejected > 0);
+    let refused = atomic && rejected > 0;
+    let store = !(dry_run || refused);
     let created: Vec<Invitation> = outcomes
         .iter()
         .filter_map(|(_, o)| match o {

@@ -73,6 +73,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// A location's client with the sToken and base URL it was made with.
+type KeptClient = (String, String, Arc<Client>);
+
 /// Shared engine state.
 #[derive(Clone)]
 pub struct Engine {
@@ -86,7 +89,7 @@ pub struct Engine {
     pub config: Arc<EngineConfig>,
     /// One client per location, with the sToken and base URL it was made with: a renewed
     /// token (or a moved service) makes a new client.
-    clients: Arc<Mutex<HashMap<LocationId, (String, String, Arc<Client>)>>>,
+    clients: Arc<Mutex<HashMap<LocationId, KeptClient>>>,
     /// Locations to sync at the next tick.
     dirty: Arc<Mutex<HashSet<LocationId>>>,
     /// Wakes the worker.

@@ -394,6 +394,26 @@ pub async fn invite(a: InviteArgs) -> Result<()> {
     } else {
         post_rows(&a, &valid, false).await?
     };
+    if a.strict && results.iter().any(|r| r["outcome"] == "rejected") {
+        // The engine changed since the check (an enrollment went away): with `atomic`, a
+        // request with a rejected row stored nothing.
+        for (row, r) in valid.iter().zip(&results) {
+            if r["outcome"] == "rejected" {
+                rejected.push(Rejected {
+                    line: row.line,
+                    who: row.client_user_id.clone(),
+                    reason: r["reason"].as_str().unwrap_or("rejected").to_string(),
+                });
+            }
+        }
+        rejected.sort_by_key(|r| r.line);
+        print_rejected(&rejected);
+        bail!(Exit::new(
+            EXIT_REJECTED,
+            "rows were rejected while inviting (the engine changed since the check): \
+             the requests holding them invited nobody (--strict)"
+        ));
+    }
     let (mut new, mut in_progress, mut skipped) = (0, 0, 0);
     let mut followed: Vec<Value> = Vec::new();
     for (row, r) in valid.iter().zip(&results) {
