@@ -1367,3 +1367,159 @@ async fn invitations_are_listed_filtered_resent_with_corrections_and_retired() {
         r.stdout
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_invitation_api_refuses_garbage_and_changes_nothing() {
+    let ops = Ops::start(&[]).await;
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"client_user_id": "kept", "email": "kept@example.com"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let kept = v["invitations"][0].clone();
+    let id = kept["id"].as_str().unwrap().to_string();
+    let raw = async |method: reqwest::Method, path: &str, body: &str| {
+        let r = ops
+            .http
+            .request(method, format!("{}{path}", ops.mdm))
+            .bearer_auth(KEY)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let resend = format!("/api/v1/invitations/{id}/resend");
+    let long = format!("{}@example.com", "a".repeat(300));
+    for (path, body) in [
+        (resend.as_str(), "{not json".to_string()),
+        (resend.as_str(), r#"{"email": 5}"#.to_string()),
+        (resend.as_str(), r#"{"emial": "x@example.com"}"#.to_string()),
+        (resend.as_str(), format!(r#"{{"email": "{long}"}}"#)),
+        (
+            resend.as_str(),
+            r#"{"email": "two words@example.com"}"#.to_string(),
+        ),
+        (
+            resend.as_str(),
+            r#"{"enrollment_id": "NO-SUCH-DEVICE"}"#.to_string(),
+        ),
+        ("/api/v1/invitations", r#"{"invitations": []}"#.to_string()),
+        (
+            "/api/v1/invitations",
+            r#"{"invitations": [{"client_user_id": "   "}]}"#.to_string(),
+        ),
+        (
+            "/api/v1/invitations",
+            format!(r#"{{"client_user_id": "x", "email": "{long}"}}"#),
+        ),
+        ("/api/v1/locations", r#"{"stoken": ""}"#.to_string()),
+        (
+            "/api/v1/locations",
+            r#"{"stoken": "not a token", "base_url": "http://127.0.0.1:1/mdm/v2"}"#.to_string(),
+        ),
+    ] {
+        let (s, v) = raw(reqwest::Method::POST, path, &body).await;
+        assert_eq!(s, 400, "{path} {body}: {v}");
+        assert!(v["error"].is_string(), "{path} {body}: {v}");
+    }
+    // Too many at once.
+    let many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"client_user_id": format!("p{i}")}))
+        .collect();
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"invitations": many})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    for q in [
+        "?state=pending",
+        "?limit=many",
+        "?updated_since=yesterday",
+        "?location_id=first",
+    ] {
+        let (s, v) = ops
+            .api(
+                reqwest::Method::GET,
+                &format!("/api/v1/invitations{q}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 400, "{q}: {v}");
+    }
+    // A dry run, and an atomic request with one bad entry, store nothing.
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"dry_run": true, "invitations": [{"client_user_id": "dry"}]})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["results"][0]["outcome"].as_str()),
+        (200, Some("new")),
+        "{v}"
+    );
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"atomic": true, "invitations": [
+                {"client_user_id": "good"},
+                {"client_user_id": "bad", "enrollment_id": "NO-SUCH-DEVICE"},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["stored"], false);
+    assert_eq!(
+        v["results"][1]["reason"],
+        "unknown enrollment NO-SUCH-DEVICE"
+    );
+    // Without atomic the good one is stored, and the answer says which was refused.
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"invitations": [
+                {"client_user_id": "good"},
+                {"client_user_id": "bad", "enrollment_id": "NO-SUCH-DEVICE"},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(
+        v["summary"],
+        json!({"new": 1, "in_progress": 0, "skipped": 0, "rejected": 1})
+    );
+    let all = ops.invitations().await;
+    let mut people: Vec<&str> = all.keys().map(String::as_str).collect();
+    people.sort();
+    assert_eq!(people, ["good", "kept"]);
+    // The kept invitation is as it was (save what the engine did on its own).
+    assert_eq!(all["kept"]["email"], "kept@example.com");
+    assert_eq!(all["kept"]["attempts"], kept["attempts"]);
+    let (_, v) = ops
+        .api(reqwest::Method::GET, "/api/v1/locations", None)
+        .await;
+    assert_eq!(v["locations"].as_array().unwrap().len(), 1);
+
+    // A CSV that is not one: no header line, or binary garbage.
+    let empty = ops.write("empty.csv", b"");
+    let r = ops.cli(&["invite", "--csv", &empty]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("empty"), "{}", r.stderr);
+    let junk = ops.write("junk.csv", &[0xff, 0xfe, 0x00, 0x01, b'\n', 0x80]);
+    let r = ops.cli(&["invite", "--csv", &junk]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("header"), "{}", r.stderr);
+    assert_eq!(ops.count().await, 2);
+}

@@ -36,6 +36,9 @@ pub const EXIT_TIMED_OUT: i32 = 3;
 /// Exit code: rows rejected.
 pub const EXIT_REJECTED: i32 = 4;
 
+/// The largest CSV file read (a million people take about 100 MB).
+pub const MAX_CSV_BYTES: u64 = 256 << 20;
+
 /// The columns a CSV file may have.
 pub const COLUMNS: [&str; 3] = ["client_user_id", "email", "enrollment_id"];
 
@@ -134,6 +137,15 @@ pub fn email_syntax_ok(email: &str) -> bool {
 /// Reads and checks a CSV file: a file-level problem (unreadable, no header, an unknown or
 /// repeated column, no client_user_id column) is an error; a row-level one rejects the row.
 pub fn read_csv(path: &Path) -> Result<(Vec<Row>, Vec<Rejected>)> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if size > MAX_CSV_BYTES {
+        bail!(
+            "{}: {size} bytes; at most {MAX_CSV_BYTES} (split the file)",
+            path.display()
+        );
+    }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     parse_csv(&bytes).with_context(|| path.display().to_string())
 }
@@ -481,7 +493,7 @@ pub async fn invite(a: InviteArgs) -> Result<()> {
     }
     match code {
         0 => Ok(()),
-        EXIT_FAILED => bail!(Exit::new(code, "some invitations failed")),
+        EXIT_FAILED => bail!(Exit::new(code, "some invitations failed or were retired")),
         EXIT_TIMED_OUT => bail!(Exit::new(code, "timed out waiting")),
         _ => bail!(Exit::new(code, format!("{} rows rejected", rejected.len()))),
     }
