@@ -4,6 +4,7 @@
 use clap::{CommandFactory, Parser};
 
 const README: &str = include_str!("../../../README.md");
+const OPERATIONS: &str = include_str!("../../../docs/OPERATIONS.md");
 
 /// Shell words of `line`, up to the first operator (`>`, `|`, `&`, `;`) or comment;
 /// quotes removed, `$VAR` kept as it is.
@@ -68,10 +69,10 @@ fn commands(line: &str) -> Vec<Vec<String>> {
 
 /// Lines of shell in fenced blocks (indented four spaces, or between ```), and inline
 /// code spans of prose that start with `cloudvpp `.
-fn command_lines() -> Vec<String> {
+fn command_lines(text: &str) -> Vec<String> {
     let mut lines = Vec::new();
     let mut fenced = false;
-    for line in README.lines() {
+    for line in text.lines() {
         if line.trim_start().starts_with("```") {
             fenced = !fenced;
             continue;
@@ -96,10 +97,29 @@ fn the_command_line_is_well_formed() {
 
 #[test]
 fn every_readme_command_line_parses() {
-    // The README exports the admin API key before the commands that need it.
+    let parsed = parse_all(README, "README.md");
+    // The walk-throughs hold a few dozen; a parser that finds none tests nothing.
+    assert!(
+        parsed >= 20,
+        "only {parsed} command lines found in README.md"
+    );
+}
+
+#[test]
+fn every_command_line_of_the_operations_guide_parses() {
+    let parsed = parse_all(OPERATIONS, "docs/OPERATIONS.md");
+    assert!(
+        parsed >= 8,
+        "only {parsed} command lines found in docs/OPERATIONS.md"
+    );
+}
+
+/// Parses every `cloudvpp` command line of `text`; returns how many there were.
+fn parse_all(text: &str, name: &str) -> usize {
+    // The documents export the admin API key before the commands that need it.
     std::env::set_var("CLOUDVPP_API_KEY", "from-the-environment");
     let mut parsed = 0;
-    for line in command_lines() {
+    for line in command_lines(text) {
         for args in commands(&line) {
             let argv = std::iter::once("cloudvpp".to_string()).chain(args.iter().cloned());
             match cloudvpp::Cli::try_parse_from(argv) {
@@ -111,16 +131,12 @@ fn every_readme_command_line_parses() {
                         clap::error::ErrorKind::DisplayVersion
                             | clap::error::ErrorKind::DisplayHelp
                     ) => {}
-                Err(e) => panic!("README: `cloudvpp {}` does not parse:\n{e}", args.join(" ")),
+                Err(e) => panic!("{name}: `cloudvpp {}` does not parse:\n{e}", args.join(" ")),
             }
             parsed += 1;
         }
     }
-    // The walk-throughs hold a few dozen; a parser that finds none tests nothing.
-    assert!(
-        parsed >= 20,
-        "only {parsed} command lines found in README.md"
-    );
+    parsed
 }
 
 /// Prose paragraphs, and runs of `#` comment lines in code, that name `serve`.

@@ -9,6 +9,7 @@
 //! and pass without checking anything, as the end-to-end suites do.
 
 pub mod appsbooks;
+pub mod engine;
 pub mod mdm;
 
 use cloudvpp_store::Store;

@@ -18,4 +18,6 @@ cloudvpp_store_conformance::conformance!(
     mdm::certificate_bindings,
     mdm::location_leases,
     mdm::last_seen_batches,
+    engine::locations_once_per_organisation,
+    engine::invitation_people_counts_and_changes,
 );
