@@ -12,7 +12,11 @@ fn main() {
         println!("cargo:rerun-if-changed={path}");
     }
     println!("cargo:rerun-if-env-changed=CLOUDVPP_COMMIT");
-    let commit = std::env::var("CLOUDVPP_COMMIT").ok().or_else(|| {
+    // An empty CLOUDVPP_COMMIT (a container build given none) counts as unset.
+    let given = std::env::var("CLOUDVPP_COMMIT")
+        .ok()
+        .filter(|c| !c.trim().is_empty());
+    let commit = given.or_else(|| {
         let out = Command::new("git")
             .args(["rev-parse", "--short=12", "HEAD"])
             .output()

@@ -61,8 +61,8 @@ pub enum Command {
     Serve(Box<cmd::serve::ServeArgs>),
     /// Invite people: register them with Apps and Books and send InviteToProgram.
     Invite(cmd::invite::InviteArgs),
-    /// List invitations and where each person stands.
-    Invitations(cmd::invite::InvitationsArgs),
+    /// List invitations and where each person stands; resend or retire them.
+    Invitations(cmd::invitations::InvitationsArgs),
     /// Assign an app or book to people already invited (one, or a CSV).
     Assign(cmd::licences::AssignArgs),
     /// List licence assignments and where each stands.
@@ -91,7 +91,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Simulate { command } => cmd::simulate::run(command).await,
         Command::Serve(a) => cmd::serve::run(*a).await,
         Command::Invite(a) => cmd::invite::invite(a).await,
-        Command::Invitations(a) => cmd::invite::invitations(a).await,
+        Command::Invitations(a) => cmd::invitations::run(a).await,
         Command::Assign(a) => cmd::licences::assign(a).await,
         Command::Assignments(a) => cmd::licences::assignments(a).await,
         Command::Completions { shell } => {
@@ -108,6 +108,34 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     }
 }
+
+/// A command's end that is not plain success, with its exit code: the binary prints
+/// `message` and exits with `code` (documented in the command's `--help`).
+#[derive(Debug)]
+pub struct Exit {
+    /// The process's exit code.
+    pub code: i32,
+    /// What went wrong, in one line.
+    pub message: String,
+}
+
+impl Exit {
+    /// An exit with `code`.
+    pub fn new(code: i32, message: impl Into<String>) -> Exit {
+        Exit {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
 
 /// Writes `bytes` to standard output; a reader that went away (`| head`) is not an error.
 fn write_stdout(bytes: &[u8]) -> Result<()> {

@@ -13,9 +13,13 @@ async fn main() {
     cloudvpp::telemetry::init_logging(cli.log_format);
     if let Err(e) = cloudvpp::run(cli).await {
         eprintln!("cloudvpp: {}", cloudvpp::error_report(&e));
-        let code = match e.downcast_ref::<cloudvpp::server::Fatal>() {
-            Some(_) => cloudvpp::server::Fatal::EXIT_CODE,
-            None => 1,
+        let code = match (
+            e.downcast_ref::<cloudvpp::server::Fatal>(),
+            e.downcast_ref::<cloudvpp::Exit>(),
+        ) {
+            (Some(_), _) => cloudvpp::server::Fatal::EXIT_CODE,
+            (None, Some(exit)) => exit.code,
+            (None, None) => 1,
         };
         std::process::exit(code);
     }

@@ -602,3 +602,924 @@ async fn answers_9646_to_the_engine_are_counted() {
         "{text}"
     );
 }
+
+// ---- Operator commands against a running `cloudvpp serve` (issue 12) ----
+
+/// A command's exit code and what it printed.
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `cloudvpp ARGS` as an operator would, against the MDM at `mdm` with the admin key
+/// in the environment; stdout and stderr are pipes (not terminals).
+fn run_cli(mdm: &str, args: &[&str]) -> Ran {
+    let out = Command::new(common::BIN)
+        .args(args)
+        .env("CLOUDVPP_MDM_URL", mdm)
+        .env("CLOUDVPP_API_KEY", KEY)
+        .env_remove("CLOUDVPP_DATABASE")
+        .output()
+        .unwrap();
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// `cloudvpp serve` with a location (added through the CLI) and a client of its admin API.
+struct Ops {
+    env: Env,
+    /// Kept to the end of the test: dropping it stops the server.
+    _p: Proc,
+    ab: String,
+    mdm: String,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Ops {
+    async fn start(extra: &[&str]) -> Ops {
+        let env = Env::new();
+        let log = env.dir.path().join("serve.log");
+        let p = serve(&env, extra, &log);
+        let (ab, mdm) = (p.bases[0].clone(), p.bases[1].clone());
+        let token = env.org("Acme Schools");
+        let ops = Ops {
+            env,
+            _p: p,
+            ab,
+            mdm,
+            http: reqwest::Client::new(),
+            token,
+        };
+        let r = ops.add_location(&ops.token);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        ops
+    }
+
+    /// `cloudvpp mdm location add` with `token` in a file.
+    fn add_location(&self, token: &str) -> Ran {
+        let file = self
+            .env
+            .dir
+            .path()
+            .join(format!("{}.vpptoken", uuid::Uuid::new_v4()));
+        std::fs::write(&file, token).unwrap();
+        run_cli(
+            &self.mdm,
+            &[
+                "mdm",
+                "location",
+                "add",
+                "--stoken-file",
+                file.to_str().unwrap(),
+                "--appsbooks-url",
+                &format!("{}/mdm/v2", self.ab),
+            ],
+        )
+    }
+
+    fn cli(&self, args: &[&str]) -> Ran {
+        run_cli(&self.mdm, args)
+    }
+
+    async fn api(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.mdm))
+            .bearer_auth(KEY);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let s = r.status().as_u16();
+        (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Every invitation, by person.
+    async fn invitations(&self) -> std::collections::HashMap<String, Value> {
+        let (s, v) = self
+            .api(
+                reqwest::Method::GET,
+                "/api/v1/invitations?limit=100000",
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        v["invitations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["client_user_id"].as_str().unwrap().to_string(), i.clone()))
+            .collect()
+    }
+
+    async fn count(&self) -> usize {
+        self.invitations().await.len()
+    }
+
+    /// Enrolled simulated devices.
+    async fn devices(&self, n: usize, platform: SimPlatform) -> Vec<SimDevice> {
+        let key = Arc::new(cloudvpp_identity::pem::key(pki().device_key_pem.as_bytes()).unwrap());
+        let specs = tokio::task::spawn_blocking(move || {
+            (0..n)
+                .map(|_| pki().new_device(platform).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+        let mut out = Vec::new();
+        for s in specs {
+            let d = SimDevice::with_key(s, key.clone(), &self.mdm, self.http.clone()).unwrap();
+            d.enroll().await.unwrap();
+            out.push(d);
+        }
+        out
+    }
+
+    fn write(&self, name: &str, content: &[u8]) -> String {
+        let path = self.env.dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn location_add_is_idempotent_per_organisation_and_takes_a_renewed_token() {
+    let ops = Ops::start(&[]).await;
+    let locations = async || {
+        let (s, v) = ops
+            .api(reqwest::Method::GET, "/api/v1/locations", None)
+            .await;
+        assert_eq!(s, 200);
+        v["locations"].as_array().unwrap().clone()
+    };
+    assert_eq!(locations().await.len(), 1);
+    let first = locations().await[0]["id"].clone();
+
+    // The same sToken again: the location there is reported, nothing is added.
+    let again = ops.add_location(&ops.token);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("was there already with this sToken"),
+        "{}",
+        again.stderr
+    );
+    let shown: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(shown["id"], first);
+    assert_eq!(shown["existing"], true);
+    assert_eq!(locations().await.len(), 1);
+
+    // A renewed sToken of the same organisation replaces the old one (which now answers
+    // 9625), and the engine works with the new one.
+    let renewed = ops
+        .env
+        .cli(&["appsbooks", "org", "renew", "--org", "Acme Schools"])
+        .trim()
+        .to_string();
+    assert_ne!(renewed, ops.token);
+    let r = ops.add_location(&renewed);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("its sToken is replaced"), "{}", r.stderr);
+    let shown: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (&shown["id"], &shown["token_replaced"]),
+        (&first, &json!(true))
+    );
+    assert_eq!(shown["notifications"]["subscribed"], true, "{shown}");
+    assert_eq!(locations().await.len(), 1);
+    let r = ops.cli(&[
+        "invite",
+        "--client-user-id",
+        "after-renewal",
+        "--email",
+        "after@example.com",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    until("registered with the renewed token", 60, async || {
+        ops.invitations().await["after-renewal"]["state"] == "registered"
+    })
+    .await;
+    // The old token again: it is refused by the service, and nothing changes.
+    let old = ops.add_location(&ops.token);
+    assert_eq!(old.code, 1);
+    assert!(old.stderr.contains("refused the token"), "{}", old.stderr);
+    assert_eq!(locations().await.len(), 1);
+
+    // Another organisation added by three operators at once: one location.
+    let other = ops.env.org("Other School");
+    let runs: Vec<_> = (0..3)
+        .map(|_| {
+            let (mdm, ab, dir, token) = (
+                ops.mdm.clone(),
+                ops.ab.clone(),
+                ops.env.dir.path().to_path_buf(),
+                other.clone(),
+            );
+            std::thread::spawn(move || {
+                let file = dir.join(format!("{}.vpptoken", uuid::Uuid::new_v4()));
+                std::fs::write(&file, token).unwrap();
+                run_cli(
+                    &mdm,
+                    &[
+                        "mdm",
+                        "location",
+                        "add",
+                        "--stoken-file",
+                        file.to_str().unwrap(),
+                        "--appsbooks-url",
+                        &format!("{ab}/mdm/v2"),
+                    ],
+                )
+            })
+        })
+        .collect();
+    let ids: std::collections::HashSet<String> = runs
+        .into_iter()
+        .map(|t| {
+            let r = t.join().unwrap();
+            assert_eq!(r.code, 0, "{}", r.stderr);
+            serde_json::from_str::<Value>(&r.stdout).unwrap()["id"].to_string()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(locations().await.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn csv_invitations_are_checked_whole_and_invite_each_person_once() {
+    let ops = Ops::start(&[]).await;
+    let devices = ops.devices(4, SimPlatform::Ios).await;
+    let d = |i: usize| devices[i].spec.id.clone();
+    // A spreadsheet's export: a BOM, CRLF line ends, quoted fields; three good rows and
+    // one of each mistake.
+    let file = format!(
+        "\u{feff}client_user_id,email,enrollment_id\r\n\
+         p1,p1@example.com,{}\r\n\
+         p2,not-an-email,{}\r\n\
+         p3,p3@example.com,NO-SUCH-DEVICE\r\n\
+         \"p4\",\"p4@example.com\",{}\r\n\
+         p1,p1@example.com,{}\r\n\
+         ,nobody@example.com,\r\n\
+         p5,p5@example.com,\r\n",
+        d(0),
+        d(1),
+        d(2),
+        d(0)
+    );
+    let csv = ops.write("people.csv", file.as_bytes());
+
+    // --strict: one bad row refuses the whole file; nobody is invited.
+    let r = ops.cli(&["invite", "--csv", &csv, "--strict"]);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("nobody invited"), "{}", r.stderr);
+    for line in [
+        "line 3: rejected (p2): invalid email \"not-an-email\"",
+        "line 4: rejected (p3): unknown enrollment NO-SUCH-DEVICE",
+        "line 6: rejected (p1): repeats line 2",
+        "line 7: rejected: no client_user_id",
+    ] {
+        assert!(r.stdout.contains(line), "no {line:?} in\n{}", r.stdout);
+    }
+    assert_eq!(ops.count().await, 0, "--strict invited somebody");
+
+    // An unknown column refuses the file whatever the flags.
+    let typo = ops.write(
+        "typo.csv",
+        format!(
+            "client_user_id,email,enrolment_id\np1,p1@example.com,{}\n",
+            d(0)
+        )
+        .as_bytes(),
+    );
+    let r = ops.cli(&["invite", "--csv", &typo]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stderr.contains("unknown column \"enrolment_id\""),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(ops.count().await, 0);
+
+    // Without --strict: the good rows are invited, the others listed; exit status 4.
+    let r = ops.cli(&["invite", "--csv", &csv]);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("3 invited, 0 already in progress, 0 skipped, 4 rejected"),
+        "{}",
+        r.stdout
+    );
+    assert!(r
+        .stdout
+        .contains("line 4: rejected (p3): unknown enrollment"));
+    let all = ops.invitations().await;
+    let mut people: Vec<&str> = all.keys().map(String::as_str).collect();
+    people.sort();
+    assert_eq!(people, ["p1", "p4", "p5"]);
+    assert_eq!(all["p4"]["enrollment_id"], d(2).as_str());
+    assert_eq!(all["p5"]["enrollment_id"], Value::Null);
+
+    // The same file again invites nobody: each person is reported, with the reason.
+    let r = ops.cli(&["invite", "--csv", &csv]);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("0 invited, 3 already in progress, 0 skipped, 4 rejected"),
+        "{}",
+        r.stdout
+    );
+    let p1 = all["p1"]["id"].as_str().unwrap();
+    let skipped = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("line 2: skipped p1: already invited, "))
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    assert!(
+        skipped.ends_with(&format!("(invitation {p1})")),
+        "{skipped}"
+    );
+    assert_eq!(ops.count().await, 3);
+
+    // A person retired on purpose is not invited again silently...
+    let p5 = all["p5"]["id"].as_str().unwrap().to_string();
+    until("p5 registered", 60, async || {
+        ops.invitations().await["p5"]["state"] == "registered"
+    })
+    .await;
+    let r = ops.cli(&["invitations", "retire", &p5]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("1 retired, 0 refused"), "{}", r.stdout);
+    let good = ops.write(
+        "good.csv",
+        format!(
+            "client_user_id,email,enrollment_id\np1,p1@example.com,{}\np5,p5@example.com,\n",
+            d(0)
+        )
+        .as_bytes(),
+    );
+    let r = ops.cli(&["invite", "--csv", &good]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains(&format!("line 3: skipped p5: retired (invitation {p5})")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("0 invited, 1 already in progress, 1 skipped, 0 rejected"),
+        "{}",
+        r.stdout
+    );
+    // ...and is, on purpose, with --reinvite-retired.
+    let r = ops.cli(&["invite", "--csv", &good, "--reinvite-retired"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout
+            .contains("1 invited, 1 already in progress, 0 skipped, 0 rejected"),
+        "{}",
+        r.stdout
+    );
+    let (_, v) = ops
+        .api(
+            reqwest::Method::GET,
+            "/api/v1/invitations?client_user_id=p5",
+            None,
+        )
+        .await;
+    assert_eq!(v["total"], 2, "{v}");
+    assert_eq!(v["counts"]["retired"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invite_wait_counts_states_prints_failures_and_exits_by_outcome() {
+    let ops = Ops::start(&[]).await;
+    let phone = ops.devices(1, SimPlatform::Ios).await;
+    let byod = ops.devices(1, SimPlatform::UserEnrollment).await;
+
+    // Timed out: the phone never checks in, so its invitation stays queued.
+    let r = ops.cli(&[
+        "invite",
+        "--client-user-id",
+        "silent",
+        "--email",
+        "silent@example.com",
+        "--enrollment",
+        phone[0].spec.id.as_str(),
+        "--wait",
+        "--timeout",
+        "8",
+        "--progress-every",
+        "1",
+    ]);
+    assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
+    let progress: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" ended: "))
+        .collect();
+    assert!(progress.len() >= 2, "{}", r.stdout);
+    for l in &progress {
+        // `2025-01-01T00:00:00.000Z 0/1 ended: registering 1`: a plain line, no bar.
+        let (time, rest) = l.split_once(' ').unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{l}");
+        assert!(rest.starts_with("0/1 ended: "), "{l}");
+    }
+    assert!(
+        progress.last().unwrap().ends_with("queued 1"),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains('\u{1b}') && !r.stderr.contains('\u{1b}'));
+    assert!(r.stdout.contains("timed out after 8s"), "{}", r.stdout);
+    assert!(r.stderr.contains("timed out"), "{}", r.stderr);
+
+    // Some failed: a User Enrollment cannot take InviteToProgram; the failure is printed
+    // on its own line as it happens, and the email-only person is accepted meanwhile.
+    let csv = ops.write(
+        "two.csv",
+        format!(
+            "client_user_id,email,enrollment_id\nbyod,byod@example.com,{}\nlinda,linda@example.com,\n",
+            byod[0].spec.id
+        )
+        .as_bytes(),
+    );
+    let child = Command::new(common::BIN)
+        .args([
+            "invite",
+            "--csv",
+            &csv,
+            "--wait",
+            "--timeout",
+            "120",
+            "--progress-every",
+            "1",
+        ])
+        .env("CLOUDVPP_MDM_URL", &ops.mdm)
+        .env("CLOUDVPP_API_KEY", KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut link = String::new();
+    until("linda's link", 60, async || {
+        link = ops
+            .invitations()
+            .await
+            .get("linda")
+            .and_then(|i| i["invitation_url"].as_str())
+            .unwrap_or("")
+            .to_string();
+        !link.is_empty()
+    })
+    .await;
+    accept_invitation(&ops.http, &link, "linda@people.example")
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let byod_id = ops.invitations().await["byod"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let failure = stdout
+        .lines()
+        .find(|l| l.starts_with("failed: byod"))
+        .unwrap_or_else(|| panic!("no failure line in\n{stdout}"));
+    assert!(
+        failure.starts_with(&format!("failed: byod (invitation {byod_id}): "))
+            && failure.contains("User Enrollment"),
+        "{failure}"
+    );
+    assert!(
+        stdout.contains("1 associated, 1 failed or retired"),
+        "{stdout}"
+    );
+    let last = stdout.lines().rfind(|l| l.contains(" ended: ")).unwrap();
+    assert!(
+        last.ends_with(" 2/2 ended: associated 1, failed 1"),
+        "{stdout}"
+    );
+
+    // All associated: exit status 0.
+    let child = Command::new(common::BIN)
+        .args([
+            "invite",
+            "--client-user-id",
+            "mo",
+            "--email",
+            "mo@example.com",
+            "--wait",
+            "--timeout",
+            "120",
+        ])
+        .env("CLOUDVPP_MDM_URL", &ops.mdm)
+        .env("CLOUDVPP_API_KEY", KEY)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut link = String::new();
+    until("mo's link", 60, async || {
+        link = ops
+            .invitations()
+            .await
+            .get("mo")
+            .and_then(|i| i["invitation_url"].as_str())
+            .unwrap_or("")
+            .to_string();
+        !link.is_empty()
+    })
+    .await;
+    accept_invitation(&ops.http, &link, "mo@people.example")
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("1 associated, 0 failed or retired"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invitations_are_listed_filtered_resent_with_corrections_and_retired() {
+    let ops = Ops::start(&[]).await;
+    let phones = ops.devices(1, SimPlatform::Ios).await;
+    let byod = ops.devices(1, SimPlatform::UserEnrollment).await;
+    // Through the API (whose email check is Apple's, looser than the CLI's): one address
+    // Apple refuses (9717), one device that cannot take the invitation, two email links.
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"invitations": [
+                {"client_user_id": "typo", "email": "typo@nowhere"},
+                {"client_user_id": "byod", "email": "byod@example.com", "enrollment_id": byod[0].spec.id},
+                {"client_user_id": "l1", "email": "l1@example.com"},
+                {"client_user_id": "l2", "email": "l2@example.com"},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    until("two failed, two registered", 60, async || {
+        let all = ops.invitations().await;
+        ["typo", "byod"]
+            .iter()
+            .all(|p| all[*p]["state"] == "failed")
+            && ["l1", "l2"]
+                .iter()
+                .all(|p| all[*p]["state"] == "registered")
+    })
+    .await;
+    let all = ops.invitations().await;
+
+    // The listing: counts per state, the cut said, email and link columns, newest first.
+    let r = ops.cli(&["invitations", "--limit", "3"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        "registering 0, registered 2, queued 0, delivered 0, associated 0, failed 2, retired 0"
+    );
+    assert_eq!(
+        lines[1],
+        "showing 3 of 4, newest first (--limit to see more)"
+    );
+    assert!(
+        lines[2].starts_with("CREATED") && lines[2].contains("EMAIL") && lines[2].contains("LINK")
+    );
+    assert_eq!(lines.len(), 6, "{}", r.stdout);
+    let l1 = lines
+        .iter()
+        .find(|l| l.contains(" l1 "))
+        .map(|l| l.to_string());
+    if let Some(l1) = l1 {
+        assert!(l1.contains("l1@example.com"), "{l1}");
+        assert!(
+            l1.contains(all["l1"]["invitation_url"].as_str().unwrap()),
+            "{l1}"
+        );
+    }
+    // Filters: the counts and the total are those of the filter.
+    let r = ops.cli(&["invitations", "--state", "failed", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (v["total"].as_i64(), v["shown"].as_i64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(v["counts"]["failed"], 2);
+    assert_eq!(v["counts"]["registered"], 0);
+    let created: Vec<String> = v["invitations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["created_at"].as_str().unwrap().to_string())
+        .collect();
+    for t in &created {
+        assert!(chrono::DateTime::parse_from_rfc3339(t).is_ok(), "{t}");
+        assert!(t.ends_with('Z'), "{t}");
+    }
+    assert!(
+        created.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {created:?}"
+    );
+    let r = ops.cli(&["invitations", "--client-user-id", "l1", "--json"]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(
+        (v["total"].as_i64(), v["counts"]["registered"].as_i64()),
+        (Some(1), Some(1))
+    );
+    // Only the real states parse.
+    let r = ops.cli(&["invitations", "--state", "pending"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr
+            .contains("possible values: registering, registered"),
+        "{}",
+        r.stderr
+    );
+    let (s, _) = ops
+        .api(
+            reqwest::Method::GET,
+            "/api/v1/invitations?state=pending",
+            None,
+        )
+        .await;
+    assert_eq!(s, 400);
+
+    // Bulk: every failed invitation is sent again (and fails again, uncorrected).
+    let (typo, byod_id) = (
+        all["typo"]["id"].as_str().unwrap().to_string(),
+        all["byod"]["id"].as_str().unwrap().to_string(),
+    );
+    let r = ops.cli(&["invitations", "resend", "--state", "failed"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("2 resent, 0 refused"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("{typo}  typo  registering")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&format!("{byod_id}  byod  registered")),
+        "{}",
+        r.stdout
+    );
+    until("both failed again", 60, async || {
+        let all = ops.invitations().await;
+        ["typo", "byod"]
+            .iter()
+            .all(|p| all[*p]["state"] == "failed")
+    })
+    .await;
+
+    // Resend with a corrected email: registration starts over with it.
+    let r = ops.cli(&[
+        "invitations",
+        "resend",
+        &typo,
+        "--email",
+        "typo@example.com",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.contains(&format!("{typo}  typo  registering")),
+        "{}",
+        r.stdout
+    );
+    // Resend with another enrollment: the phone's channel is chosen and it is queued.
+    let r = ops.cli(&[
+        "invitations",
+        "resend",
+        &byod_id,
+        "--enrollment",
+        phones[0].spec.id.as_str(),
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    until("corrections take", 60, async || {
+        let all = ops.invitations().await;
+        all["typo"]["state"] == "registered" && all["byod"]["state"] == "queued"
+    })
+    .await;
+    let all = ops.invitations().await;
+    assert_eq!(all["typo"]["email"], "typo@example.com");
+    assert_eq!(all["byod"]["channel"], phones[0].spec.id.as_str());
+    // A correction to an unknown enrollment, or for several invitations, is refused.
+    let r = ops.cli(&[
+        "invitations",
+        "resend",
+        &byod_id,
+        "--enrollment",
+        "NO-SUCH-DEVICE",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains("unknown enrollment NO-SUCH-DEVICE"),
+        "{}",
+        r.stdout
+    );
+    let r = ops.cli(&[
+        "invitations",
+        "resend",
+        &byod_id,
+        &typo,
+        "--email",
+        "x@example.com",
+    ]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("exactly one ID"), "{}", r.stderr);
+    let r = ops.cli(&["invitations", "resend", "--state", "failed"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("nothing to resend"), "{}", r.stdout);
+
+    // Retire by ID; an unknown ID is refused and changes the exit status.
+    let l2 = all["l2"]["id"].as_str().unwrap().to_string();
+    let l1 = all["l1"]["id"].as_str().unwrap().to_string();
+    let r = ops.cli(&["invitations", "retire", &l1, &l2, "no-such-invitation"]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("2 retired, 1 refused"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("no-such-invitation  refused: 404"),
+        "{}",
+        r.stdout
+    );
+    let r = ops.cli(&["invitations", "--state", "retired", "--json"]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["total"], 2);
+    // Retired ones cannot be resent.
+    let r = ops.cli(&["invitations", "resend", &l1]);
+    assert_eq!(r.code, 1);
+    assert!(
+        r.stdout.contains("409: invitation is retired"),
+        "{}",
+        r.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_invitation_api_refuses_garbage_and_changes_nothing() {
+    let ops = Ops::start(&[]).await;
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"client_user_id": "kept", "email": "kept@example.com"})),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let kept = v["invitations"][0].clone();
+    let id = kept["id"].as_str().unwrap().to_string();
+    let raw = async |method: reqwest::Method, path: &str, body: &str| {
+        let r = ops
+            .http
+            .request(method, format!("{}{path}", ops.mdm))
+            .bearer_auth(KEY)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let s = r.status().as_u16();
+        (s, r.json::<Value>().await.unwrap_or(Value::Null))
+    };
+    let resend = format!("/api/v1/invitations/{id}/resend");
+    let long = format!("{}@example.com", "a".repeat(300));
+    for (path, body) in [
+        (resend.as_str(), "{not json".to_string()),
+        (resend.as_str(), r#"{"email": 5}"#.to_string()),
+        (resend.as_str(), r#"{"emial": "x@example.com"}"#.to_string()),
+        (resend.as_str(), format!(r#"{{"email": "{long}"}}"#)),
+        (
+            resend.as_str(),
+            r#"{"email": "two words@example.com"}"#.to_string(),
+        ),
+        (
+            resend.as_str(),
+            r#"{"enrollment_id": "NO-SUCH-DEVICE"}"#.to_string(),
+        ),
+        ("/api/v1/invitations", r#"{"invitations": []}"#.to_string()),
+        (
+            "/api/v1/invitations",
+            r#"{"invitations": [{"client_user_id": "   "}]}"#.to_string(),
+        ),
+        (
+            "/api/v1/invitations",
+            format!(r#"{{"client_user_id": "x", "email": "{long}"}}"#),
+        ),
+        ("/api/v1/locations", r#"{"stoken": ""}"#.to_string()),
+        (
+            "/api/v1/locations",
+            r#"{"stoken": "not a token", "base_url": "http://127.0.0.1:1/mdm/v2"}"#.to_string(),
+        ),
+    ] {
+        let (s, v) = raw(reqwest::Method::POST, path, &body).await;
+        assert_eq!(s, 400, "{path} {body}: {v}");
+        assert!(v["error"].is_string(), "{path} {body}: {v}");
+    }
+    // Too many at once.
+    let many: Vec<Value> = (0..10_001)
+        .map(|i| json!({"client_user_id": format!("p{i}")}))
+        .collect();
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"invitations": many})),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    for q in [
+        "?state=pending",
+        "?limit=many",
+        "?updated_since=yesterday",
+        "?location_id=first",
+    ] {
+        let (s, v) = ops
+            .api(
+                reqwest::Method::GET,
+                &format!("/api/v1/invitations{q}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 400, "{q}: {v}");
+    }
+    // A dry run, and an atomic request with one bad entry, store nothing.
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"dry_run": true, "invitations": [{"client_user_id": "dry"}]})),
+        )
+        .await;
+    assert_eq!(
+        (s, v["results"][0]["outcome"].as_str()),
+        (200, Some("new")),
+        "{v}"
+    );
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"atomic": true, "invitations": [
+                {"client_user_id": "good"},
+                {"client_user_id": "bad", "enrollment_id": "NO-SUCH-DEVICE"},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["stored"], false);
+    assert_eq!(
+        v["results"][1]["reason"],
+        "unknown enrollment NO-SUCH-DEVICE"
+    );
+    // Without atomic the good one is stored, and the answer says which was refused.
+    let (s, v) = ops
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(json!({"invitations": [
+                {"client_user_id": "good"},
+                {"client_user_id": "bad", "enrollment_id": "NO-SUCH-DEVICE"},
+            ]})),
+        )
+        .await;
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(
+        v["summary"],
+        json!({"new": 1, "in_progress": 0, "skipped": 0, "rejected": 1})
+    );
+    let all = ops.invitations().await;
+    let mut people: Vec<&str> = all.keys().map(String::as_str).collect();
+    people.sort();
+    assert_eq!(people, ["good", "kept"]);
+    // The kept invitation is as it was (save what the engine did on its own).
+    assert_eq!(all["kept"]["email"], "kept@example.com");
+    assert_eq!(all["kept"]["attempts"], kept["attempts"]);
+    let (_, v) = ops
+        .api(reqwest::Method::GET, "/api/v1/locations", None)
+        .await;
+    assert_eq!(v["locations"].as_array().unwrap().len(), 1);
+
+    // A CSV that is not one: no header line, or binary garbage.
+    let empty = ops.write("empty.csv", b"");
+    let r = ops.cli(&["invite", "--csv", &empty]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("empty"), "{}", r.stderr);
+    let junk = ops.write("junk.csv", &[0xff, 0xfe, 0x00, 0x01, b'\n', 0x80]);
+    let r = ops.cli(&["invite", "--csv", &junk]);
+    assert_eq!(r.code, 1);
+    assert!(r.stderr.contains("header"), "{}", r.stderr);
+    assert_eq!(ops.count().await, 2);
+}

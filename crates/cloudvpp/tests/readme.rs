@@ -1,10 +1,10 @@
-//! Every `cloudvpp ...` command line in README.md (and in the walk-through drafts of docs/)
-//! parses (in-process, with clap), and every flag the README names for `serve` exists on
-//! `cloudvpp serve`.
+//! Every `cloudvpp ...` command line in README.md parses (in-process, with clap), and every
+//! flag the README names for `serve` exists on `cloudvpp serve`.
 
 use clap::{CommandFactory, Parser};
 
 const README: &str = include_str!("../../../README.md");
+const OPERATIONS: &str = include_str!("../../../docs/OPERATIONS.md");
 const LICENCES_WALKTHROUGH: &str = include_str!("../../../docs/walkthrough-licences.md");
 
 /// Shell words of `line`, up to the first operator (`>`, `|`, `&`, `;`) or comment;
@@ -96,9 +96,37 @@ fn the_command_line_is_well_formed() {
     cloudvpp::Cli::command().debug_assert();
 }
 
-/// Parses every `cloudvpp` command line of `text` (the document `doc`); how many.
-fn parse_every_line(text: &str, doc: &str) -> usize {
-    // The walk-throughs export the admin API key before the commands that need it.
+#[test]
+fn every_readme_command_line_parses() {
+    let parsed = parse_all(README, "README.md");
+    // The walk-throughs hold a few dozen; a parser that finds none tests nothing.
+    assert!(
+        parsed >= 20,
+        "only {parsed} command lines found in README.md"
+    );
+}
+
+#[test]
+fn every_command_line_of_the_operations_guide_parses() {
+    let parsed = parse_all(OPERATIONS, "docs/OPERATIONS.md");
+    assert!(
+        parsed >= 8,
+        "only {parsed} command lines found in docs/OPERATIONS.md"
+    );
+}
+
+#[test]
+fn every_command_line_of_the_licences_walkthrough_parses() {
+    let parsed = parse_all(LICENCES_WALKTHROUGH, "docs/walkthrough-licences.md");
+    assert!(
+        parsed >= 15,
+        "only {parsed} command lines found in docs/walkthrough-licences.md"
+    );
+}
+
+/// Parses every `cloudvpp` command line of `text`; returns how many there were.
+fn parse_all(text: &str, name: &str) -> usize {
+    // The documents export the admin API key before the commands that need it.
     std::env::set_var("CLOUDVPP_API_KEY", "from-the-environment");
     let mut parsed = 0;
     for line in command_lines(text) {
@@ -113,28 +141,12 @@ fn parse_every_line(text: &str, doc: &str) -> usize {
                         clap::error::ErrorKind::DisplayVersion
                             | clap::error::ErrorKind::DisplayHelp
                     ) => {}
-                Err(e) => panic!("{doc}: `cloudvpp {}` does not parse:\n{e}", args.join(" ")),
+                Err(e) => panic!("{name}: `cloudvpp {}` does not parse:\n{e}", args.join(" ")),
             }
             parsed += 1;
         }
     }
     parsed
-}
-
-#[test]
-fn every_readme_command_line_parses() {
-    let parsed = parse_every_line(README, "README.md");
-    // The walk-throughs hold a few dozen; a parser that finds none tests nothing.
-    assert!(
-        parsed >= 20,
-        "only {parsed} command lines found in README.md"
-    );
-}
-
-#[test]
-fn every_licences_walkthrough_command_line_parses() {
-    let parsed = parse_every_line(LICENCES_WALKTHROUGH, "docs/walkthrough-licences.md");
-    assert!(parsed >= 15, "only {parsed} command lines found");
 }
 
 /// Prose paragraphs, and runs of `#` comment lines in code, that name `serve`.

@@ -1,6 +1,7 @@
 //! The engine's HTTP surface: the admin API for locations and invitations, and the
 //! endpoint Apps and Books notifications are delivered to.
 
+use crate::machine::{admit, Admission};
 use crate::Engine;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -15,7 +16,7 @@ use cloudvpp_abwire::notification::{
 };
 use cloudvpp_mdm::admin::{fail, json_body, require_api_key, ApiFailure, ApiResult};
 use cloudvpp_store::engine::{
-    Invitation, InvitationFilter, InvitationId, InvitationState, Location, LocationId,
+    Invitation, InvitationFilter, InvitationId, InvitationState, Location, LocationId, NewLocation,
 };
 use cloudvpp_store::mdm::EnrollmentId;
 use serde::Deserialize;
@@ -68,12 +69,20 @@ pub struct AddLocation {
     pub base_url: Option<String>,
 }
 
+/// `POST /api/v1/locations`: adds a location, once per organisation. The same sToken again
+/// answers 200 with the location there (`"existing": true`); a renewed sToken of the same
+/// organisation (same `uId`) replaces the stored one (`"token_replaced": true`) and the
+/// notification subscription is set again with a fresh secret.
 async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Response> {
     let req: AddLocation = json_body(&body)?;
+    let stoken = req.stoken.trim();
+    if stoken.is_empty() {
+        return Err(fail(StatusCode::BAD_REQUEST, "stoken is empty"));
+    }
     let base = req
         .base_url
         .unwrap_or_else(|| cloudvpp_abclient::APPLE_BASE_URL.to_string());
-    let client = Client::new(&base, &req.stoken);
+    let client = Client::new(&base, stoken);
     // The token must work before it is stored.
     let cfg = client.client_config().await.map_err(|e| {
         fail(
@@ -81,20 +90,56 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
             format!("the Apps and Books service refused the token: {e}"),
         )
     })?;
-    let expires = cloudvpp_abclient::stoken_expiry(&req.stoken);
+    let expires = cloudvpp_abclient::stoken_expiry(stoken);
     let notify_token =
         uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+    let new = NewLocation {
+        name: &cfg.location_name,
+        stoken,
+        base_url: &base,
+        notify_token: &notify_token,
+        expires_at: expires,
+    };
+    let (loc, created) = match cfg.meta.u_id.as_deref().filter(|u| !u.is_empty()) {
+        Some(uid) => engine
+            .store
+            .add_location_once(&new, uid)
+            .await
+            .map_err(internal)?,
+        // A service that names no organisation: nothing to recognise it by.
+        None => (
+            engine
+                .store
+                .add_location(new.name, stoken, &base, &notify_token, expires)
+                .await
+                .map_err(internal)?,
+            true,
+        ),
+    };
+    let mut token_replaced = false;
+    if !created {
+        if loc.stoken == stoken && loc.base_url == base {
+            // The same organisation and token again: report the location there.
+            let mirrored = engine.store.mirror_count(loc.id).await.map_err(internal)?;
+            let mut v = location_json(&loc, mirrored, engine.now_ms());
+            v["existing"] = json!(true);
+            return Ok((StatusCode::OK, Json(v)).into_response());
+        }
+        // A renewed token (or a moved service) of an organisation already here.
+        engine
+            .store
+            .replace_location_token(loc.id, &new)
+            .await
+            .map_err(internal)?;
+        token_replaced = true;
+        tracing::info!(location = %loc.id, name = loc.name, "location's sToken replaced");
+    }
     let loc = engine
         .store
-        .add_location(
-            &cfg.location_name,
-            &req.stoken,
-            &base,
-            &notify_token,
-            expires,
-        )
+        .location(loc.id)
         .await
-        .map_err(internal)?;
+        .map_err(internal)?
+        .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no location"))?;
     if expires.is_some_and(|e| e - engine.now_ms() / 1000 < EXPIRY_WARNING_SECS) {
         tracing::warn!(
             location = %loc.id,
@@ -133,7 +178,7 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
             .await
             .map_err(internal)?;
     }
-    crate::worker::sync(&engine, &loc, true)
+    crate::worker::sync(&engine, &loc, created)
         .await
         .map_err(|e| fail(StatusCode::BAD_GATEWAY, format!("importing users: {e}")))?;
     let loc = engine
@@ -145,7 +190,14 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
     let mirrored = engine.store.mirror_count(loc.id).await.map_err(internal)?;
     let mut v = location_json(&loc, mirrored, engine.now_ms());
     v["notifications"] = notifications;
-    Ok((StatusCode::CREATED, Json(v)).into_response())
+    v["existing"] = json!(!created);
+    v["token_replaced"] = json!(token_replaced);
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(v)).into_response())
 }
 
 async fn list_locations(State(engine): State<Engine>) -> ApiResult<Json<Value>> {
@@ -178,7 +230,18 @@ pub struct NewInvitation {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum InvitationsBody {
-    Many { invitations: Vec<NewInvitation> },
+    Many {
+        invitations: Vec<NewInvitation>,
+        /// Check and decide every entry, store nothing.
+        #[serde(default)]
+        dry_run: bool,
+        /// Store nothing if any entry is rejected.
+        #[serde(default)]
+        atomic: bool,
+        /// Invite people who were retired on purpose (otherwise skipped).
+        #[serde(default)]
+        reinvite_retired: bool,
+    },
     One(NewInvitation),
 }
 
@@ -192,166 +255,365 @@ fn invitation_json(i: &Invitation) -> Value {
     })
 }
 
+/// The most invitations one request may ask for.
+pub const MAX_INVITATIONS_PER_REQUEST: usize = 10_000;
+
+/// Whether `email` passes the engine's check (Apple has the last word, with 9717).
+pub fn email_acceptable(email: &str) -> bool {
+    email.contains('@') && !email.chars().any(char::is_whitespace) && email.len() <= 254
+}
+
+/// What became of one entry of a request.
+enum Outcome {
+    New(Invitation),
+    InProgress(Invitation),
+    Skipped {
+        skip: &'static str,
+        reason: String,
+        invitation: Option<Invitation>,
+    },
+    Rejected(String),
+}
+
+fn result_json(index: usize, cuid: &str, outcome: &Outcome) -> Value {
+    let (word, reason, inv) = match outcome {
+        Outcome::New(i) => ("new", None, Some(i)),
+        Outcome::InProgress(i) => ("in_progress", None, Some(i)),
+        Outcome::Skipped {
+            reason, invitation, ..
+        } => ("skipped", Some(reason.clone()), invitation.as_ref()),
+        Outcome::Rejected(r) => ("rejected", Some(r.clone()), None),
+    };
+    let mut v =
+        json!({ "index": index, "client_user_id": cuid, "outcome": word, "reason": reason });
+    if let Outcome::Skipped { skip, .. } = outcome {
+        v["skip"] = json!(skip);
+    }
+    if let Some(i) = inv {
+        v["invitation"] = invitation_json(i);
+    }
+    v
+}
+
+/// `POST /api/v1/invitations`: one invitation, or `{"invitations": [...]}` with the options
+/// above. Every entry is checked first (client_user_id, email, location, enrollment known
+/// to the MDM) and decided by [`admit`]: new, in progress, skipped or rejected; `results`
+/// says which, entry by entry. 202 when none was rejected, 422 when some were (the others
+/// are stored unless `atomic`), 400 when all were; `dry_run` stores nothing and answers 200.
 async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiResult<Response> {
     let req: InvitationsBody = json_body(&body)?;
-    let wanted = match req {
-        InvitationsBody::Many { invitations } => invitations,
-        InvitationsBody::One(one) => vec![one],
+    let (wanted, dry_run, atomic, reinvite_retired) = match req {
+        InvitationsBody::Many {
+            invitations,
+            dry_run,
+            atomic,
+            reinvite_retired,
+        } => (invitations, dry_run, atomic, reinvite_retired),
+        InvitationsBody::One(one) => (vec![one], false, false, false),
     };
-    if wanted.is_empty() || wanted.len() > 10_000 {
+    if wanted.is_empty() || wanted.len() > MAX_INVITATIONS_PER_REQUEST {
         return Err(fail(
             StatusCode::BAD_REQUEST,
-            "between 1 and 10000 invitations per request",
+            format!("between 1 and {MAX_INVITATIONS_PER_REQUEST} invitations per request"),
         ));
     }
     let locations = engine.store.locations().await.map_err(internal)?;
-    // Every request is checked before anything is read or stored.
-    let mut checked: Vec<(LocationId, String, NewInvitation)> = Vec::with_capacity(wanted.len());
-    for w in wanted {
-        let cuid = w.client_user_id.trim().to_string();
-        if cuid.is_empty() {
-            return Err(fail(StatusCode::BAD_REQUEST, "client_user_id is required"));
-        }
-        if let Some(e) = &w.email {
-            if !e.contains('@') || e.chars().any(char::is_whitespace) {
-                return Err(fail(
-                    StatusCode::BAD_REQUEST,
-                    format!("invalid email {e:?}"),
-                ));
-            }
-        }
-        let location_id = match (w.location_id, locations.as_slice()) {
-            (Some(id), _) if locations.iter().any(|l| l.id == id) => id,
-            (Some(id), _) => {
-                return Err(fail(StatusCode::BAD_REQUEST, format!("no location {id}")))
-            }
-            (None, [only]) => only.id,
-            (None, []) => {
-                return Err(fail(
-                    StatusCode::CONFLICT,
-                    "no location yet: add one with `cloudvpp mdm location add`",
-                ))
-            }
-            (None, _) => {
-                return Err(fail(
-                    StatusCode::BAD_REQUEST,
-                    "several locations: give location_id",
-                ))
-            }
-        };
-        checked.push((location_id, cuid, w));
+    if locations.is_empty() {
+        return Err(fail(
+            StatusCode::CONFLICT,
+            "no location yet: add one with `cloudvpp mdm location add`",
+        ));
     }
-    // Invitations in progress for these people: one read for the whole request.
+    // Every entry is checked before anything is stored; the MDM is asked once per
+    // distinct enrollment.
+    let mut enrollments: HashMap<EnrollmentId, bool> = HashMap::new();
+    for e in wanted.iter().filter_map(|w| w.enrollment_id.as_ref()) {
+        if !enrollments.contains_key(e) {
+            let known = engine
+                .mdm
+                .store()
+                .enrollment(e)
+                .await
+                .map_err(internal)?
+                .is_some();
+            enrollments.insert(e.clone(), known);
+        }
+    }
+    let checked: Vec<Result<(LocationId, String), String>> = wanted
+        .iter()
+        .map(|w| {
+            let cuid = w.client_user_id.trim().to_string();
+            if cuid.is_empty() {
+                return Err("client_user_id is required".to_string());
+            }
+            if let Some(e) = &w.email {
+                if !email_acceptable(e) {
+                    return Err(format!("invalid email {e:?}"));
+                }
+            }
+            if let Some(e) = &w.enrollment_id {
+                if enrollments.get(e) != Some(&true) {
+                    return Err(format!("unknown enrollment {e}"));
+                }
+            }
+            let location_id = match (w.location_id, locations.as_slice()) {
+                (Some(id), _) if locations.iter().any(|l| l.id == id) => id,
+                (Some(id), _) => return Err(format!("no location {id}")),
+                (None, [only]) => only.id,
+                (None, _) => return Err("several locations: give location_id".to_string()),
+            };
+            Ok((location_id, cuid))
+        })
+        .collect();
+    // Everything the engine has of these people, in any state: one read for the request,
+    // and the mirror's view of them, one read per location.
     let people: Vec<(LocationId, String)> = checked
         .iter()
-        .map(|(loc, cuid, _)| (*loc, cuid.clone()))
+        .flatten()
+        .cloned()
         .collect::<HashSet<_>>()
         .into_iter()
         .collect();
-    let mut in_progress: HashMap<(LocationId, String, Option<EnrollmentId>), Invitation> =
-        HashMap::new();
+    let mut of_person: HashMap<(LocationId, String), Vec<Invitation>> = HashMap::new();
     for inv in engine
         .store
-        .open_invitations(&people)
+        .invitations_of(&people)
         .await
         .map_err(internal)?
     {
-        let key = (
-            inv.location_id,
-            inv.client_user_id.clone(),
-            inv.enrollment_id.clone(),
-        );
-        match in_progress.get(&key) {
-            Some(newer) if (newer.created_at, &newer.id) >= (inv.created_at, &inv.id) => {}
-            _ => {
-                in_progress.insert(key, inv);
+        of_person
+            .entry((inv.location_id, inv.client_user_id.clone()))
+            .or_default()
+            .push(inv);
+    }
+    let mut retired_in_mirror: HashSet<(LocationId, String)> = HashSet::new();
+    let mut by_location: HashMap<LocationId, Vec<String>> = HashMap::new();
+    for (loc, cuid) in &people {
+        by_location.entry(*loc).or_default().push(cuid.clone());
+    }
+    for (loc, cuids) in by_location {
+        for m in engine
+            .store
+            .mirror_users(loc, &cuids)
+            .await
+            .map_err(internal)?
+        {
+            if m.status == cloudvpp_abwire::UserStatus::Retired {
+                retired_in_mirror.insert((loc, m.client_user_id));
             }
         }
     }
     let now = engine.now_ms();
-    let mut created = Vec::with_capacity(checked.len());
-    let mut out = Vec::with_capacity(checked.len());
-    let mut seen: HashSet<(LocationId, String, Option<EnrollmentId>)> = HashSet::new();
-    for (location_id, cuid, w) in checked {
-        // Asking twice for the same person and device returns the invitation in progress.
-        let key = (location_id, cuid.clone(), w.enrollment_id.clone());
-        if !seen.insert(key.clone()) {
-            continue;
-        }
-        if let Some(e) = in_progress.get(&key) {
-            out.push(invitation_json(e));
-            continue;
-        }
-        let inv = Invitation {
-            id: InvitationId::new(uuid::Uuid::new_v4().to_string()),
-            location_id,
-            client_user_id: cuid,
-            email: w.email.clone(),
-            enrollment_id: w.enrollment_id.clone(),
-            channel: None,
-            state: InvitationState::Registering,
-            reason: None,
-            invite_code: None,
-            invitation_url: None,
-            event_id: None,
-            command_uuid: None,
-            invitation_result: None,
-            attempts: 0,
-            created_at: now,
-            updated_at: now,
-            next_action_at: now,
+    let mut outcomes: Vec<(String, Outcome)> = Vec::with_capacity(wanted.len());
+    let mut first_entry: HashMap<(LocationId, String, Option<EnrollmentId>), usize> =
+        HashMap::new();
+    for (index, (w, check)) in wanted.iter().zip(checked).enumerate() {
+        let (location_id, cuid) = match check {
+            Ok(ok) => ok,
+            Err(why) => {
+                outcomes.push((w.client_user_id.clone(), Outcome::Rejected(why)));
+                continue;
+            }
         };
-        out.push(invitation_json(&inv));
-        created.push(inv);
+        let key = (location_id, cuid.clone(), w.enrollment_id.clone());
+        if let Some(first) = first_entry.get(&key) {
+            outcomes.push((
+                cuid,
+                Outcome::Skipped {
+                    skip: "repeated",
+                    reason: format!("repeats entry {first}"),
+                    invitation: None,
+                },
+            ));
+            continue;
+        }
+        first_entry.insert(key, index);
+        let person_key = (location_id, cuid.clone());
+        let person = of_person.get(&person_key).map_or(&[][..], Vec::as_slice);
+        let outcome = match admit(
+            person,
+            w.enrollment_id.as_ref(),
+            retired_in_mirror.contains(&person_key),
+            reinvite_retired,
+        ) {
+            Admission::InProgress(i) => Outcome::InProgress(i.clone()),
+            Admission::Skipped(skip, inv) => Outcome::Skipped {
+                skip: skip.as_str(),
+                reason: match (skip, inv) {
+                    (crate::machine::Skip::Retired, Some(i)) => format!(
+                        "retired (invitation {}); add reinvite_retired to invite them again",
+                        i.id
+                    ),
+                    (crate::machine::Skip::Retired, None) => "retired at Apps and Books; add reinvite_retired to invite them again".to_string(),
+                    (crate::machine::Skip::Associated, Some(i)) => {
+                        format!("already associated (invitation {})", i.id)
+                    }
+                    (crate::machine::Skip::Failed, Some(i)) => format!(
+                        "invitation {} failed ({}); resend it, with a corrected email or enrollment if need be",
+                        i.id,
+                        i.reason.as_deref().unwrap_or("no reason recorded")
+                    ),
+                    (skip, None) => skip.as_str().to_string(),
+                },
+                invitation: inv.cloned(),
+            },
+            Admission::New => Outcome::New(Invitation {
+                id: InvitationId::new(uuid::Uuid::new_v4().to_string()),
+                location_id,
+                client_user_id: cuid.clone(),
+                email: w.email.clone(),
+                enrollment_id: w.enrollment_id.clone(),
+                channel: None,
+                state: InvitationState::Registering,
+                reason: None,
+                invite_code: None,
+                invitation_url: None,
+                event_id: None,
+                command_uuid: None,
+                invitation_result: None,
+                attempts: 0,
+                created_at: now,
+                updated_at: now,
+                next_action_at: now,
+            }),
+        };
+        outcomes.push((cuid, outcome));
     }
-    engine
-        .store
-        .create_invitations(&created)
-        .await
-        .map_err(internal)?;
-    for inv in &created {
-        crate::worker::log_transition(inv, "new");
+    let rejected = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Rejected(_)))
+        .count();
+    let refused = atomic && rejected > 0;
+    let store = !(dry_run || refused);
+    let created: Vec<Invitation> = outcomes
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Outcome::New(i) => Some(i.clone()),
+            _ => None,
+        })
+        .collect();
+    if store && !created.is_empty() {
+        engine
+            .store
+            .create_invitations(&created)
+            .await
+            .map_err(internal)?;
+        for inv in &created {
+            crate::worker::log_transition(inv, "new");
+        }
+        engine.wake.notify_one();
     }
-    engine.wake.notify_one();
-    Ok((StatusCode::ACCEPTED, Json(json!({ "invitations": out }))).into_response())
+    let count = |word: &str| {
+        outcomes
+            .iter()
+            .filter(|(_, o)| {
+                matches!(
+                    (word, o),
+                    ("new", Outcome::New(_))
+                        | ("in_progress", Outcome::InProgress(_))
+                        | ("skipped", Outcome::Skipped { .. })
+                        | ("rejected", Outcome::Rejected(_))
+                )
+            })
+            .count()
+    };
+    let invitations: Vec<Value> = outcomes
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Outcome::New(i) | Outcome::InProgress(i) => Some(invitation_json(i)),
+            _ => None,
+        })
+        .collect();
+    let results: Vec<Value> = outcomes
+        .iter()
+        .enumerate()
+        .map(|(i, (cuid, o))| result_json(i, cuid, o))
+        .collect();
+    let mut v = json!({
+        "invitations": invitations,
+        "results": results,
+        "summary": {
+            "new": count("new"), "in_progress": count("in_progress"),
+            "skipped": count("skipped"), "rejected": count("rejected"),
+        },
+        "stored": store,
+    });
+    let status = if rejected == outcomes.len() {
+        let first = outcomes.iter().find_map(|(_, o)| match o {
+            Outcome::Rejected(r) => Some(r.clone()),
+            _ => None,
+        });
+        v["error"] = json!(first);
+        StatusCode::BAD_REQUEST
+    } else if rejected > 0 {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else if dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(v)).into_response())
 }
 
+/// The query of `GET /api/v1/invitations`.
+fn invitation_filter(q: &HashMap<String, String>) -> ApiResult<InvitationFilter> {
+    let number = |name: &str| -> ApiResult<Option<i64>> {
+        q.get(name)
+            .map(|s| {
+                s.parse::<i64>()
+                    .map_err(|_| fail(StatusCode::BAD_REQUEST, format!("{name} is not a number")))
+            })
+            .transpose()
+    };
+    let state = q
+        .get("state")
+        .map(|s| {
+            InvitationState::parse(s).ok_or_else(|| {
+                let all: Vec<&str> = InvitationState::ALL.iter().map(|s| s.as_str()).collect();
+                fail(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown state {s:?}: one of {}", all.join(", ")),
+                )
+            })
+        })
+        .transpose()?;
+    Ok(InvitationFilter {
+        state,
+        location_id: number("location_id")?.map(LocationId),
+        client_user_id: q.get("client_user_id").cloned(),
+        updated_since: number("updated_since")?,
+        limit: Some(number("limit")?.unwrap_or(1000).clamp(1, 100_000)),
+    })
+}
+
+/// `GET /api/v1/invitations[?state=&location_id=&client_user_id=&updated_since=&limit=]`:
+/// newest first (oldest change first with `updated_since`, Unix ms), with the counts by
+/// state and the `total` of what the filters select (the limit aside).
 async fn list_invitations(
     State(engine): State<Engine>,
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let limit = q
-        .get("limit")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(1000)
-        .clamp(1, 100_000);
-    let filter = InvitationFilter {
-        state: q.get("state").and_then(|s| InvitationState::parse(s)),
-        location_id: q
-            .get("location_id")
-            .and_then(|s| s.parse().ok())
-            .map(LocationId),
-        client_user_id: q.get("client_user_id").cloned(),
-        limit: Some(limit),
-    };
-    // A state that does not exist matches no invitation.
-    let unknown_state = q.contains_key("state") && filter.state.is_none();
-    let list = if unknown_state {
-        Vec::new()
-    } else {
-        engine.store.invitations(&filter).await.map_err(internal)?
-    };
-    let counts: serde_json::Map<String, Value> = engine
+    let filter = invitation_filter(&q)?;
+    let list = engine.store.invitations(&filter).await.map_err(internal)?;
+    let matching = engine
         .store
-        .invitation_counts()
+        .invitation_counts_matching(&filter)
         .await
-        .map_err(internal)?
-        .into_iter()
-        .map(|(k, v)| (k.as_str().to_string(), json!(v)))
-        .collect();
-    Ok(Json(
-        json!({ "counts": counts, "invitations": list.iter().map(invitation_json).collect::<Vec<_>>() }),
-    ))
+        .map_err(internal)?;
+    let mut counts = serde_json::Map::new();
+    for s in InvitationState::ALL {
+        let n = matching
+            .iter()
+            .find(|(k, _)| *k == s)
+            .map_or(0, |(_, n)| *n);
+        counts.insert(s.as_str().to_string(), json!(n));
+    }
+    let total: i64 = matching.iter().map(|(_, n)| n).sum();
+    Ok(Json(json!({
+        "counts": counts,
+        "total": total,
+        "invitations": list.iter().map(invitation_json).collect::<Vec<_>>(),
+    })))
 }
 
 async fn get_invitation(
@@ -372,12 +634,32 @@ async fn find_invitation(engine: &Engine, id: &InvitationId) -> ApiResult<Invita
         .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such invitation"))
 }
 
+/// Body of `POST /api/v1/invitations/{id}/resend` (optional): corrections to send with.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Resend {
+    /// A corrected email: registration starts over with it when it had not succeeded;
+    /// a registered person's record is updated at Apps and Books.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// Another enrollment to send InviteToProgram to (its channel is chosen again).
+    #[serde(default)]
+    pub enrollment_id: Option<EnrollmentId>,
+}
+
 /// Sends the invitation again: a new InviteToProgram on the same channel, or a fresh
-/// registration if registration failed.
+/// registration if registration failed; with a corrected email or enrollment when the body
+/// gives one.
 async fn resend(
     State(engine): State<Engine>,
     Path(id): Path<InvitationId>,
+    body: Bytes,
 ) -> ApiResult<Json<Value>> {
+    let fix: Resend = if body.iter().all(u8::is_ascii_whitespace) {
+        Resend::default()
+    } else {
+        json_body(&body)?
+    };
     let mut inv = find_invitation(&engine, &id).await?;
     if matches!(
         inv.state,
@@ -387,6 +669,60 @@ async fn resend(
             StatusCode::CONFLICT,
             format!("invitation is {}", inv.state),
         ));
+    }
+    if let Some(e) = &fix.email {
+        if !email_acceptable(e) {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                format!("invalid email {e:?}"),
+            ));
+        }
+    }
+    if let Some(e) = &fix.enrollment_id {
+        if engine
+            .mdm
+            .store()
+            .enrollment(e)
+            .await
+            .map_err(internal)?
+            .is_none()
+        {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                format!("unknown enrollment {e}"),
+            ));
+        }
+    }
+    if let Some(email) = fix.email.filter(|e| inv.email.as_ref() != Some(e)) {
+        if inv.invite_code.is_some() {
+            // Registered already: the person's record at Apps and Books takes the new email.
+            let loc = engine
+                .store
+                .location(inv.location_id)
+                .await
+                .map_err(internal)?
+                .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no location"))?;
+            let user = cloudvpp_abwire::RequestUser {
+                client_user_id: inv.client_user_id.clone(),
+                email: Some(email.clone()),
+                ..Default::default()
+            };
+            let events = engine
+                .client(&loc)
+                .update_users(&[user])
+                .await
+                .map_err(|e| fail(StatusCode::BAD_GATEWAY, e.to_string()))?;
+            tracing::info!(invitation = %inv.id, person = inv.client_user_id, events = events.join(","), "email updated at Apps and Books");
+        }
+        inv.email = Some(email);
+    }
+    if let Some(e) = fix
+        .enrollment_id
+        .filter(|e| inv.enrollment_id.as_ref() != Some(e))
+    {
+        inv.enrollment_id = Some(e);
+        // The channel follows from the new enrollment, chosen when it is delivered.
+        inv.channel = None;
     }
     match (&inv.invite_code, &inv.channel) {
         (Some(_), Some(channel)) => {
@@ -398,6 +734,7 @@ async fn resend(
         (Some(_), None) => {
             let before = inv.state;
             inv.state = InvitationState::Registered;
+            inv.reason = None;
             inv.next_action_at = engine.now_ms();
             inv.updated_at = engine.now_ms();
             engine

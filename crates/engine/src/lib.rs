@@ -82,6 +82,9 @@ impl Default for EngineConfig {
     }
 }
 
+/// A location's client with the sToken and base URL it was made with.
+type KeptClient = (String, String, Arc<Client>);
+
 /// Shared engine state.
 #[derive(Clone)]
 pub struct Engine {
@@ -93,7 +96,9 @@ pub struct Engine {
     pub admin: AdminKey,
     /// Settings.
     pub config: Arc<EngineConfig>,
-    clients: Arc<Mutex<HashMap<LocationId, Arc<Client>>>>,
+    /// One client per location, with the sToken and base URL it was made with: a renewed
+    /// token (or a moved service) makes a new client.
+    clients: Arc<Mutex<HashMap<LocationId, KeptClient>>>,
     /// Locations to sync at the next tick.
     dirty: Arc<Mutex<HashSet<LocationId>>>,
     /// Wakes the worker.
@@ -122,19 +127,27 @@ impl Engine {
         }
     }
 
-    /// The Apps and Books client of a location (one per sToken, so pacing is per token).
+    /// The Apps and Books client of a location (one per sToken, so pacing is per token; a
+    /// location whose token was replaced gets a new one).
     pub fn client(&self, loc: &Location) -> Arc<Client> {
         let mut clients = self.clients.lock().expect("lock");
-        clients
-            .entry(loc.id)
-            .or_insert_with(|| {
-                Arc::new(
+        match clients.get(&loc.id) {
+            Some((token, base, client)) if *token == loc.stoken && *base == loc.base_url => {
+                client.clone()
+            }
+            _ => {
+                let client = Arc::new(
                     Client::new(&loc.base_url, &loc.stoken)
                         .with_retry(self.config.retry.clone())
                         .with_mdm_info(self.config.mdm_info.clone()),
-                )
-            })
-            .clone()
+                );
+                clients.insert(
+                    loc.id,
+                    (loc.stoken.clone(), loc.base_url.clone(), client.clone()),
+                );
+                client
+            }
+        }
     }
 
     /// Asks for a sync of `location_id` at the next tick.

@@ -1,12 +1,13 @@
 //! The invitation state machine, as pure functions: [`step`] decides from an invitation and
 //! what the engine observed of it this round (the mirror's record of the person, the
 //! device's answer to the invitation's command) where it goes; [`apply`] writes that
-//! decision into the invitation. No I/O: the worker gathers the observations in batches
+//! decision into the invitation; [`admit`] decides whether asking to invite a person makes
+//! a new invitation. No I/O: the worker gathers the observations in batches
 //! and stores the invitations that changed.
 
 use cloudvpp_abwire::UserStatus;
 use cloudvpp_store::engine::{Invitation, InvitationState, MirrorUser};
-use cloudvpp_store::mdm::{CommandState, CommandStatus};
+use cloudvpp_store::mdm::{CommandState, CommandStatus, EnrollmentId};
 
 /// What was observed of one invitation.
 #[derive(Debug, Clone, Copy, Default)]
@@ -176,6 +177,99 @@ pub fn apply(inv: &mut Invitation, step: &Step, now: i64, repush_after_ms: i64) 
         inv.updated_at = now;
     }
     true
+}
+
+/// Why asking to invite a person makes no new invitation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// The person was retired on purpose (through the engine, or at Apps and Books): a
+    /// new invitation needs `reinvite_retired`.
+    Retired,
+    /// The person is associated already.
+    Associated,
+    /// This person's invitation on this enrollment failed: `resend` it (with a corrected
+    /// email or enrollment), so that the failure is seen, not papered over.
+    Failed,
+}
+
+impl Skip {
+    /// The word shown and returned by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Retired => "retired",
+            Skip::Associated => "associated",
+            Skip::Failed => "failed",
+        }
+    }
+}
+
+/// What asking to invite a person on an enrollment (None: email link only) does.
+#[derive(Debug, PartialEq)]
+pub enum Admission<'a> {
+    /// A new invitation.
+    New,
+    /// The invitation in progress for this person and enrollment is the answer.
+    InProgress(&'a Invitation),
+    /// Nothing new; the invitation that decided it, when one did.
+    Skipped(Skip, Option<&'a Invitation>),
+}
+
+/// Whether a request to invite a person makes a new invitation, given every invitation the
+/// engine has of that person (`person`, any state, any enrollment) and whether the mirror
+/// shows them retired at Apps and Books. Asking again is idempotent per person: an
+/// invitation in progress on the same enrollment is returned; an associated person, a
+/// failed invitation on the same enrollment and a retired person are skipped (the last
+/// unless `reinvite_retired`). Another enrollment of a person in progress is a new
+/// invitation (a second device).
+pub fn admit<'a>(
+    person: &'a [Invitation],
+    enrollment: Option<&EnrollmentId>,
+    mirror_retired: bool,
+    reinvite_retired: bool,
+) -> Admission<'a> {
+    let order = |i: &&Invitation| (i.created_at, i.id.clone());
+    let newest = person.iter().max_by_key(order);
+    if let Some(n) = newest.filter(|n| n.state == InvitationState::Retired) {
+        if !reinvite_retired {
+            return Admission::Skipped(Skip::Retired, Some(n));
+        }
+    }
+    let same = |i: &&Invitation| i.enrollment_id.as_ref() == enrollment;
+    if let Some(open) = person
+        .iter()
+        .filter(same)
+        .filter(|i| !i.state.is_terminal())
+        .max_by_key(order)
+    {
+        return Admission::InProgress(open);
+    }
+    // Association counts since the person's last retirement only.
+    let retired_at = person
+        .iter()
+        .filter(|i| i.state == InvitationState::Retired)
+        .map(|i| i.created_at)
+        .max();
+    if let Some(a) = person
+        .iter()
+        .filter(|i| i.state == InvitationState::Associated)
+        .filter(|i| retired_at.is_none_or(|r| i.created_at > r))
+        .max_by_key(order)
+    {
+        return Admission::Skipped(Skip::Associated, Some(a));
+    }
+    if let Some(f) = person
+        .iter()
+        .filter(same)
+        .max_by_key(order)
+        .filter(|i| i.state == InvitationState::Failed)
+    {
+        return Admission::Skipped(Skip::Failed, Some(f));
+    }
+    let open = person.iter().any(|i| !i.state.is_terminal());
+    if mirror_retired && !open && !reinvite_retired {
+        return Admission::Skipped(Skip::Retired, None);
+    }
+    Admission::New
 }
 
 #[cfg(test)]
@@ -468,5 +562,70 @@ mod tests {
         delivered.state = InvitationState::Delivered;
         let ack = answer(Some(CommandStatus::Error), None, true);
         assert_eq!(on_device(&delivered, &ack), Step::Stay);
+    }
+
+    fn of(state: InvitationState, id: &str, at: i64, enrollment: Option<&str>) -> Invitation {
+        let mut inv = invitation(state);
+        inv.id = InvitationId::from(id);
+        inv.created_at = at;
+        inv.enrollment_id = enrollment.map(EnrollmentId::from);
+        inv
+    }
+
+    #[test]
+    fn a_person_is_invited_once_per_enrollment_and_never_after_retirement_unasked() {
+        use InvitationState::*;
+        let phone = EnrollmentId::from("IPHONE");
+        let mac = EnrollmentId::from("MAC");
+        // Nobody yet: new; the mirror's retirement alone also skips.
+        assert_eq!(admit(&[], Some(&phone), false, false), Admission::New);
+        assert_eq!(
+            admit(&[], Some(&phone), true, false),
+            Admission::Skipped(Skip::Retired, None)
+        );
+        assert_eq!(admit(&[], Some(&phone), true, true), Admission::New);
+        // In progress on the same enrollment: that one; another device: new.
+        let open = [of(Queued, "a", T0, Some("IPHONE"))];
+        assert_eq!(
+            admit(&open, Some(&phone), false, false),
+            Admission::InProgress(&open[0])
+        );
+        assert_eq!(admit(&open, Some(&mac), false, false), Admission::New);
+        assert_eq!(admit(&open, None, false, false), Admission::New);
+        // Associated on any device: skipped.
+        let done = [of(Associated, "a", T0, Some("IPHONE"))];
+        assert_eq!(
+            admit(&done, Some(&mac), false, false),
+            Admission::Skipped(Skip::Associated, Some(&done[0]))
+        );
+        // Failed on this enrollment: skipped (resend it); on another: new.
+        let failed = [of(Failed, "a", T0, Some("IPHONE"))];
+        assert_eq!(
+            admit(&failed, Some(&phone), false, false),
+            Admission::Skipped(Skip::Failed, Some(&failed[0]))
+        );
+        assert_eq!(admit(&failed, Some(&mac), false, false), Admission::New);
+        // Retired (the newest): skipped unless asked; then new, even on the same device.
+        let retired = [
+            of(Associated, "a", T0, Some("IPHONE")),
+            of(Retired, "b", T0 + 1, Some("IPHONE")),
+        ];
+        assert_eq!(
+            admit(&retired, Some(&phone), false, false),
+            Admission::Skipped(Skip::Retired, Some(&retired[1]))
+        );
+        assert_eq!(admit(&retired, Some(&phone), false, true), Admission::New);
+        // Re-invited after retirement: the new invitation is the one in progress, and the
+        // association before the retirement no longer counts.
+        let again = [
+            of(Associated, "a", T0, Some("IPHONE")),
+            of(Retired, "b", T0 + 1, Some("IPHONE")),
+            of(Registering, "c", T0 + 2, Some("IPHONE")),
+        ];
+        assert_eq!(
+            admit(&again, Some(&phone), true, false),
+            Admission::InProgress(&again[2])
+        );
+        assert_eq!(admit(&again, Some(&mac), true, false), Admission::New);
     }
 }

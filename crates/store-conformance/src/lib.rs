@@ -10,6 +10,7 @@
 
 pub mod appsbooks;
 pub mod engine;
+pub mod licences;
 pub mod mdm;
 
 use cloudvpp_store::Store;

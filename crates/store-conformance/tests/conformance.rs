@@ -18,6 +18,8 @@ cloudvpp_store_conformance::conformance!(
     mdm::certificate_bindings,
     mdm::location_leases,
     mdm::last_seen_batches,
-    engine::location_apps_and_missing_assignments,
-    engine::assignment_leases_and_guarded_writes,
+    licences::location_apps_and_missing_assignments,
+    licences::assignment_leases_and_guarded_writes,
+    engine::locations_once_per_organisation,
+    engine::invitation_people_counts_and_changes,
 );

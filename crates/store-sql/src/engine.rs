@@ -5,14 +5,14 @@
 //! mirror status that is not one of ours is [`cloudvpp_store::StoreError::Corrupt`].
 
 use crate::row;
-use crate::{err, SqlStore};
+use crate::{err, Dialect, SqlStore};
 use async_trait::async_trait;
 use cloudvpp_abwire::assets::PricingParam;
 use cloudvpp_abwire::{ResponseUser, UserStatus};
 use cloudvpp_store::engine::{
     AppleFailure, Assignment, AssignmentFilter, AssignmentId, AssignmentState, EngineStore,
     Invitation, InvitationFilter, InvitationId, InvitationState, Location, LocationApp, LocationId,
-    MirrorUser,
+    MirrorUser, NewLocation,
 };
 use cloudvpp_store::mdm::{CommandUuid, EnrollmentId};
 use cloudvpp_store::{Result, StoreError};
@@ -230,8 +230,125 @@ fn bind_assignment_change<'q>(
         .bind(a.next_action_at)
 }
 
+/// The `WHERE` clause of an invitation listing (`1 = 1` and one condition per filter set)
+/// with `$n` placeholders from `$1`, and the number of parameters it takes; bind them with
+/// [`bind_filter`].
+fn filter_sql(f: &InvitationFilter) -> (String, usize) {
+    let mut sql = String::from("1 = 1");
+    let mut n = 0;
+    for (set, col) in [
+        (f.state.is_some(), "i.state"),
+        (f.location_id.is_some(), "i.location_id"),
+        (f.client_user_id.is_some(), "i.client_user_id"),
+    ] {
+        if set {
+            n += 1;
+            sql.push_str(&format!(" AND {col} = ${n}"));
+        }
+    }
+    if f.updated_since.is_some() {
+        n += 1;
+        sql.push_str(&format!(" AND i.updated_at >= ${n}"));
+    }
+    (sql, n)
+}
+
+fn bind_filter<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    f: &'q InvitationFilter,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    if let Some(s) = f.state {
+        q = q.bind(s.as_str());
+    }
+    if let Some(l) = f.location_id {
+        q = q.bind(l.0);
+    }
+    if let Some(c) = &f.client_user_id {
+        q = q.bind(c);
+    }
+    if let Some(t) = f.updated_since {
+        q = q.bind(t);
+    }
+    q
+}
+
+/// The key of the PostgreSQL advisory lock that serialises adding one organisation.
+fn location_lock_key(uid: &str) -> i64 {
+    let digest = cloudvpp_store::secret::digest(&format!("engine_locations uid {uid}"));
+    let hex = digest.trim_start_matches(cloudvpp_store::secret::PREFIX);
+    u64::from_str_radix(&hex[..16], 16).map_or(0, |k| k as i64)
+}
+
 #[async_trait]
 impl EngineStore for SqlStore {
+    // The sToken and the notification secret are never recorded.
+    #[tracing::instrument(skip(self, new), fields(name = new.name), level = "debug")]
+    async fn add_location_once(
+        &self,
+        new: &NewLocation<'_>,
+        uid: &str,
+    ) -> Result<(Location, bool)> {
+        // The table has no unique uId to refuse a second row, so the check and the insert
+        // are one transaction that excludes a concurrent one: SQLite's single writer
+        // (BEGIN IMMEDIATE), PostgreSQL's advisory lock on the uId until commit.
+        let mut tx = self.begin_write().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(location_lock_key(uid))
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+        }
+        let existing = sqlx::query(&format!(
+            "SELECT {LOC_COLS} FROM engine_locations WHERE uid = $1 OR stoken = $2 ORDER BY id LIMIT 1"
+        ))
+        .bind(uid)
+        .bind(new.stoken)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(err)?;
+        if let Some(row) = existing {
+            let loc = location_from_row(&row)?;
+            tx.rollback().await.map_err(err)?;
+            return Ok((loc, false));
+        }
+        let row = sqlx::query(&format!(
+            "INSERT INTO engine_locations (name, stoken, base_url, notify_token, expires_at_secs, uid, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {LOC_COLS}"
+        ))
+        .bind(new.name)
+        .bind(new.stoken)
+        .bind(new.base_url)
+        .bind(cloudvpp_store::secret::digest(new.notify_token))
+        .bind(new.expires_at)
+        .bind(uid)
+        .bind(crate::now_ms())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(err)?;
+        let loc = location_from_row(&row)?;
+        tx.commit().await.map_err(err)?;
+        Ok((loc, true))
+    }
+
+    #[tracing::instrument(skip(self, new), fields(name = new.name), level = "debug")]
+    async fn replace_location_token(&self, id: LocationId, new: &NewLocation<'_>) -> Result<()> {
+        sqlx::query(
+            "UPDATE engine_locations SET name = $1, stoken = $2, base_url = $3, notify_token = $4,
+               expires_at_secs = $5 WHERE id = $6",
+        )
+        .bind(new.name)
+        .bind(new.stoken)
+        .bind(new.base_url)
+        .bind(cloudvpp_store::secret::digest(new.notify_token))
+        .bind(new.expires_at)
+        .bind(id.0)
+        .execute(&self.writer)
+        .await
+        .map_err(err)?;
+        Ok(())
+    }
+
     // The sToken and the notification secret are never recorded.
     #[tracing::instrument(skip(self, stoken, notify_token), level = "debug")]
     async fn add_location(
@@ -470,41 +587,68 @@ impl EngineStore for SqlStore {
 
     #[tracing::instrument(skip(self), level = "debug")]
     async fn invitations(&self, f: &InvitationFilter) -> Result<Vec<Invitation>> {
-        let mut sql = format!("SELECT {INV_COLS} FROM engine_invitations i WHERE 1 = 1");
-        let mut n = 0;
-        let mut next = || {
-            n += 1;
-            format!("${n}")
+        let (cond, n) = filter_sql(f);
+        let order = if f.updated_since.is_some() {
+            "i.updated_at, i.id"
+        } else {
+            "i.created_at DESC, i.id"
         };
-        if f.state.is_some() {
-            sql.push_str(&format!(" AND i.state = {}", next()));
-        }
-        if f.location_id.is_some() {
-            sql.push_str(&format!(" AND i.location_id = {}", next()));
-        }
-        if f.client_user_id.is_some() {
-            sql.push_str(&format!(" AND i.client_user_id = {}", next()));
-        }
-        sql.push_str(&format!(
-            " ORDER BY i.created_at DESC, i.id LIMIT {}",
-            next()
-        ));
-        let mut q = sqlx::query(&sql);
-        if let Some(s) = f.state {
-            q = q.bind(s.as_str());
-        }
-        if let Some(l) = f.location_id {
-            q = q.bind(l.0);
-        }
-        if let Some(c) = &f.client_user_id {
-            q = q.bind(c);
-        }
-        let rows = q
+        let sql = format!(
+            "SELECT {INV_COLS} FROM engine_invitations i WHERE {cond} ORDER BY {order} LIMIT ${}",
+            n + 1
+        );
+        let rows = bind_filter(sqlx::query(&sql), f)
             .bind(f.limit.unwrap_or(1000))
             .fetch_all(&self.reader)
             .await
             .map_err(err)?;
         rows.iter().map(invitation_from_row).collect()
+    }
+
+    #[tracing::instrument(skip(self, people), fields(people = people.len()), level = "debug")]
+    async fn invitations_of(&self, people: &[(LocationId, String)]) -> Result<Vec<Invitation>> {
+        let mut out = Vec::new();
+        for chunk in people.chunks(row::rows_per_statement(2, 0)) {
+            let sql = format!(
+                // As in open_invitations: the keys drive the join.
+                "WITH k(location_id, client_user_id) AS (VALUES {})
+                 SELECT {INV_COLS} FROM k CROSS JOIN engine_invitations i
+                 WHERE i.location_id = k.location_id AND i.client_user_id = k.client_user_id",
+                row::tuples(1, chunk.len(), 2),
+            );
+            let mut q = sqlx::query(&sql);
+            for (loc, cuid) in chunk {
+                q = q.bind(loc.0).bind(cuid);
+            }
+            for r in q.fetch_all(&self.reader).await.map_err(err)? {
+                out.push(invitation_from_row(&r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    #[tracing::instrument(skip(self), level = "debug")]
+    async fn invitation_counts_matching(
+        &self,
+        f: &InvitationFilter,
+    ) -> Result<Vec<(InvitationState, i64)>> {
+        let (cond, _) = filter_sql(f);
+        let sql = format!(
+            "SELECT i.state AS state, COUNT(*) AS n FROM engine_invitations i WHERE {cond}
+             GROUP BY i.state ORDER BY i.state"
+        );
+        let rows = bind_filter(sqlx::query(&sql), f)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    row::parsed(r, "state", InvitationState::parse)?,
+                    row::get(r, "n")?,
+                ))
+            })
+            .collect()
     }
 
     #[tracing::instrument(skip(self, people), fields(people = people.len()), level = "debug")]

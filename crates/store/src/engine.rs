@@ -195,7 +195,10 @@ pub struct InvitationFilter {
     pub location_id: Option<LocationId>,
     /// One person.
     pub client_user_id: Option<String>,
-    /// At most this many (newest first).
+    /// Only those changed at or after this time (Unix ms); the listing is then in order of
+    /// change, oldest first, so that a reader can follow changes from where it stopped.
+    pub updated_since: Option<i64>,
+    /// At most this many (newest first, or oldest change first with `updated_since`).
     pub limit: Option<i64>,
 }
 
@@ -329,6 +332,31 @@ pub struct AssignmentFilter {
     pub limit: Option<i64>,
 }
 
+/// What a location is made of when it is added or its token renewed.
+#[derive(Clone, Copy)]
+pub struct NewLocation<'a> {
+    /// Display name (the organisation's location name).
+    pub name: &'a str,
+    /// The sToken, kept as given (the engine's credential at the Apps and Books service).
+    pub stoken: &'a str,
+    /// Base URL of the service (`.../mdm/v2`).
+    pub base_url: &'a str,
+    /// The secret notifications must carry; only its digest is stored.
+    pub notify_token: &'a str,
+    /// Token expiry, Unix seconds.
+    pub expires_at: Option<i64>,
+}
+
+impl std::fmt::Debug for NewLocation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewLocation")
+            .field("name", &self.name)
+            .field("base_url", &self.base_url)
+            .field("stoken", &"<redacted>")
+            .finish()
+    }
+}
+
 /// Storage of the invitation engine. It holds the engine's tables only: what the MDM
 /// knows (enrollments, command answers) the engine asks the MDM service for.
 #[async_trait]
@@ -343,6 +371,15 @@ pub trait EngineStore: Send + Sync + 'static {
         notify_token: &str,
         expires_at: Option<i64>,
     ) -> Result<Location>;
+    /// Adds a location for the organisation `uid` (Apple's `uId`) unless one is there
+    /// already: a location whose `uid` is `uid`, or whose sToken is `stoken` (one added
+    /// before its first sync recorded the `uId`). Returns that location and whether it was
+    /// made now. Two callers adding one organisation at once get one location.
+    async fn add_location_once(&self, new: &NewLocation<'_>, uid: &str)
+        -> Result<(Location, bool)>;
+    /// Replaces a location's credentials: a renewed sToken of the same organisation, its
+    /// expiry, the service base URL and the notification secret (stored as its digest).
+    async fn replace_location_token(&self, id: LocationId, new: &NewLocation<'_>) -> Result<()>;
     /// All locations.
     async fn locations(&self) -> Result<Vec<Location>>;
     /// One location.
@@ -388,8 +425,16 @@ pub trait EngineStore: Send + Sync + 'static {
     async fn invitations(&self, filter: &InvitationFilter) -> Result<Vec<Invitation>>;
     /// The non-terminal invitations of these people (location, clientUserId), any order.
     async fn open_invitations(&self, people: &[(LocationId, String)]) -> Result<Vec<Invitation>>;
+    /// Every invitation of these people (location, clientUserId), in any state, any order.
+    async fn invitations_of(&self, people: &[(LocationId, String)]) -> Result<Vec<Invitation>>;
     /// Counts by state (states with none are left out).
     async fn invitation_counts(&self) -> Result<Vec<(InvitationState, i64)>>;
+    /// Counts by state of the invitations `filter` selects, its `limit` aside (states with
+    /// none are left out).
+    async fn invitation_counts_matching(
+        &self,
+        filter: &InvitationFilter,
+    ) -> Result<Vec<(InvitationState, i64)>>;
     /// Writes an invitation back.
     async fn update_invitation(&self, invitation: &Invitation) -> Result<()>;
     /// Writes invitations back, in one transaction.

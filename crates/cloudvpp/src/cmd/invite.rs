@@ -1,13 +1,50 @@
-//! `cloudvpp invite` and `cloudvpp invitations`: the invitation engine's admin API.
+//! `cloudvpp invite`: invite one person, or everyone in a CSV file, through the engine's
+//! admin API; `--wait` follows the invitations until each has ended.
+//!
+//! A file is checked whole before anyone is invited: the columns, then each row (its
+//! fields, email syntax, rows that repeat a person), then, in one dry run of the API, what
+//! the engine knows (the enrollment exists, the person is not already invited, retired or
+//! associated). The valid rows are then invited and the others listed with their line
+//! numbers; `--strict` refuses the whole file instead. Running the same file again invites
+//! nobody twice: everyone already invited is reported as skipped, with the reason.
 
-use crate::cmd::api::{call, print, ApiArgs};
+use crate::cmd::api::{print, ApiArgs};
+use crate::cmd::invitations::{api_error, call_any, rfc3339};
+use crate::Exit;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use cloudvpp_engine::api::MAX_INVITATIONS_PER_REQUEST;
 use serde_json::{json, Value};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// The exit codes of `cloudvpp invite`, shown by `--help`.
+pub const EXIT_CODES: &str = "\
+Exit status:
+  0  everyone invited, or invited before (with --wait: every invitation associated)
+  1  with --wait: some invitations failed or were retired; or an error
+  3  with --wait: timed out (--timeout) before every invitation ended
+  4  some rows were rejected (listed with their line numbers); with --strict, nobody was invited
+The first that applies wins, in the order 3, 1, 4.";
+
+/// Exit code: some invitations failed (with --wait).
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: timed out waiting.
+pub const EXIT_TIMED_OUT: i32 = 3;
+/// Exit code: rows rejected.
+pub const EXIT_REJECTED: i32 = 4;
+
+/// The largest CSV file read (a million people take about 100 MB).
+pub const MAX_CSV_BYTES: u64 = 256 << 20;
+
+/// The columns a CSV file may have.
+pub const COLUMNS: [&str; 3] = ["client_user_id", "email", "enrollment_id"];
 
 /// `cloudvpp invite`.
 #[derive(Args)]
+#[command(after_help = EXIT_CODES)]
 pub struct InviteArgs {
     #[command(flatten)]
     api: ApiArgs,
@@ -20,199 +57,690 @@ pub struct InviteArgs {
     /// The enrollment to send InviteToProgram to (omit for an email link only).
     #[arg(long, requires = "client_user_id")]
     enrollment: Option<String>,
-    /// Many people: a CSV with a header `client_user_id,email,enrollment_id`.
+    /// Many people: a CSV file (UTF-8, a BOM and CRLF line ends allowed) whose header names
+    /// some of the columns client_user_id (required), email, enrollment_id.
     #[arg(long)]
     csv: Option<std::path::PathBuf>,
+    /// With --csv: if any row is rejected, invite nobody.
+    #[arg(long, requires = "csv")]
+    strict: bool,
+    /// Invite people who were retired on purpose (otherwise they are skipped).
+    #[arg(long)]
+    reinvite_retired: bool,
     /// Location ID (needed when there are several).
     #[arg(long)]
     location: Option<i64>,
-    /// Wait, with a progress bar, until every invitation is associated or failed.
+    /// Wait until every invitation is associated, failed or retired: a progress bar on a
+    /// terminal, otherwise a plain line every --progress-every seconds; failures are printed
+    /// as they happen.
     #[arg(long)]
     wait: bool,
-    /// Give up waiting after this many seconds.
+    /// Give up waiting after this many seconds (exit status 3).
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// With --wait and no terminal: seconds between progress lines.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    progress_every: u64,
 }
 
-/// `cloudvpp invitations`.
-#[derive(Args)]
-pub struct InvitationsArgs {
-    #[command(flatten)]
-    api: ApiArgs,
-    /// Only this state (registering, registered, queued, delivered, associated, failed, retired).
-    #[arg(long)]
-    state: Option<String>,
-    /// Only this person.
-    #[arg(long)]
-    client_user_id: Option<String>,
-    /// At most this many.
-    #[arg(long, default_value_t = 100)]
-    limit: u64,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+/// One row to invite; `line` is its line in the file (0 for `--client-user-id`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    /// Line number in the file.
+    pub line: u64,
+    /// clientUserId.
+    pub client_user_id: String,
+    /// Email.
+    pub email: Option<String>,
+    /// Enrollment.
+    pub enrollment_id: Option<String>,
 }
 
-fn read_csv(path: &std::path::Path, location: Option<i64>) -> Result<Vec<Value>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = lines
-        .next()
-        .context("empty CSV")?
-        .split(',')
-        .map(|h| h.trim().to_lowercase())
-        .collect();
-    let col = |name: &str| header.iter().position(|h| h == name);
-    let cuid = col("client_user_id").context("the CSV needs a client_user_id column")?;
-    let (email, enrollment) = (col("email"), col("enrollment_id"));
-    let mut out = Vec::new();
-    for (n, line) in lines.enumerate() {
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+/// A row that is not invited, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Line number in the file (0 for `--client-user-id`).
+    pub line: u64,
+    /// The row's clientUserId, if it has one.
+    pub who: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Whether `email` looks like an address: `local@domain`, a local part of printable
+/// characters without spaces or dots at its ends, a domain of at least two labels of
+/// letters, digits and inner hyphens.
+pub fn email_syntax_ok(email: &str) -> bool {
+    let Some((local, domain)) = email.rsplit_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..")
+        && local
+            .chars()
+            .all(|c| c.is_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+        });
+    email.len() <= 254 && local_ok && domain_ok
+}
+
+/// Reads and checks a CSV file: a file-level problem (unreadable, no header, an unknown or
+/// repeated column, no client_user_id column) is an error; a row-level one rejects the row.
+pub fn read_csv(path: &Path) -> Result<(Vec<Row>, Vec<Rejected>)> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    if size > MAX_CSV_BYTES {
+        bail!(
+            "{}: {size} bytes; at most {MAX_CSV_BYTES} (split the file)",
+            path.display()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_csv(&bytes).with_context(|| path.display().to_string())
+}
+
+/// [`read_csv`] of bytes.
+pub fn parse_csv(bytes: &[u8]) -> Result<(Vec<Row>, Vec<Rejected>)> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    // CRLF becomes LF first, so that a line end is one byte.
+    let mut unix = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while let Some((&b, tail)) = rest.split_first() {
+        if !(b == b'\r' && tail.first() == Some(&b'\n')) {
+            unix.push(b);
+        }
+        rest = tail;
+    }
+    let bytes = unix.as_slice();
+    // A record's position is where the reader began it, blank lines before it included:
+    // its line is that of its first byte after them.
+    let line_of = |start: u64| {
+        let mut at = start as usize;
+        while bytes.get(at) == Some(&b'\n') {
+            at += 1;
+        }
+        bytes[..at.min(bytes.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count() as u64
+            + 1
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let header = reader.byte_headers().context("reading the header")?.clone();
+    if header.is_empty() || header.iter().all(<[u8]>::is_empty) {
+        bail!("the file is empty: it needs a header line (client_user_id,email,enrollment_id)");
+    }
+    let mut cols: HashMap<String, usize> = HashMap::new();
+    for (i, h) in header.iter().enumerate() {
+        let name = std::str::from_utf8(h)
+            .context("the header is not UTF-8")?
+            .to_lowercase();
+        if !COLUMNS.contains(&name.as_str()) {
+            bail!(
+                "unknown column {name:?} in the header: the columns are {}",
+                COLUMNS.join(", ")
+            );
+        }
+        if cols.insert(name.clone(), i).is_some() {
+            bail!("column {name:?} appears twice in the header");
+        }
+    }
+    let cuid_col = *cols
+        .get("client_user_id")
+        .context("the header needs a client_user_id column")?;
+    let (email_col, enrollment_col) = (
+        cols.get("email").copied(),
+        cols.get("enrollment_id").copied(),
+    );
+    let mut rows = Vec::new();
+    let mut rejected = Vec::new();
+    // Where each person, person and device, and email was first seen.
+    let mut seen_key: HashMap<(String, Option<String>), u64> = HashMap::new();
+    let mut seen_person: HashMap<String, (u64, Option<String>)> = HashMap::new();
+    let mut seen_email: HashMap<String, (u64, String)> = HashMap::new();
+    for record in reader.byte_records() {
+        let record = record.context("reading the file")?;
+        let line = record.position().map_or(0, |p| line_of(p.byte()));
+        let mut reject = |who: &str, reason: String| {
+            rejected.push(Rejected {
+                line,
+                who: who.to_string(),
+                reason,
+            })
+        };
+        let fields: Vec<&str> = match record.iter().map(std::str::from_utf8).collect() {
+            Ok(f) => f,
+            Err(_) => {
+                reject("", "not UTF-8".into());
+                continue;
+            }
+        };
+        if fields.iter().all(|f| f.is_empty()) {
+            continue;
+        }
         let get = |i: Option<usize>| {
-            i.and_then(|i| f.get(i))
+            i.and_then(|i| fields.get(i))
                 .filter(|s| !s.is_empty())
                 .map(|s| s.to_string())
         };
-        let id = get(Some(cuid)).with_context(|| format!("line {}: no client_user_id", n + 2))?;
-        out.push(json!({ "client_user_id": id, "email": get(email), "enrollment_id": get(enrollment), "location_id": location }));
+        let cuid = get(Some(cuid_col)).unwrap_or_default();
+        if fields.len() != header.len() {
+            reject(
+                &cuid,
+                format!("{} fields, the header has {}", fields.len(), header.len()),
+            );
+            continue;
+        }
+        if cuid.is_empty() {
+            reject("", "no client_user_id".into());
+            continue;
+        }
+        let (email, enrollment) = (get(email_col), get(enrollment_col));
+        if let Some(e) = &email {
+            if !email_syntax_ok(e) {
+                reject(&cuid, format!("invalid email {e:?}"));
+                continue;
+            }
+        }
+        if let Some(first) = seen_key.get(&(cuid.clone(), enrollment.clone())) {
+            reject(&cuid, format!("repeats line {first}"));
+            continue;
+        }
+        if let Some((first, other)) = seen_person.get(&cuid) {
+            if email.is_some() && other.is_some() && *other != email {
+                reject(
+                    &cuid,
+                    format!("client_user_id {cuid:?} is on line {first} with another email"),
+                );
+                continue;
+            }
+        }
+        if let Some(e) = &email {
+            if let Some((first, other)) = seen_email.get(&e.to_lowercase()) {
+                if *other != cuid {
+                    reject(
+                        &cuid,
+                        format!("email {e:?} is on line {first} for client_user_id {other:?}"),
+                    );
+                    continue;
+                }
+            }
+            seen_email
+                .entry(e.to_lowercase())
+                .or_insert((line, cuid.clone()));
+        }
+        seen_key.insert((cuid.clone(), enrollment.clone()), line);
+        seen_person
+            .entry(cuid.clone())
+            .or_insert((line, email.clone()));
+        rows.push(Row {
+            line,
+            client_user_id: cuid,
+            email,
+            enrollment_id: enrollment,
+        });
+    }
+    Ok((rows, rejected))
+}
+
+/// One entry of the API's request.
+fn entry(row: &Row, location: Option<i64>) -> Value {
+    json!({
+        "client_user_id": row.client_user_id, "email": row.email,
+        "enrollment_id": row.enrollment_id, "location_id": location,
+    })
+}
+
+/// Posts rows in requests of at most [`MAX_INVITATIONS_PER_REQUEST`]; returns each row's
+/// result (the API's `results` entry).
+async fn post_rows(a: &InviteArgs, rows: &[Row], dry_run: bool) -> Result<Vec<Value>> {
+    let mut out = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(MAX_INVITATIONS_PER_REQUEST) {
+        let body = json!({
+            "invitations": chunk.iter().map(|r| entry(r, a.location)).collect::<Vec<_>>(),
+            "dry_run": dry_run,
+            "atomic": a.strict,
+            "reinvite_retired": a.reinvite_retired,
+        });
+        let (status, v) = call_any(
+            &a.api,
+            reqwest::Method::POST,
+            "/api/v1/invitations",
+            Some(&body),
+        )
+        .await?;
+        let results = v["results"].as_array();
+        match (status, results) {
+            (200 | 202 | 400 | 422, Some(r)) if r.len() == chunk.len() => {
+                out.extend(r.iter().cloned())
+            }
+            _ => bail!("{}", api_error(status, &v)),
+        }
     }
     Ok(out)
 }
 
+fn prefix(line: u64) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!("line {line}: ")
+    }
+}
+
 /// Runs `cloudvpp invite`.
 pub async fn invite(a: InviteArgs) -> Result<()> {
-    let people = match (&a.csv, &a.client_user_id) {
-        (Some(path), _) => read_csv(path, a.location)?,
-        (None, Some(id)) => vec![
-            json!({ "client_user_id": id, "email": a.email, "enrollment_id": a.enrollment, "location_id": a.location }),
-        ],
-        (None, None) => bail!("give --client-user-id or --csv"),
-    };
-    let bar = indicatif::ProgressBar::new(people.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {elapsed}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    bar.set_message("submitting");
-    let mut ids = Vec::with_capacity(people.len());
-    for chunk in people.chunks(500) {
-        let body = json!({ "invitations": chunk });
-        let v = call(
-            &a.api,
-            reqwest::Method::POST,
-            "/api/v1/invitations",
-            Some((body.to_string().into_bytes(), "application/json")),
-        )
-        .await?;
-        for inv in v["invitations"].as_array().into_iter().flatten() {
-            ids.push(inv["id"].as_str().unwrap_or_default().to_string());
-            if people.len() == 1 && !a.wait {
-                print(inv);
+    let (rows, mut rejected) = match (&a.csv, &a.client_user_id) {
+        (Some(path), _) => read_csv(path)?,
+        (None, Some(id)) => {
+            let row = Row {
+                line: 0,
+                client_user_id: id.trim().to_string(),
+                email: a.email.clone(),
+                enrollment_id: a.enrollment.clone(),
+            };
+            match &row.email {
+                Some(e) if !email_syntax_ok(e) => bail!("invalid email {e:?}"),
+                _ => (vec![row], Vec::new()),
             }
         }
-        bar.inc(chunk.len() as u64);
-    }
-    bar.finish();
-    if !a.wait {
-        if people.len() > 1 {
-            eprintln!(
-                "{} invitations submitted; follow them with `cloudvpp invitations`",
-                ids.len()
-            );
+        (None, None) => bail!("give --client-user-id or --csv"),
+    };
+    let single = a.csv.is_none();
+    // What the engine would do with each row, before anyone is invited.
+    let mut valid = Vec::with_capacity(rows.len());
+    if !rows.is_empty() {
+        for (row, r) in rows.iter().zip(post_rows(&a, &rows, true).await?) {
+            if r["outcome"] == "rejected" {
+                rejected.push(Rejected {
+                    line: row.line,
+                    who: row.client_user_id.clone(),
+                    reason: r["reason"].as_str().unwrap_or("rejected").to_string(),
+                });
+            } else {
+                valid.push(row.clone());
+            }
         }
-        return Ok(());
     }
-    let wanted: std::collections::HashSet<String> = ids.into_iter().collect();
-    let bar = indicatif::ProgressBar::new(wanted.len() as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {elapsed}")
+    rejected.sort_by_key(|r| r.line);
+    let print_rejected = |rejected: &[Rejected]| {
+        for r in rejected {
+            let who = if r.who.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", r.who)
+            };
+            println!("{}rejected{who}: {}", prefix(r.line), r.reason);
+        }
+    };
+    if single && !rejected.is_empty() {
+        bail!(Exit::new(EXIT_REJECTED, rejected[0].reason.clone()));
+    }
+    if a.strict && !rejected.is_empty() {
+        print_rejected(&rejected);
+        bail!(Exit::new(
+            EXIT_REJECTED,
+            format!(
+                "{} rows rejected: nobody invited (--strict)",
+                rejected.len()
+            )
+        ));
+    }
+    // Invite; the engine decides each row again (it may have changed since the dry run).
+    let results = if valid.is_empty() {
+        Vec::new()
+    } else {
+        post_rows(&a, &valid, false).await?
+    };
+    if a.strict && results.iter().any(|r| r["outcome"] == "rejected") {
+        // The engine changed since the check (an enrollment went away): with `atomic`, a
+        // request with a rejected row stored nothing.
+        for (row, r) in valid.iter().zip(&results) {
+            if r["outcome"] == "rejected" {
+                rejected.push(Rejected {
+                    line: row.line,
+                    who: row.client_user_id.clone(),
+                    reason: r["reason"].as_str().unwrap_or("rejected").to_string(),
+                });
+            }
+        }
+        rejected.sort_by_key(|r| r.line);
+        print_rejected(&rejected);
+        bail!(Exit::new(
+            EXIT_REJECTED,
+            "rows were rejected while inviting (the engine changed since the check): \
+             the requests holding them invited nobody (--strict)"
+        ));
+    }
+    let (mut new, mut in_progress, mut skipped) = (0, 0, 0);
+    let mut followed: Vec<Value> = Vec::new();
+    for (row, r) in valid.iter().zip(&results) {
+        let reason = r["reason"].as_str().unwrap_or("").to_string();
+        let inv = &r["invitation"];
+        match r["outcome"].as_str().unwrap_or("") {
+            "new" => {
+                new += 1;
+                followed.push(inv.clone());
+                if single && !a.wait {
+                    print(inv);
+                }
+            }
+            "in_progress" => {
+                in_progress += 1;
+                followed.push(inv.clone());
+                if single && !a.wait {
+                    print(inv);
+                }
+                if !single {
+                    println!(
+                        "{}skipped {}: already invited, {} (invitation {})",
+                        prefix(row.line),
+                        row.client_user_id,
+                        inv["state"].as_str().unwrap_or("in progress"),
+                        inv["id"].as_str().unwrap_or("-")
+                    );
+                } else {
+                    eprintln!(
+                        "already invited: invitation {} is {}",
+                        inv["id"].as_str().unwrap_or("-"),
+                        inv["state"].as_str().unwrap_or("in progress")
+                    );
+                }
+            }
+            "skipped" => {
+                skipped += 1;
+                println!(
+                    "{}skipped {}: {reason}",
+                    prefix(row.line),
+                    row.client_user_id
+                );
+            }
+            _ => rejected.push(Rejected {
+                line: row.line,
+                who: row.client_user_id.clone(),
+                reason,
+            }),
+        }
+    }
+    rejected.sort_by_key(|r| r.line);
+    print_rejected(&rejected);
+    if !single {
+        println!(
+            "{new} invited, {in_progress} already in progress, {skipped} skipped, {} rejected",
+            rejected.len()
+        );
+    }
+    let mut code = 0;
+    if a.wait && !followed.is_empty() {
+        code = wait(&a, followed).await?;
+    }
+    if code == 0 && !rejected.is_empty() {
+        code = EXIT_REJECTED;
+    }
+    match code {
+        0 => Ok(()),
+        EXIT_FAILED => bail!(Exit::new(code, "some invitations failed or were retired")),
+        EXIT_TIMED_OUT => bail!(Exit::new(code, "timed out waiting")),
+        _ => bail!(Exit::new(code, format!("{} rows rejected", rejected.len()))),
+    }
+}
+
+/// One followed invitation.
+struct Followed {
+    person: String,
+    state: String,
+}
+
+const ENDED: [&str; 3] = ["associated", "failed", "retired"];
+
+/// `registering 2, queued 3, associated 5` (the states that have any, in their order).
+fn counts_text(followed: &HashMap<String, Followed>) -> String {
+    let parts: Vec<String> = cloudvpp_store::engine::InvitationState::ALL
+        .iter()
+        .filter_map(|s| {
+            let n = followed.values().filter(|f| f.state == s.as_str()).count();
+            (n > 0).then(|| format!("{} {n}", s.as_str()))
+        })
+        .collect();
+    parts.join(", ")
+}
+
+/// Follows `invitations` until each has ended or the timeout; returns the exit code.
+async fn wait(a: &InviteArgs, invitations: Vec<Value>) -> Result<i32> {
+    let mut followed: HashMap<String, Followed> = HashMap::new();
+    let mut since = i64::MAX;
+    for inv in &invitations {
+        let Some(id) = inv["id"].as_str() else {
+            continue;
+        };
+        since = since.min(inv["updated_at"].as_i64().unwrap_or(0));
+        followed.insert(
+            id.to_string(),
+            Followed {
+                person: inv["client_user_id"].as_str().unwrap_or("-").to_string(),
+                state: inv["state"].as_str().unwrap_or("").to_string(),
+            },
+        );
+    }
+    let total = followed.len() as u64;
+    let terminal = std::io::stdout().is_terminal();
+    let bar = if terminal {
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "[{bar:30}] {pos}/{len} ended  {msg}  {elapsed}",
+            )
             .expect("template")
             .progress_chars("=> "),
-    );
-    bar.set_message("associated");
-    let deadline = std::time::Instant::now() + Duration::from_secs(a.timeout);
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let say = |line: String| {
+        if terminal {
+            bar.println(line);
+        } else {
+            println!("{line}");
+        }
+    };
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(a.timeout);
+    let every = Duration::from_secs(a.progress_every);
+    let mut last_line: Option<Instant> = None;
     loop {
-        let v = call(
+        // Changes since the last look, with a margin for clocks of several instances.
+        let (status, v) = call_any(
             &a.api,
             reqwest::Method::GET,
-            &format!("/api/v1/invitations?limit={}", wanted.len().max(1000) * 2),
+            &format!(
+                "/api/v1/invitations?limit=100000&updated_since={}",
+                since.saturating_sub(5_000).max(0)
+            ),
             None,
         )
         .await?;
-        let mine: Vec<&Value> = v["invitations"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| wanted.contains(i["id"].as_str().unwrap_or("")))
-            .collect();
-        let done = mine.iter().filter(|i| i["state"] == "associated").count();
-        let failed: Vec<&&Value> = mine
-            .iter()
-            .filter(|i| i["state"] == "failed" || i["state"] == "retired")
-            .collect();
-        bar.set_position(done as u64);
-        if done + failed.len() >= wanted.len() {
-            bar.finish();
-            for f in &failed {
-                eprintln!(
-                    "{}: {} ({})",
-                    f["client_user_id"],
-                    f["state"],
-                    f["reason"].as_str().unwrap_or("")
-                );
-            }
-            println!("{done} associated, {} failed", failed.len());
-            return if failed.is_empty() {
-                Ok(())
-            } else {
-                bail!("{} invitations failed", failed.len())
-            };
+        if status != 200 {
+            bail!("{}", api_error(status, &v));
         }
-        if std::time::Instant::now() > deadline {
+        for inv in v["invitations"].as_array().into_iter().flatten() {
+            let Some(f) = inv["id"].as_str().and_then(|id| followed.get_mut(id)) else {
+                continue;
+            };
+            since = since.max(inv["updated_at"].as_i64().unwrap_or(0));
+            let state = inv["state"].as_str().unwrap_or("").to_string();
+            if state != f.state && matches!(state.as_str(), "failed" | "retired") {
+                say(format!(
+                    "{state}: {} (invitation {}): {}",
+                    f.person,
+                    inv["id"].as_str().unwrap_or("-"),
+                    inv["reason"].as_str().unwrap_or("no reason given")
+                ));
+            }
+            f.state = state;
+        }
+        let ended = followed
+            .values()
+            .filter(|f| ENDED.contains(&f.state.as_str()))
+            .count() as u64;
+        let text = counts_text(&followed);
+        bar.set_position(ended);
+        bar.set_message(text.clone());
+        let done = ended == total;
+        let timed_out = !done && Instant::now() >= deadline;
+        if !terminal && (done || timed_out || last_line.is_none_or(|t| t.elapsed() >= every)) {
+            println!(
+                "{} {ended}/{total} ended: {text}",
+                rfc3339(chrono::Utc::now().timestamp_millis())
+            );
+            last_line = Some(Instant::now());
+        }
+        if done {
+            bar.finish();
+            let failed = followed
+                .values()
+                .filter(|f| f.state != "associated")
+                .count();
+            println!(
+                "{} associated, {failed} failed or retired",
+                total as usize - failed
+            );
+            return Ok(if failed == 0 { 0 } else { EXIT_FAILED });
+        }
+        if timed_out {
             bar.abandon();
-            bail!("timed out: {done} of {} associated", wanted.len());
+            println!(
+                "timed out after {}s: {ended} of {total} ended ({text})",
+                a.timeout
+            );
+            return Ok(EXIT_TIMED_OUT);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// Runs `cloudvpp invitations`.
-pub async fn invitations(a: InvitationsArgs) -> Result<()> {
-    let mut path = format!("/api/v1/invitations?limit={}", a.limit);
-    if let Some(s) = &a.state {
-        path.push_str(&format!("&state={s}"));
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn email_syntax() {
+        for ok in [
+            "pat@example.com",
+            "pat.o'neil+vpp@mail.example.co.uk",
+            "élève@école.example",
+            "a-b_c@x-y.example",
+        ] {
+            assert!(email_syntax_ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "pat",
+            "pat@",
+            "@example.com",
+            "pat@example",
+            "pat@@example.com",
+            "pat @example.com",
+            "pat@exa mple.com",
+            ".pat@example.com",
+            "pat.@example.com",
+            "p..t@example.com",
+            "pat@-example.com",
+            "pat@example..com",
+            "pat@example.com.",
+            "pat,x@example.com",
+        ] {
+            assert!(!email_syntax_ok(bad), "{bad}");
+        }
     }
-    if let Some(c) = &a.client_user_id {
-        path.push_str(&format!("&client_user_id={c}"));
+
+    fn lines(rej: &[Rejected]) -> Vec<(u64, &str)> {
+        rej.iter().map(|r| (r.line, r.reason.as_str())).collect()
     }
-    let v = call(&a.api, reqwest::Method::GET, &path, None).await?;
-    if a.json {
-        print(&v);
-        return Ok(());
+
+    #[test]
+    fn a_file_with_a_bom_and_crlf_line_ends_reads_as_any_other() {
+        let plain = "client_user_id,email,enrollment_id\na,a@example.com,E1\nb,b@example.com,\n";
+        let windows = "\u{feff}Client_User_ID , Email,enrollment_id\r\na,a@example.com,E1\r\n\r\nb,b@example.com,\r\n";
+        let (p, pr) = parse_csv(plain.as_bytes()).unwrap();
+        let (w, wr) = parse_csv(windows.as_bytes()).unwrap();
+        assert!(pr.is_empty() && wr.is_empty());
+        let strip = |r: &[Row]| {
+            r.iter()
+                .map(|r| {
+                    (
+                        r.client_user_id.clone(),
+                        r.email.clone(),
+                        r.enrollment_id.clone(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&p), strip(&w));
+        assert_eq!(w[1].enrollment_id, None);
+        // The blank line counts: b is on line 4.
+        assert_eq!((w[0].line, w[1].line), (2, 4));
     }
-    let counts: Vec<String> = v["counts"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect();
-    println!("{}", counts.join(", "));
-    println!(
-        "{:<36} {:<24} {:<11} {:<40} REASON",
-        "ID", "PERSON", "STATE", "CHANNEL"
-    );
-    for i in v["invitations"].as_array().into_iter().flatten() {
-        let s = |k: &str| i[k].as_str().unwrap_or("-").to_string();
-        println!(
-            "{:<36} {:<24} {:<11} {:<40} {}",
-            s("id"),
-            s("client_user_id"),
-            s("state"),
-            s("channel"),
-            i["reason"].as_str().unwrap_or("")
+
+    #[test]
+    fn rows_are_checked_one_by_one_with_their_line_numbers() {
+        let text = "client_user_id,email,enrollment_id
+a,a@example.com,E1
+b,not-an-email,E2
+,c@example.com,E3
+a,a@example.com,E1
+a,other@example.com,E4
+d,a@example.com,E5
+e,e@example.com
+\"f, with a comma\",\"f@example.com\",E6
+a,,E7
+";
+        let (rows, rej) = parse_csv(text.as_bytes()).unwrap();
+        assert_eq!(
+            lines(&rej),
+            vec![
+                (3, "invalid email \"not-an-email\""),
+                (4, "no client_user_id"),
+                (5, "repeats line 2"),
+                (6, "client_user_id \"a\" is on line 2 with another email"),
+                (
+                    7,
+                    "email \"a@example.com\" is on line 2 for client_user_id \"a\""
+                ),
+                (8, "2 fields, the header has 3"),
+            ]
         );
+        let ok: Vec<(u64, &str)> = rows
+            .iter()
+            .map(|r| (r.line, r.client_user_id.as_str()))
+            .collect();
+        // The same person on another device, with no email, is a second invitation.
+        assert_eq!(ok, vec![(2, "a"), (9, "f, with a comma"), (10, "a")]);
     }
-    Ok(())
+
+    #[test]
+    fn file_level_problems_refuse_the_file() {
+        let err = |t: &str| format!("{:#}", parse_csv(t.as_bytes()).unwrap_err());
+        assert!(err("client_user_id,emial\na,a@example.com\n").contains("unknown column \"emial\""));
+        assert!(err("email\na@example.com\n").contains("client_user_id column"));
+        assert!(err("client_user_id,email,email\n").contains("twice"));
+        assert!(err("").contains("empty"));
+        let (rows, rej) = parse_csv(b"client_user_id\nok\n\xff\xfe\n").unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(lines(&rej), vec![(3, "not UTF-8")]);
+    }
 }

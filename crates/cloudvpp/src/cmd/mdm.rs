@@ -74,7 +74,9 @@ pub enum MdmCommand {
 #[derive(Subcommand)]
 pub enum LocationCommand {
     /// Add a location from its sToken file; the engine claims it, subscribes to its
-    /// notifications and imports its users. The token is never printed or logged.
+    /// notifications and imports its users. The token is never printed or logged. Adding
+    /// an organisation again changes nothing and names the location there; a renewed sToken
+    /// of the same organisation replaces the old one.
     Add {
         #[command(flatten)]
         api: ApiArgs,
@@ -200,6 +202,20 @@ pub async fn run(cmd: MdmCommand) -> Result<()> {
                 Some((body.to_string().into_bytes(), "application/json")),
             )
             .await?;
+            // Idempotent per organisation: the same sToken again names the location there.
+            if v["token_replaced"] == true {
+                eprintln!(
+                    "location {} ({}) was there already: its sToken is replaced by this one",
+                    v["id"],
+                    v["name"].as_str().unwrap_or("-")
+                );
+            } else if v["existing"] == true {
+                eprintln!(
+                    "location {} ({}) was there already with this sToken: nothing changed",
+                    v["id"],
+                    v["name"].as_str().unwrap_or("-")
+                );
+            }
             if v["expiry_warning"] == true {
                 eprintln!(
                     "warning: this sToken expires within 15 days (expires_at {}): renew it",

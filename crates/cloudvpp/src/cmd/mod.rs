@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod appsbooks;
+pub mod invitations;
 pub mod invite;
 pub mod licences;
 pub mod mdm;
