@@ -222,7 +222,9 @@ pub async fn apps(command: AppsCommand) -> Result<()> {
     Ok(())
 }
 
-/// People of a CSV: (clientUserIds, emails), one per line, the clientUserId when a line has both.
+/// People of a CSV file: (clientUserIds, emails), one per record, the clientUserId when a
+/// record has both. UTF-8, a BOM and CRLF line ends allowed; other columns are ignored, so
+/// the `cloudvpp invite --csv` file works.
 fn read_people(path: &std::path::Path) -> Result<(Vec<String>, Vec<String>)> {
     let size = std::fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
@@ -230,35 +232,45 @@ fn read_people(path: &std::path::Path) -> Result<(Vec<String>, Vec<String>)> {
     if size > MAX_CSV_BYTES {
         bail!("{} is over {} MiB", path.display(), MAX_CSV_BYTES >> 20);
     }
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<String> = lines
-        .next()
-        .context("empty CSV")?
-        .split(',')
-        .map(|h| h.trim().to_lowercase())
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    parse_people(&bytes).with_context(|| path.display().to_string())
+}
+
+/// [`read_people`] of bytes.
+fn parse_people(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>)> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(bytes);
+    let header: Vec<String> = reader
+        .headers()
+        .context("reading the header")?
+        .iter()
+        .map(str::to_lowercase)
         .collect();
     let col = |name: &str| header.iter().position(|h| h == name);
     let (cuid, email) = (col("client_user_id"), col("email"));
     if cuid.is_none() && email.is_none() {
-        bail!("the CSV needs a client_user_id or an email column");
+        bail!("the header needs a client_user_id or an email column");
     }
     let (mut ids, mut emails) = (Vec::new(), Vec::new());
-    for (n, line) in lines.enumerate() {
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+    for record in reader.records() {
+        let record = record.context("reading the file")?;
+        let line = record.position().map_or(0, |p| p.line());
         let get = |i: Option<usize>| {
-            i.and_then(|i| f.get(i))
+            i.and_then(|i| record.get(i))
                 .filter(|s| !s.is_empty())
-                .map(|s| s.to_string())
+                .map(str::to_string)
         };
         match (get(cuid), get(email)) {
             (Some(id), _) => ids.push(id),
             (None, Some(e)) => emails.push(e),
-            (None, None) => bail!("line {}: no client_user_id or email", n + 2),
+            (None, None) if record.iter().all(str::is_empty) => continue,
+            (None, None) => bail!("line {line}: no client_user_id or email"),
         }
         if ids.len() + emails.len() > MAX_CSV_PEOPLE {
-            bail!("more than {MAX_CSV_PEOPLE} people in one CSV: split it");
+            bail!("more than {MAX_CSV_PEOPLE} people in one file: split it");
         }
     }
     Ok((ids, emails))
@@ -424,6 +436,28 @@ pub async fn assignments(a: AssignmentsArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn csv_people_by_client_user_id_or_email() {
+        let text = "\u{feff}Client_User_Id,email,enrollment_id\r\n\
+                    ann,ann@example.com,DEV1\r\n\
+                    ,\"bob@example.com\",\r\n\
+                    \r\n\
+                    \"c, d\",,\r\n";
+        let (ids, emails) = super::parse_people(text.as_bytes()).unwrap();
+        assert_eq!(ids, ["ann", "c, d"]);
+        assert_eq!(emails, ["bob@example.com"]);
+        let emails_only = super::parse_people(b"email\npat@example.com\n").unwrap();
+        assert_eq!(emails_only.1, ["pat@example.com"]);
+        let err = super::parse_people(b"name\npat\n").unwrap_err();
+        assert!(
+            err.to_string().contains("client_user_id or an email"),
+            "{err}"
+        );
+        let err = super::parse_people(b"client_user_id,email,enrollment_id\nann,a@b.c,\n,,DEV2\n")
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("line 3"), "{err:#}");
+    }
+
     #[test]
     fn query_values_are_encoded() {
         assert_eq!(
