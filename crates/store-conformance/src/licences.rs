@@ -159,7 +159,7 @@ pub async fn location_apps_and_missing_assignments(b: &Backend) {
 
     let found = b
         .store
-        .find_invitations(&["bob".into()], &["cat@example.com".into()])
+        .find_invitations(&["bob".into()], &["Cat@Example.com".into()])
         .await
         .unwrap();
     let mut people: Vec<&str> = found.iter().map(|i| i.client_user_id.as_str()).collect();

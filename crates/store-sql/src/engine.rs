@@ -847,10 +847,15 @@ impl EngineStore for SqlStore {
         emails: &[String],
     ) -> Result<Vec<Invitation>> {
         let mut out = Vec::new();
-        for (col, keys) in [("client_user_id", client_user_ids), ("email", emails)] {
+        // Emails in any case (the index is on LOWER(email)).
+        let emails: Vec<String> = emails.iter().map(|e| e.to_lowercase()).collect();
+        for (col, keys) in [
+            ("i.client_user_id", client_user_ids),
+            ("LOWER(i.email)", emails.as_slice()),
+        ] {
             for chunk in keys.chunks(row::rows_per_statement(1, 0)) {
                 let sql = format!(
-                    "SELECT {INV_COLS} FROM engine_invitations i WHERE i.{col} IN ({})",
+                    "SELECT {INV_COLS} FROM engine_invitations i WHERE {col} IN ({})",
                     row::list(1, chunk.len())
                 );
                 let mut q = sqlx::query(&sql);

@@ -42,6 +42,6 @@ CREATE INDEX engine_assignments_state ON engine_assignments(state, created_at);
 -- leases are renewed and given up by owner
 CREATE INDEX engine_assignments_lease ON engine_assignments(lease_owner) WHERE lease_owner IS NOT NULL;
 
--- `cloudvpp assign` finds invited people by clientUserId or email, in any location.
+-- `cloudvpp assign` finds invited people by clientUserId or email (any case), in any location.
 CREATE INDEX engine_invitations_client_user ON engine_invitations(client_user_id);
-CREATE INDEX engine_invitations_email ON engine_invitations(email);
+CREATE INDEX engine_invitations_email ON engine_invitations(LOWER(email));

@@ -467,7 +467,8 @@ pub trait EngineStore: Send + Sync + 'static {
     /// Gives up `owner`'s leases (a clean shutdown), so another instance takes over at once.
     async fn release_locations(&self, owner: &str) -> Result<()>;
 
-    /// Invitations of these people, by clientUserId or by email, in any location and state.
+    /// Invitations of these people, by clientUserId or by email (in any case), in any
+    /// location and state.
     async fn find_invitations(
         &self,
         client_user_ids: &[String],
