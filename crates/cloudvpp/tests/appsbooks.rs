@@ -2578,3 +2578,50 @@ async fn client_config_reports_the_organisations_country_and_platform() {
         assert!(!out.status.success(), "{bad:?} accepted");
     }
 }
+
+/// Every listing command prints JSON with `--json`, timestamps in RFC 3339.
+#[test]
+fn appsbooks_commands_print_json() {
+    let env = Env::new();
+    env.org("Listed");
+    env.cli(&[
+        "appsbooks",
+        "assets",
+        "add",
+        "--org",
+        "Listed",
+        "--adam-id",
+        "408709785",
+        "--count",
+        "4",
+    ]);
+    let orgs: Value =
+        serde_json::from_str(&env.cli(&["appsbooks", "org", "list", "--json"])).unwrap();
+    assert_eq!(orgs[0]["name"], "Listed");
+    let exp = orgs[0]["tokenExpires"].as_str().unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(exp).is_ok(), "{exp}");
+    let table = env.cli(&["appsbooks", "org", "list"]);
+    assert!(
+        table.contains(exp),
+        "the table shows the same RFC 3339 time: {table}"
+    );
+    let assets: Value = serde_json::from_str(&env.cli(&[
+        "appsbooks",
+        "assets",
+        "list",
+        "--org",
+        "Listed",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        assets,
+        json!([{"adamId": "408709785", "assignedCount": 0, "availableCount": 4,
+            "deviceAssignable": true, "pricingParam": "STDQ", "productType": "App",
+            "retiredCount": 0, "revocable": true, "totalCount": 4,
+            "supportedPlatforms": ["iOS", "macOS"], "name": "GarageBand"}])
+    );
+    let limits: Value =
+        serde_json::from_str(&env.cli(&["appsbooks", "limits", "show", "--json"])).unwrap();
+    assert_eq!(limits["maxUsers"], 100);
+}

@@ -62,6 +62,9 @@ pub enum AssetsCommand {
         /// Default: true for apps, false for books.
         #[arg(long)]
         revocable: Option<bool>,
+        /// Print the asset as JSON (Apple's field names, plus `name`).
+        #[arg(long)]
+        json: bool,
     },
     /// List an organisation's assets with their counts.
     List {
@@ -70,6 +73,9 @@ pub enum AssetsCommand {
         /// The organisation's uId or name.
         #[arg(long)]
         org: String,
+        /// Print a JSON array (Apple's field names, plus `name`).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -123,6 +129,9 @@ pub enum OrgCommand {
     List {
         #[command(flatten)]
         db: DbArg,
+        /// Print a JSON array.
+        #[arg(long)]
+        json: bool,
     },
     /// Issue a new sToken; the old one then answers 9625. Prints the new token.
     Renew {
@@ -174,6 +183,9 @@ pub enum LimitsCommand {
     Show {
         #[command(flatten)]
         db: DbArg,
+        /// Print a JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Set limits, NAME=VALUE ...; running services pick them up within a second.
     Set {
@@ -234,6 +246,13 @@ fn asset_line(a: &cloudvpp_store::AssetRecord) -> String {
     )
 }
 
+/// An asset as `--json` prints it: Apple's `ResponseAsset` and the catalogue's name.
+fn asset_json(a: &cloudvpp_store::AssetRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(a.to_response()).expect("serialisable");
+    v["name"] = serde_json::json!(cloudvpp_appsbooks::assets::catalogue_name(&a.adam_id));
+    v
+}
+
 const ASSET_HEADER: &str =
     "ADAM ID      PRICE  TYPE     TOTAL  ASSIGNED  AVAILABLE PLATFORMS              NAME";
 
@@ -250,6 +269,7 @@ async fn assets(command: AssetsCommand) -> Result<()> {
             platforms,
             device_assignable,
             revocable,
+            json,
         } => {
             let store = open_existing(&db.database).await?;
             let o = find_org(&*store, &org).await?;
@@ -265,15 +285,25 @@ async fn assets(command: AssetsCommand) -> Result<()> {
             let now = cloudvpp_store::clock::Clock::now_ms(&cloudvpp_store::clock::SystemClock);
             let asset =
                 cloudvpp_appsbooks::assets::record_purchase(&*store, &o, &purchase, now).await?;
-            println!("{ASSET_HEADER}");
-            println!("{}", asset_line(&asset));
+            if json {
+                println!("{}", asset_json(&asset));
+            } else {
+                println!("{ASSET_HEADER}");
+                println!("{}", asset_line(&asset));
+            }
         }
-        AssetsCommand::List { db, org } => {
+        AssetsCommand::List { db, org, json } => {
             let store = open_existing(&db.database).await?;
             let o = find_org(&*store, &org).await?;
-            println!("{ASSET_HEADER}");
-            for a in store.list_assets(o.id).await? {
-                println!("{}", asset_line(&a));
+            let assets = store.list_assets(o.id).await?;
+            if json {
+                let list: Vec<_> = assets.iter().map(asset_json).collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                println!("{ASSET_HEADER}");
+                for a in &assets {
+                    println!("{}", asset_line(a));
+                }
             }
         }
     }
@@ -305,16 +335,32 @@ async fn org(command: OrgCommand) -> Result<()> {
                 .with_context(|| format!("no organisation {org:?}"))?;
             profile.apply(store.as_ref(), o.id).await?;
         }
-        OrgCommand::List { db } => {
+        OrgCommand::List { db, json } => {
             let store = open_existing(&db.database).await?;
-            println!("{:<18} {:<26} {:>10} NAME", "UID", "TOKEN EXPIRES", "USERS");
+            let mut rows = Vec::new();
             for o in store.list_orgs().await? {
                 let exp = store
                     .current_token_expiry(o.id)
                     .await?
-                    .map(ids::apple_date)
-                    .unwrap_or_default();
-                println!("{:<18} {:<26} {:>10} {}", o.uid, exp, o.user_count, o.name);
+                    .map(|secs| super::invitations::rfc3339(secs.saturating_mul(1000)));
+                rows.push((o, exp));
+            }
+            if json {
+                let list: Vec<_> = rows
+                    .iter()
+                    .map(|(o, exp)| {
+                        serde_json::json!({"uId": o.uid, "name": o.name, "tokenExpires": exp,
+                            "users": o.user_count, "country": o.country,
+                            "defaultPlatform": o.default_platform})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                println!("{:<18} {:<26} {:>10} NAME", "UID", "TOKEN EXPIRES", "USERS");
+                for (o, exp) in &rows {
+                    let exp = exp.as_deref().unwrap_or("");
+                    println!("{:<18} {:<26} {:>10} {}", o.uid, exp, o.user_count, o.name);
+                }
             }
         }
         OrgCommand::Renew { db, org, expires } => {
@@ -334,11 +380,16 @@ async fn org(command: OrgCommand) -> Result<()> {
 
 async fn limits(command: LimitsCommand) -> Result<()> {
     match command {
-        LimitsCommand::Show { db } => {
+        LimitsCommand::Show { db, json } => {
             let store = open_existing(&db.database).await?;
             let limits = cloudvpp_appsbooks::limits::Limits::new(store);
-            for (k, v) in limits.all().await {
-                println!("{k}={v}");
+            let all = limits.all().await;
+            if json {
+                println!("{}", serde_json::json!(all));
+            } else {
+                for (k, v) in all {
+                    println!("{k}={v}");
+                }
             }
         }
         LimitsCommand::Set { db, limits } => {
