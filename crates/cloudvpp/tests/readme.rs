@@ -5,7 +5,6 @@ use clap::{CommandFactory, Parser};
 
 const README: &str = include_str!("../../../README.md");
 const OPERATIONS: &str = include_str!("../../../docs/OPERATIONS.md");
-const LICENCES_WALKTHROUGH: &str = include_str!("../../../docs/walkthrough-licences.md");
 
 /// Shell words of `line`, up to the first operator (`>`, `|`, `&`, `;`) or comment;
 /// quotes removed, `$VAR` kept as it is.
@@ -112,15 +111,6 @@ fn every_command_line_of_the_operations_guide_parses() {
     assert!(
         parsed >= 8,
         "only {parsed} command lines found in docs/OPERATIONS.md"
-    );
-}
-
-#[test]
-fn every_command_line_of_the_licences_walkthrough_parses() {
-    let parsed = parse_all(LICENCES_WALKTHROUGH, "docs/walkthrough-licences.md");
-    assert!(
-        parsed >= 15,
-        "only {parsed} command lines found in docs/walkthrough-licences.md"
     );
 }
 
