@@ -669,3 +669,61 @@ async fn counts_stay_exact_under_concurrent_events_on_two_instances() {
     let held: BTreeSet<String> = holders(&list);
     assert_eq!(held.len(), list.len());
 }
+
+/// The service limits bound every asset request: 9700, 9701, 9702 (and the revoke limits),
+/// duplicate serial numbers 9705; nothing is stored when one is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn asset_requests_stay_within_the_service_limits() {
+    let env = Env::new();
+    let token = env.org("Limited");
+    let srv = env.serve(&[
+        "--limit",
+        "maxAssets=1",
+        "--limit",
+        "maxClientUserIds=2",
+        "--limit",
+        "maxSerialNumbers=2",
+        "--limit",
+        "maxRevokeClientUserIds=1",
+        "--limit",
+        "maxRevokeSerialNumbers=1",
+    ]);
+    buy(&env, "Limited", APP, 5, false);
+    let ev = srv.manage(&token, "create", users(0..3, "l")).await;
+    srv.wait_event(&token, &ev).await;
+    for (action, body, want) in [
+        (
+            "associate",
+            json!({"assets": [app(APP), app("361309726")], "clientUserIds": ["l-0"]}),
+            9700,
+        ),
+        (
+            "associate",
+            json!({"assets": [app(APP)], "clientUserIds": ["l-0", "l-1", "l-2"]}),
+            9701,
+        ),
+        (
+            "disassociate",
+            json!({"assets": [app(APP)], "serialNumbers": ["S1", "S2", "S3"]}),
+            9702,
+        ),
+        (
+            "associate",
+            json!({"assets": [app(APP)], "serialNumbers": ["S1", "S1"]}),
+            9705,
+        ),
+        ("revoke", json!({"clientUserIds": ["l-0", "l-1"]}), 9701),
+        ("revoke", json!({"serialNumbers": ["S1", "S2"]}), 9702),
+    ] {
+        let (code, resp) = assets_call(&srv, &token, action, body).await;
+        assert_eq!(
+            (code, resp["errorNumber"].as_u64()),
+            (400, Some(want)),
+            "{action}: {resp}"
+        );
+    }
+    // Nothing was stored: no event ran, no licence moved.
+    assert_eq!(asset(&srv, &token, APP).await["assignedCount"], 0);
+    let (list, _) = all_assignments(&srv, &token, "").await;
+    assert!(list.is_empty());
+}
