@@ -8,6 +8,7 @@
 //! confirmed by polling status, and association by syncing users (`sinceVersionId`).
 
 pub mod api;
+pub mod csv_file;
 pub mod machine;
 mod worker;
 

@@ -20,4 +20,5 @@ cloudvpp_store_conformance::conformance!(
     mdm::last_seen_batches,
     engine::locations_once_per_organisation,
     engine::invitation_people_counts_and_changes,
+    engine::invitation_search_and_pages,
 );
