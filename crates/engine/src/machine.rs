@@ -6,8 +6,24 @@
 //! and stores the invitations that changed.
 
 use cloudvpp_abwire::UserStatus;
-use cloudvpp_store::engine::{Invitation, InvitationState, MirrorUser};
-use cloudvpp_store::mdm::{CommandState, CommandStatus, EnrollmentId};
+use cloudvpp_store::engine::{Invitation, InvitationId, InvitationState, MirrorUser};
+use cloudvpp_store::mdm::{CommandState, CommandStatus, CommandUuid, EnrollmentId};
+
+/// Namespace of InviteToProgram command UUIDs (UUID v5 of "invitation id/attempt").
+const INVITE_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6c6f_7564_7670_7049_6e76_6974_6174_696f);
+
+/// The CommandUUID of an invitation's `attempt`-th InviteToProgram (from 1): it follows
+/// from the two, so an instance that takes over a delivery queues the same command, and
+/// the administrator page finds every command sent for an invitation.
+pub fn invite_command_uuid(invitation: &InvitationId, attempt: i64) -> CommandUuid {
+    let key = format!("{invitation}/{attempt}");
+    CommandUuid::new(
+        uuid::Uuid::new_v5(&INVITE_NAMESPACE, key.as_bytes())
+            .to_string()
+            .to_uppercase(),
+    )
+}
 
 /// What was observed of one invitation.
 #[derive(Debug, Clone, Copy, Default)]
