@@ -112,23 +112,56 @@ async fn not_found() -> Response {
     error_page(StatusCode::NOT_FOUND, "No such page.", None)
 }
 
-/// An error page: the status, what went wrong in words, and a way back.
-fn error_page(status: StatusCode, message: &str, back: Option<String>) -> Response {
-    let page = views::ErrorPage {
-        status: status.as_u16(),
-        title: status.canonical_reason().unwrap_or("Error").to_string(),
-        message: message.to_string(),
-        back: back.unwrap_or_else(|| "/admin".into()),
-    };
-    let mut res = views::render(&page);
-    *res.status_mut() = status;
-    res
+/// A refusal, answered as an error page: the status, what went wrong in words, and a way
+/// back (the overview when none is given).
+struct Refused {
+    status: StatusCode,
+    message: String,
+    back: Option<String>,
 }
 
-/// A storage failure as a page (logged; no database words shown).
-fn storage_page(e: cloudvpp_store::StoreError) -> Response {
+impl Refused {
+    fn new(status: StatusCode, message: impl Into<String>, back: Option<String>) -> Self {
+        Refused {
+            status,
+            message: message.into(),
+            back,
+        }
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let page = views::ErrorPage {
+            status: self.status.as_u16(),
+            title: self
+                .status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .to_string(),
+            message: self.message,
+            back: self.back.unwrap_or_else(|| "/admin".into()),
+        };
+        let mut res = views::render(&page);
+        *res.status_mut() = self.status;
+        res
+    }
+}
+
+/// An error page (see [`Refused`]).
+fn error_page(status: StatusCode, message: &str, back: Option<String>) -> Response {
+    Refused::new(status, message, back).into_response()
+}
+
+/// A storage failure as a refusal (logged; no database words shown).
+fn storage_refusal(e: cloudvpp_store::StoreError) -> Refused {
     let f = cloudvpp_mdm::admin::storage_failure(e);
-    error_page(f.status(), f.message(), None)
+    Refused::new(f.status(), f.message(), None)
+}
+
+/// A storage failure as a page.
+fn storage_page(e: cloudvpp_store::StoreError) -> Response {
+    storage_refusal(e).into_response()
 }
 
 /// The peer's address (from the listener); unspecified when the service was not served
@@ -190,11 +223,11 @@ impl FromRequestParts<Ui> for Admin {
 
 impl Admin {
     /// Refuses (403, nothing done) a form whose CSRF token is not this session's.
-    fn check_csrf(&self, given: &str) -> Result<(), Response> {
+    fn check_csrf(&self, given: &str) -> Result<(), Refused> {
         if cloudvpp_store::secret::equal(given, &self.csrf) {
             Ok(())
         } else {
-            Err(error_page(
+            Err(Refused::new(
                 StatusCode::FORBIDDEN,
                 "The form's security token is missing or wrong (an old page, or a form from another site): nothing was changed. Reload the page and try again.",
                 None,

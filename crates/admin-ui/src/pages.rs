@@ -3,7 +3,9 @@
 //! the forms that change something, the session's CSRF token before anything else.
 
 use crate::views::{self, day_secs, when_ms, Choice, Nav};
-use crate::{error_page, session_set_cookie, storage_page, Admin, Peer, Ui};
+use crate::{
+    error_page, session_set_cookie, storage_page, storage_refusal, Admin, Peer, Refused, Ui,
+};
 use axum::extract::multipart::{Multipart, MultipartError};
 use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -41,8 +43,8 @@ const MAX_REPORT_SHOWN: usize = 8 << 10;
 /// Seconds between refreshes of the overview while invitations are in progress.
 const REFRESH_SECS: u32 = 5;
 
-fn bad_request(message: impl Into<String>) -> Response {
-    error_page(StatusCode::BAD_REQUEST, &message.into(), None)
+fn bad_request(message: impl Into<String>) -> Refused {
+    Refused::new(StatusCode::BAD_REQUEST, message, None)
 }
 
 /// An engine refusal (404, 409, 400, 502...) as a page with its status and words.
@@ -70,7 +72,7 @@ fn location_name(locations: &[Location], id: LocationId) -> String {
 /// A query string's values, or a 400 page when it is not one.
 fn query_map(
     q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<HashMap<String, String>, Response> {
+) -> Result<HashMap<String, String>, Refused> {
     q.map(|Query(m)| m)
         .map_err(|e| bad_request(format!("The address's query does not parse: {e}")))
 }
@@ -129,7 +131,9 @@ pub async fn login(
     }
     let key = match form {
         Ok(Form(f)) => f.key,
-        Err(e) => return bad_request(format!("The login form does not parse: {e}")),
+        Err(e) => {
+            return bad_request(format!("The login form does not parse: {e}")).into_response()
+        }
     };
     let key = key.trim();
     if key.len() <= MAX_KEY && ui.engine.admin.matches(key) {
@@ -163,7 +167,7 @@ pub async fn logout(
 ) -> Response {
     let given = form.map(|Form(f)| f.csrf).unwrap_or_default();
     if let Err(refused) = admin.check_csrf(&given) {
-        return refused;
+        return refused.into_response();
     }
     ui.sessions.end(&admin.session);
     let mut res = Redirect::to("/admin/login").into_response();
@@ -202,7 +206,7 @@ pub async fn overview(
 ) -> Response {
     let q = match query_map(q) {
         Ok(q) => q,
-        Err(page) => return page,
+        Err(page) => return page.into_response(),
     };
     let engine = &ui.engine;
     let locations = match engine.store.locations().await {
@@ -283,7 +287,7 @@ struct Listing {
     page: u32,
 }
 
-fn listing(q: &HashMap<String, String>) -> Result<Listing, Response> {
+fn listing(q: &HashMap<String, String>) -> Result<Listing, Refused> {
     let search = q.get("q").map_or("", |s| s.trim()).to_string();
     if search.chars().count() > MAX_SEARCH {
         return Err(bad_request(format!(
@@ -355,7 +359,7 @@ pub async fn invitations(
 ) -> Response {
     let l = match query_map(q).and_then(|q| listing(&q)) {
         Ok(l) => l,
-        Err(page) => return page,
+        Err(page) => return page.into_response(),
     };
     let engine = &ui.engine;
     let locations = match engine.store.locations().await {
@@ -467,10 +471,12 @@ fn steps(
             None => "asked for, email link only: registering".into(),
         },
     )];
-    if let Some(ev) = &inv.event_id {
-        // The event's own time is Apple's; the engine keeps only its ID.
-        out.push((inv.created_at, format!("registration event {ev}")));
-    }
+    // The registration event's time is Apple's; the engine keeps only its ID, so the row
+    // has no time of its own (shown empty, placed after the creation).
+    let event = inv
+        .event_id
+        .as_ref()
+        .map(|ev| format!("registration event {ev}"));
     for (row, c) in commands.iter().zip(raw) {
         out.push((
             c.created_at,
@@ -500,12 +506,23 @@ fn steps(
         ),
     ));
     out.sort_by_key(|(t, _)| *t);
-    out.into_iter()
+    let mut steps: Vec<views::Step> = out
+        .into_iter()
         .map(|(t, what)| views::Step {
             at: when_ms(t),
             what,
         })
-        .collect()
+        .collect();
+    if let Some(what) = event {
+        steps.insert(
+            1,
+            views::Step {
+                at: String::new(),
+                what,
+            },
+        );
+    }
+    steps
 }
 
 pub async fn person(
@@ -515,11 +532,14 @@ pub async fn person(
 ) -> Response {
     let q = match query_map(q) {
         Ok(q) => q,
-        Err(page) => return page,
+        Err(page) => return page.into_response(),
     };
     let location = match q.get("location").map(|s| s.parse::<i64>()) {
         Some(Ok(id)) => LocationId(id),
-        _ => return bad_request("The address needs a location number (location=...)."),
+        _ => {
+            return bad_request("The address needs a location number (location=...).")
+                .into_response()
+        }
     };
     let cuid = match q.get("id") {
         Some(id) if !id.is_empty() && id.len() <= MAX_FIELD => id.clone(),
@@ -527,6 +547,7 @@ pub async fn person(
             return bad_request(format!(
                 "The address needs the person's clientUserId (id=..., at most {MAX_FIELD} bytes)."
             ))
+            .into_response()
         }
     };
     let engine = &ui.engine;
@@ -551,7 +572,11 @@ pub async fn person(
         );
     }
     invitations.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
-    let record = match engine.store.mirror_users(location, &[cuid.clone()]).await {
+    let record = match engine
+        .store
+        .mirror_users(location, std::slice::from_ref(&cuid))
+        .await
+    {
         Ok(m) => m
             .into_iter()
             .next()
@@ -684,14 +709,14 @@ pub struct ResendForm {
 }
 
 /// The invitation of a path, bounded; and where its person's page is (to go back to).
-async fn target(ui: &Ui, id: &str) -> Result<(InvitationId, Option<String>), Response> {
+async fn target(ui: &Ui, id: &str) -> Result<(InvitationId, Option<String>), Refused> {
     if id.is_empty() || id.len() > MAX_FIELD {
         return Err(bad_request("That is not an invitation ID."));
     }
     let id = InvitationId::new(id);
     let back = match ui.engine.store.invitation(&id).await {
         Ok(i) => i.map(|i| person_href(i.location_id, &i.client_user_id)),
-        Err(e) => return Err(storage_page(e)),
+        Err(e) => return Err(storage_refusal(e)),
     };
     Ok((id, back))
 }
@@ -710,17 +735,18 @@ pub async fn resend(
         enrollment_id: String::new(),
     });
     if let Err(refused) = admin.check_csrf(&form.csrf) {
-        return refused;
+        return refused.into_response();
     }
     let (id, back) = match target(&ui, &id).await {
         Ok(t) => t,
-        Err(page) => return page,
+        Err(page) => return page.into_response(),
     };
     let (email, enrollment) = (form.email.trim(), form.enrollment_id.trim());
     if email.len() > MAX_FIELD || enrollment.len() > MAX_FIELD {
         return bad_request(format!(
             "An email or enrollment ID is at most {MAX_FIELD} bytes."
-        ));
+        ))
+        .into_response();
     }
     let fix = Resend {
         email: (!email.is_empty()).then(|| email.to_string()),
@@ -740,11 +766,11 @@ pub async fn retire(
 ) -> Response {
     let given = form.map(|Form(f)| f.csrf).unwrap_or_default();
     if let Err(refused) = admin.check_csrf(&given) {
-        return refused;
+        return refused.into_response();
     }
     let (id, back) = match target(&ui, &id).await {
         Ok(t) => t,
-        Err(page) => return page,
+        Err(page) => return page.into_response(),
     };
     match retire_invitation(&ui.engine, &id).await {
         Ok(inv) => done(&inv, "retired"),
@@ -802,10 +828,10 @@ struct UploadForm {
     file: Option<Vec<u8>>,
 }
 
-fn too_large() -> Response {
-    error_page(
+fn too_large() -> Refused {
+    Refused::new(
         StatusCode::PAYLOAD_TOO_LARGE,
-        &format!(
+        format!(
             "The file is larger than {} MiB: split it, or use `cloudvpp invite --csv`.",
             crate::MAX_UPLOAD_BYTES >> 20
         ),
@@ -813,13 +839,13 @@ fn too_large() -> Response {
     )
 }
 
-fn multipart_failure(e: MultipartError) -> Response {
+fn multipart_failure(e: MultipartError) -> Refused {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         too_large()
     } else {
-        error_page(
+        Refused::new(
             StatusCode::BAD_REQUEST,
-            &format!("The upload does not parse: {}", e.body_text()),
+            format!("The upload does not parse: {}", e.body_text()),
             Some("/admin/upload".into()),
         )
     }
@@ -828,11 +854,11 @@ fn multipart_failure(e: MultipartError) -> Response {
 /// Reads the form's fields, each bounded (the body as a whole is bounded by the route).
 /// The CSRF token comes first in the form and is checked before the file is read: a forged
 /// upload is refused (403) before its file is taken in, whatever else is wrong with it.
-async fn read_upload(admin: &Admin, mut mp: Multipart) -> Result<UploadForm, Response> {
+async fn read_upload(admin: &Admin, mut mp: Multipart) -> Result<UploadForm, Refused> {
     let mut form = UploadForm::default();
     let mut checked = false;
     // Until the token is checked, any failure is the refusal.
-    let fail = |checked: bool, page: Response| {
+    let fail = |checked: bool, page: Refused| {
         if checked {
             page
         } else {
@@ -906,14 +932,17 @@ pub async fn upload(
     };
     let form = match form {
         Ok(f) => f,
-        Err(page) => return page,
+        Err(page) => return page.into_response(),
     };
     let back = Some("/admin/upload".to_string());
     let location = match form.location.as_str() {
         "" => None,
         s => match s.parse() {
             Ok(id) => Some(LocationId(id)),
-            Err(_) => return bad_request(format!("The location {s:?} is not a location number.")),
+            Err(_) => {
+                return bad_request(format!("The location {s:?} is not a location number."))
+                    .into_response()
+            }
         },
     };
     let Some(bytes) = form.file.filter(|b| !b.is_empty()) else {

@@ -796,7 +796,7 @@ pub async fn resend_invitation(
     match (&inv.invite_code, &inv.channel) {
         (Some(_), Some(channel)) => {
             let channel = channel.clone();
-            crate::worker::deliver(&engine, &mut inv, channel)
+            crate::worker::deliver(engine, &mut inv, channel)
                 .await
                 .map_err(internal)?;
         }

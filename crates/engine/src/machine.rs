@@ -644,4 +644,19 @@ mod tests {
         );
         assert_eq!(admit(&again, Some(&mac), true, false), Admission::New);
     }
+
+    #[test]
+    fn an_attempts_command_uuid_never_changes() {
+        // Pinned: an instance that takes over a delivery, even one of another version,
+        // must derive the UUID the dead one queued.
+        let id = InvitationId::from("00000000-0000-4000-8000-000000000001");
+        assert_eq!(
+            invite_command_uuid(&id, 1).as_str(),
+            "3176F613-D16C-525E-A164-BB2B7A107A29"
+        );
+        assert_eq!(
+            invite_command_uuid(&id, 2).as_str(),
+            "FB7D3204-6659-581A-A8C8-E5A81AD59757"
+        );
+    }
 }
