@@ -193,8 +193,9 @@ fn on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-/// chromedriver on a free loopback port, in its own process group so that the browser it
-/// starts goes with it whatever happens to the test.
+/// chromedriver on a free loopback port. The browser it starts ends with its session
+/// ([`with_browser`] closes it whatever the test does); chromedriver itself is stopped by
+/// its own process ID.
 struct Driver {
     child: Child,
     url: String,
@@ -204,17 +205,30 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
-            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+/// Runs `test` with a browser, then closes the browser's session (which ends Chromium)
+/// even when `test` panicked, and passes the panic on.
+async fn with_browser<F>(driver: &Driver, test: impl FnOnce(Client) -> F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    use futures::FutureExt;
+    let c = driver.browser().await;
+    let outcome = std::panic::AssertUnwindSafe(test(c.clone()))
+        .catch_unwind()
+        .await;
+    let _ = c.close().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 impl Driver {
     async fn start() -> Driver {
-        use std::os::unix::process::CommandExt;
         let missing = "Chromium and chromedriver are needed for the administrator page's browser \
                        test: `apt-get install -y chromium chromium-driver` (.ci/run installs them)";
         let driver =
@@ -235,7 +249,6 @@ impl Driver {
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(0)
             .spawn()
             .unwrap();
         let url = format!("http://127.0.0.1:{port}");
@@ -341,7 +354,11 @@ async fn an_administrator_uploads_people_follows_one_resends_retires_and_logs_ou
     let sys = System::start().await;
     let devices = sys.devices(3).await;
     let driver = Driver::start().await;
-    let c = driver.browser().await;
+    with_browser(&driver, async |c| administrate(&sys, &devices, c).await).await;
+}
+
+/// What the administrator does in the browser `c`, and what the page and the API show.
+async fn administrate(sys: &System, devices: &[Arc<SimDevice>], c: Client) {
     let base = sys.mdm.clone();
 
     // Not logged in: the login page; a wrong key is refused there.
@@ -616,7 +633,6 @@ async fn an_administrator_uploads_people_follows_one_resends_retires_and_logs_ou
         .unwrap();
     assert_eq!(replay.status(), 303);
     assert_eq!(replay.headers()["location"], "/admin/login");
-    c.close().await.unwrap();
     let log = sys.server_log();
     assert!(
         !log.contains(KEY) && !log.contains(session.value()),
