@@ -40,8 +40,10 @@ const MAX_KEY: usize = 1024;
 const MAX_ATTEMPTS_SHOWN: i64 = 20;
 /// The most bytes of a device's report shown.
 const MAX_REPORT_SHOWN: usize = 8 << 10;
-/// Seconds between refreshes of the overview while invitations are in progress.
+/// Seconds between refreshes of the overview while a batch runs.
 const REFRESH_SECS: u32 = 5;
+/// A batch runs while invitations are in progress and some changed this recently (ms).
+const RECENT_MS: i64 = 10 * 60 * 1000;
 
 fn bad_request(message: impl Into<String>) -> Refused {
     Refused::new(StatusCode::BAD_REQUEST, message, None)
@@ -99,6 +101,7 @@ pub struct LoginForm {
 pub async fn login(
     State(ui): State<Ui>,
     Peer(peer): Peer,
+    headers: axum::http::HeaderMap,
     form: Result<Form<LoginForm>, FormRejection>,
 ) -> Response {
     let page = |status: StatusCode, error: &str| {
@@ -138,6 +141,10 @@ pub async fn login(
     let key = key.trim();
     if key.len() <= MAX_KEY && ui.engine.admin.matches(key) {
         ui.brake.succeeded(peer);
+        // A new session ID at every login; the one the browser held, if any, ends.
+        if let Some(old) = crate::session_cookie(&headers) {
+            ui.sessions.end(&old);
+        }
         let session = ui.sessions.create();
         tracing::info!(%peer, "administrator logged in to the web page");
         let mut res = Redirect::to("/admin").into_response();
@@ -253,8 +260,19 @@ pub async fn overview(
         .filter(|(s, _)| !s.is_terminal())
         .map(|(_, n)| n)
         .sum();
-    // Refreshes itself while a batch runs, unless asked not to (`?live=0`).
-    let live = q.get("live").map(String::as_str) != Some("0");
+    // Refreshes itself while a batch runs (invitations in progress and some changed
+    // lately; an email link can wait for its person for days), unless asked not to.
+    let running = in_progress > 0 && {
+        let recent = InvitationFilter {
+            updated_since: Some(engine.now_ms() - RECENT_MS),
+            ..Default::default()
+        };
+        match engine.store.invitation_counts_matching(&recent).await {
+            Ok(c) => c.iter().any(|(_, n)| *n > 0),
+            Err(e) => return storage_page(e),
+        }
+    };
+    let live = running && q.get("live").map(String::as_str) != Some("0");
     views::render(&views::OverviewPage {
         nav: Nav {
             csrf: admin.csrf,
@@ -268,11 +286,8 @@ pub async fn overview(
         ),
         total,
         in_progress,
-        refresh: if live && in_progress > 0 {
-            REFRESH_SECS
-        } else {
-            0
-        },
+        refresh: if live { REFRESH_SECS } else { 0 },
+        running,
         now: when_ms(engine.now_ms()),
     })
 }

@@ -89,7 +89,9 @@ pub struct OverviewPage {
     pub counts: Vec<StateCount>,
     pub total: i64,
     pub in_progress: i64,
-    /// Seconds between refreshes while invitations are in progress; 0: no refresh.
+    /// Invitations are in progress and some changed in the last minutes.
+    pub running: bool,
+    /// Seconds between refreshes while a batch runs; 0: no refresh.
     pub refresh: u32,
     pub now: String,
 }

@@ -508,6 +508,7 @@ async fn administrate(sys: &System, devices: &[Arc<SimDevice>], c: Client) {
     })
     .await;
     assert_eq!(overview_count(&c, &base, "queued").await, 1);
+    screenshot(&c, "overview.png").await;
 
     // The invitations: search, filters, pages.
     c.goto(&format!("{base}/admin/invitations")).await.unwrap();
