@@ -538,6 +538,15 @@ async fn build_mdm(
             pusher,
         },
     );
+    // The page's cookie is Secure when browsers reach it over HTTPS: this listener's TLS,
+    // or a TLS proxy named by the public URL.
+    let ui = cloudvpp_admin_ui::UiConfig {
+        secure_cookies: default_public_url.starts_with("https:")
+            || opts
+                .public_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("https:")),
+    };
     let engine = cloudvpp_engine::Engine::new(
         store,
         state.clone(),
@@ -562,7 +571,9 @@ async fn build_mdm(
             cloudvpp_engine::run(e.clone(), et.clone())
         }),
     ];
-    let router = cloudvpp_mdm::router(state).merge(cloudvpp_engine::api::router(engine));
+    let router = cloudvpp_mdm::router(state)
+        .merge(cloudvpp_engine::api::router(engine.clone()))
+        .merge(cloudvpp_admin_ui::router(engine, ui));
     Ok((router, tasks))
 }
 

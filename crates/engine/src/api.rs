@@ -264,14 +264,22 @@ pub fn email_acceptable(email: &str) -> bool {
 }
 
 /// What became of one entry of a request.
-enum Outcome {
+pub enum Outcome {
+    /// A new invitation (stored unless a dry run or a refused atomic request).
     New(Invitation),
+    /// The person's invitation in progress on that enrollment.
     InProgress(Invitation),
+    /// Not invited: `skip` names why in a word (`retired`, `associated`, `failed`,
+    /// `repeated`), `reason` in a sentence.
     Skipped {
+        /// Why, in a word.
         skip: &'static str,
+        /// Why, in a sentence.
         reason: String,
+        /// The invitation it is about, if any.
         invitation: Option<Invitation>,
     },
+    /// Refused by a check (email, location, enrollment); why.
     Rejected(String),
 }
 
@@ -295,22 +303,41 @@ fn result_json(index: usize, cuid: &str, outcome: &Outcome) -> Value {
     v
 }
 
-/// `POST /api/v1/invitations`: one invitation, or `{"invitations": [...]}` with the options
-/// above. Every entry is checked first (client_user_id, email, location, enrollment known
-/// to the MDM) and decided by [`admit`]: new, in progress, skipped or rejected; `results`
-/// says which, entry by entry. 202 when none was rejected, 422 when some were (the others
-/// are stored unless `atomic`), 400 when all were; `dry_run` stores nothing and answers 200.
-async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiResult<Response> {
-    let req: InvitationsBody = json_body(&body)?;
-    let (wanted, dry_run, atomic, reinvite_retired) = match req {
-        InvitationsBody::Many {
-            invitations,
-            dry_run,
-            atomic,
-            reinvite_retired,
-        } => (invitations, dry_run, atomic, reinvite_retired),
-        InvitationsBody::One(one) => (vec![one], false, false, false),
-    };
+/// How [`admit_invitations`] treats a request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdmitOptions {
+    /// Check and decide every entry, store nothing.
+    pub dry_run: bool,
+    /// Store nothing if any entry is rejected.
+    pub atomic: bool,
+    /// Invite people who were retired on purpose (otherwise skipped).
+    pub reinvite_retired: bool,
+}
+
+/// What [`admit_invitations`] decided, entry by entry in the order asked (with the
+/// clientUserId of each), and whether the new invitations were stored.
+pub struct Admitted {
+    /// Each entry's clientUserId and outcome.
+    pub outcomes: Vec<(String, Outcome)>,
+    /// The new invitations were stored (not a dry run, nor an atomic request with a
+    /// rejected entry).
+    pub stored: bool,
+}
+
+/// Checks every entry (client_user_id, email, location, enrollment known to the MDM), lets
+/// [`admit`] decide each one (new, in progress, skipped or rejected) and stores the new
+/// ones unless `opts` says not to: what `POST /api/v1/invitations` does, for code (the
+/// administrator web page's CSV upload). At most [`MAX_INVITATIONS_PER_REQUEST`] entries.
+pub async fn admit_invitations(
+    engine: &Engine,
+    wanted: &[NewInvitation],
+    opts: AdmitOptions,
+) -> ApiResult<Admitted> {
+    let AdmitOptions {
+        dry_run,
+        atomic,
+        reinvite_retired,
+    } = opts;
     if wanted.is_empty() || wanted.len() > MAX_INVITATIONS_PER_REQUEST {
         return Err(fail(
             StatusCode::BAD_REQUEST,
@@ -503,6 +530,44 @@ async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiRes
         }
         engine.wake.notify_one();
     }
+    Ok(Admitted {
+        outcomes,
+        stored: store,
+    })
+}
+
+/// `POST /api/v1/invitations`: one invitation, or `{"invitations": [...]}` with the options
+/// above. Every entry is checked first (client_user_id, email, location, enrollment known
+/// to the MDM) and decided by [`admit`]: new, in progress, skipped or rejected; `results`
+/// says which, entry by entry. 202 when none was rejected, 422 when some were (the others
+/// are stored unless `atomic`), 400 when all were; `dry_run` stores nothing and answers 200.
+async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiResult<Response> {
+    let req: InvitationsBody = json_body(&body)?;
+    let (wanted, opts) = match req {
+        InvitationsBody::Many {
+            invitations,
+            dry_run,
+            atomic,
+            reinvite_retired,
+        } => (
+            invitations,
+            AdmitOptions {
+                dry_run,
+                atomic,
+                reinvite_retired,
+            },
+        ),
+        InvitationsBody::One(one) => (vec![one], AdmitOptions::default()),
+    };
+    let dry_run = opts.dry_run;
+    let Admitted {
+        outcomes,
+        stored: store,
+    } = admit_invitations(&engine, &wanted, opts).await?;
+    let rejected = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Rejected(_)))
+        .count();
     let count = |word: &str| {
         outcomes
             .iter()
@@ -583,6 +648,7 @@ fn invitation_filter(q: &HashMap<String, String>) -> ApiResult<InvitationFilter>
         client_user_id: q.get("client_user_id").cloned(),
         updated_since: number("updated_since")?,
         limit: Some(number("limit")?.unwrap_or(1000).clamp(1, 100_000)),
+        ..Default::default()
     })
 }
 
@@ -660,7 +726,18 @@ async fn resend(
     } else {
         json_body(&body)?
     };
-    let mut inv = find_invitation(&engine, &id).await?;
+    let inv = resend_invitation(&engine, &id, fix).await?;
+    Ok(Json(invitation_json(&inv)))
+}
+
+/// Sends the invitation `id` again (what `POST /api/v1/invitations/{id}/resend` does, for
+/// code): 404 unknown, 409 associated or retired, 400 a bad correction.
+pub async fn resend_invitation(
+    engine: &Engine,
+    id: &InvitationId,
+    fix: Resend,
+) -> ApiResult<Invitation> {
+    let mut inv = find_invitation(engine, id).await?;
     if matches!(
         inv.state,
         InvitationState::Associated | InvitationState::Retired
@@ -727,7 +804,7 @@ async fn resend(
     match (&inv.invite_code, &inv.channel) {
         (Some(_), Some(channel)) => {
             let channel = channel.clone();
-            crate::worker::deliver(&engine, &mut inv, channel)
+            crate::worker::deliver(engine, &mut inv, channel)
                 .await
                 .map_err(internal)?;
         }
@@ -760,7 +837,7 @@ async fn resend(
         }
     }
     engine.wake.notify_one();
-    Ok(Json(invitation_json(&inv)))
+    Ok(inv)
 }
 
 /// Retires the person at Apps and Books and ends the invitation.
@@ -768,7 +845,15 @@ async fn retire(
     State(engine): State<Engine>,
     Path(id): Path<InvitationId>,
 ) -> ApiResult<Json<Value>> {
-    let mut inv = find_invitation(&engine, &id).await?;
+    let inv = retire_invitation(&engine, &id).await?;
+    Ok(Json(invitation_json(&inv)))
+}
+
+/// Retires the person of invitation `id` at Apps and Books and ends the invitation (what
+/// `POST /api/v1/invitations/{id}/retire` does, for code): 404 unknown, 502 when Apps and
+/// Books refuses.
+pub async fn retire_invitation(engine: &Engine, id: &InvitationId) -> ApiResult<Invitation> {
+    let mut inv = find_invitation(engine, id).await?;
     let loc = engine
         .store
         .location(inv.location_id)
@@ -796,7 +881,7 @@ async fn retire(
         .map_err(internal)?;
     crate::worker::log_change(&inv, before);
     engine.mark_dirty(loc.id);
-    Ok(Json(invitation_json(&inv)))
+    Ok(inv)
 }
 
 /// `POST /notifications/appsbooks/{location}`: Apps and Books notifications, idempotent by

@@ -10,6 +10,7 @@
 //! confirmed by polling status, and association by syncing users (`sinceVersionId`).
 
 pub mod api;
+pub mod csv_file;
 pub mod licence_api;
 mod licence_worker;
 pub mod licences;

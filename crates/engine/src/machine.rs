@@ -6,8 +6,24 @@
 //! and stores the invitations that changed.
 
 use cloudvpp_abwire::UserStatus;
-use cloudvpp_store::engine::{Invitation, InvitationState, MirrorUser};
-use cloudvpp_store::mdm::{CommandState, CommandStatus, EnrollmentId};
+use cloudvpp_store::engine::{Invitation, InvitationId, InvitationState, MirrorUser};
+use cloudvpp_store::mdm::{CommandState, CommandStatus, CommandUuid, EnrollmentId};
+
+/// Namespace of InviteToProgram command UUIDs (UUID v5 of "invitation id/attempt").
+const INVITE_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x6c6f_7564_7670_7049_6e76_6974_6174_696f);
+
+/// The CommandUUID of an invitation's `attempt`-th InviteToProgram (from 1): it follows
+/// from the two, so an instance that takes over a delivery queues the same command, and
+/// the administrator page finds every command sent for an invitation.
+pub fn invite_command_uuid(invitation: &InvitationId, attempt: i64) -> CommandUuid {
+    let key = format!("{invitation}/{attempt}");
+    CommandUuid::new(
+        uuid::Uuid::new_v5(&INVITE_NAMESPACE, key.as_bytes())
+            .to_string()
+            .to_uppercase(),
+    )
+}
 
 /// What was observed of one invitation.
 #[derive(Debug, Clone, Copy, Default)]
@@ -627,5 +643,20 @@ mod tests {
             Admission::InProgress(&again[2])
         );
         assert_eq!(admit(&again, Some(&mac), true, false), Admission::New);
+    }
+
+    #[test]
+    fn an_attempts_command_uuid_never_changes() {
+        // Pinned: an instance that takes over a delivery, even one of another version,
+        // must derive the UUID the dead one queued.
+        let id = InvitationId::from("00000000-0000-4000-8000-000000000001");
+        assert_eq!(
+            invite_command_uuid(&id, 1).as_str(),
+            "3176F613-D16C-525E-A164-BB2B7A107A29"
+        );
+        assert_eq!(
+            invite_command_uuid(&id, 2).as_str(),
+            "FB7D3204-6659-581A-A8C8-E5A81AD59757"
+        );
     }
 }

@@ -572,10 +572,6 @@ async fn advance(engine: &Engine, loc: &Location, mut inv: Invitation) -> Result
     Ok(())
 }
 
-/// Namespace of InviteToProgram command UUIDs (UUID v5 of "invitation id/attempt").
-const INVITE_NAMESPACE: uuid::Uuid =
-    uuid::Uuid::from_u128(0x6c6f_7564_7670_7049_6e76_6974_6174_696f);
-
 /// Queues InviteToProgram on `channel` and pushes it.
 pub(crate) async fn deliver(
     engine: &Engine,
@@ -585,12 +581,7 @@ pub(crate) async fn deliver(
     // The UUID follows from the invitation and the attempt: if this instance dies between
     // queueing and recording it, the one that takes over queues the same UUID, finds it
     // there, and the device gets one InviteToProgram, not two.
-    let attempt = format!("{}/{}", inv.id, inv.attempts + 1);
-    let uuid = CommandUuid::new(
-        uuid::Uuid::new_v5(&INVITE_NAMESPACE, attempt.as_bytes())
-            .to_string()
-            .to_uppercase(),
-    );
+    let uuid = crate::machine::invite_command_uuid(&inv.id, inv.attempts + 1);
     let url = inv.invitation_url.clone().unwrap_or_default();
     let cmd = cloudvpp_mdm::service::invite_to_program(uuid.clone(), &url);
     let queued = match engine

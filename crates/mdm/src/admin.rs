@@ -25,6 +25,24 @@ impl IntoResponse for ApiFailure {
     }
 }
 
+impl ApiFailure {
+    /// The HTTP status it answers with.
+    pub fn status(&self) -> StatusCode {
+        self.0
+    }
+
+    /// What it says (no internal detail: storage failures say only that).
+    pub fn message(&self) -> &str {
+        &self.1
+    }
+}
+
+impl std::fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
 /// Result of admin handlers.
 pub type ApiResult<T> = Result<T, ApiFailure>;
 
@@ -70,6 +88,19 @@ impl AdminKey {
     /// The key, or none (admin API off).
     pub fn new(key: Option<&str>) -> Self {
         AdminKey(key.map(Arc::from))
+    }
+
+    /// Whether an admin key is set (without one, the admin API and pages are off).
+    pub fn is_on(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// Whether `given` is the key, compared in constant time (over digests); always false
+    /// when the admin API is off.
+    pub fn matches(&self, given: &str) -> bool {
+        self.0
+            .as_deref()
+            .is_some_and(|key| cloudvpp_store::secret::equal(given, key))
     }
 
     /// Checks a request's `Authorization` header.

@@ -207,3 +207,78 @@ pub async fn invitation_people_counts_and_changes(b: &Backend) {
         [(Associated, 1), (Retired, 1)]
     );
 }
+
+/// Search by clientUserId or email (any case, LIKE's characters taken literally) and pages
+/// of the newest-first listing; counts follow the search and ignore the page.
+pub async fn invitation_search_and_pages(b: &Backend) {
+    let (l1, _) = b
+        .store
+        .add_location_once(&new_location("t1", "n"), "U1")
+        .await
+        .unwrap();
+    use InvitationState::*;
+    let mut all = vec![
+        invitation("p1", l1.id, "Pat", Queued, 100, 100),
+        invitation("p2", l1.id, "pat_2", Failed, 200, 200),
+        invitation("p3", l1.id, "patrick", Queued, 300, 300),
+        invitation("o1", l1.id, "other", Queued, 400, 400),
+        invitation("w1", l1.id, "100%", Queued, 500, 500),
+    ];
+    // Found by email only.
+    all[3].email = Some("Someone.PAT@school.example".into());
+    b.store.create_invitations(&all).await.unwrap();
+    let find = |text: &str, limit: i64, offset: i64| {
+        let f = InvitationFilter {
+            search: Some(text.into()),
+            limit: Some(limit),
+            offset: Some(offset),
+            ..Default::default()
+        };
+        async move {
+            let ids: Vec<String> = b
+                .store
+                .invitations(&f)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|i| i.id.to_string())
+                .collect();
+            let mut counts = b.store.invitation_counts_matching(&f).await.unwrap();
+            counts.sort();
+            (ids, counts)
+        }
+    };
+    let (ids, counts) = find("pat", 10, 0).await;
+    assert_eq!(
+        ids,
+        ["o1", "p3", "p2", "p1"],
+        "newest first, email included"
+    );
+    assert_eq!(counts, [(Queued, 3), (Failed, 1)]);
+    // Pages: the counts do not change with the page.
+    assert_eq!(
+        find("PAT", 2, 0).await,
+        (vec!["o1".into(), "p3".into()], counts.clone())
+    );
+    assert_eq!(find("pat", 2, 2).await.0, ["p2", "p1"]);
+    assert!(find("pat", 2, 4).await.0.is_empty());
+    // `_` and `%` are characters, not wildcards.
+    assert_eq!(find("t_", 10, 0).await.0, ["p2"]);
+    assert_eq!(find("0%", 10, 0).await.0, ["w1"]);
+    assert!(find("nobody", 10, 0).await.0.is_empty());
+    // With the other filters.
+    let failed = InvitationFilter {
+        search: Some("pat".into()),
+        state: Some(Failed),
+        ..Default::default()
+    };
+    let ids: Vec<String> = b
+        .store
+        .invitations(&failed)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id.to_string())
+        .collect();
+    assert_eq!(ids, ["p2"]);
+}

@@ -22,4 +22,5 @@ cloudvpp_store_conformance::conformance!(
     licences::assignment_leases_and_guarded_writes,
     engine::locations_once_per_organisation,
     engine::invitation_people_counts_and_changes,
+    engine::invitation_search_and_pages,
 );

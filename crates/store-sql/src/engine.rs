@@ -250,7 +250,28 @@ fn filter_sql(f: &InvitationFilter) -> (String, usize) {
         n += 1;
         sql.push_str(&format!(" AND i.updated_at >= ${n}"));
     }
+    if f.search.is_some() {
+        n += 2;
+        sql.push_str(&format!(
+            " AND (LOWER(i.client_user_id) LIKE ${} ESCAPE '\\' OR LOWER(COALESCE(i.email, '')) LIKE ${n} ESCAPE '\\')",
+            n - 1
+        ));
+    }
     (sql, n)
+}
+
+/// `%text%` for LIKE, lower case, with LIKE's own characters taken literally.
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
 }
 
 fn bind_filter<'q>(
@@ -268,6 +289,10 @@ fn bind_filter<'q>(
     }
     if let Some(t) = f.updated_since {
         q = q.bind(t);
+    }
+    if let Some(text) = &f.search {
+        let pattern = contains_pattern(text);
+        q = q.bind(pattern.clone()).bind(pattern);
     }
     q
 }
@@ -594,11 +619,13 @@ impl EngineStore for SqlStore {
             "i.created_at DESC, i.id"
         };
         let sql = format!(
-            "SELECT {INV_COLS} FROM engine_invitations i WHERE {cond} ORDER BY {order} LIMIT ${}",
-            n + 1
+            "SELECT {INV_COLS} FROM engine_invitations i WHERE {cond} ORDER BY {order} LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
         );
         let rows = bind_filter(sqlx::query(&sql), f)
             .bind(f.limit.unwrap_or(1000))
+            .bind(f.offset.unwrap_or(0).max(0))
             .fetch_all(&self.reader)
             .await
             .map_err(err)?;

@@ -200,6 +200,11 @@ pub struct InvitationFilter {
     pub updated_since: Option<i64>,
     /// At most this many (newest first, or oldest change first with `updated_since`).
     pub limit: Option<i64>,
+    /// Only people whose clientUserId or email contains this text, ignoring case (ASCII
+    /// case on SQLite); `%`, `_` and `\` are plain characters. Scans the invitations.
+    pub search: Option<String>,
+    /// Skip this many of the listing first (a page of it); counts ignore it.
+    pub offset: Option<i64>,
 }
 
 /// An app or book a location gives every person once associated.
