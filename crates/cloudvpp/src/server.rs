@@ -562,7 +562,9 @@ async fn build_mdm(
             cloudvpp_engine::run(e.clone(), et.clone())
         }),
     ];
-    let router = cloudvpp_mdm::router(state).merge(cloudvpp_engine::api::router(engine));
+    let router = cloudvpp_mdm::router(state)
+        .merge(cloudvpp_engine::api::router(engine))
+        .merge(crate::openapi::router());
     Ok((router, tasks))
 }
 
