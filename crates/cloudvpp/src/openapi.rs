@@ -7,7 +7,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use cloudvpp_mdm::admin::{BASIC_SCHEME, BEARER_SCHEME};
 use std::sync::LazyLock;
-use utoipa::openapi::security::{HttpBuilder, HttpAuthScheme, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ComponentsBuilder, InfoBuilder, OpenApi, OpenApiBuilder};
 
 /// Where the MDM service serves the document.

@@ -45,7 +45,12 @@ fn serve(env: &Env) -> (std::process::Child, String) {
     std::fs::write(&ca, &pki.ca_cert_pem).unwrap();
     let mut child = std::process::Command::new(common::BIN)
         .args(["serve", "--api-key", KEY])
-        .args(["--appsbooks-listen", "127.0.0.1:0", "--mdm-listen", "127.0.0.1:0"])
+        .args([
+            "--appsbooks-listen",
+            "127.0.0.1:0",
+            "--mdm-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--ca", ca.to_str().unwrap(), "--database", &env.db()])
         .env("CLOUDVPP_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -143,10 +148,7 @@ async fn openapi_document_matches_the_routes() {
         let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         let body = r.text().await.unwrap();
-        assert!(
-            !no_route(status, &body),
-            "{method} {path}: {status} {body}"
-        );
+        assert!(!no_route(status, &body), "{method} {path}: {status} {body}");
         // And the admin routes are behind the key, as the document says.
         if path != "/api/v1/openapi.json" {
             let r = http.request(m, &url).send().await.unwrap();
@@ -159,8 +161,9 @@ async fn openapi_document_matches_the_routes() {
     if std::env::var_os("UPDATE_OPENAPI").is_some() {
         std::fs::write(&file, &served).unwrap();
     }
-    let checked_in: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_default())
-        .unwrap_or(Value::Null);
+    let checked_in: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap_or_default())
+            .unwrap_or(Value::Null);
     assert!(
         checked_in == doc,
         "docs/openapi.json differs from the served document; regenerate it with \

@@ -8,7 +8,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use utoipa_axum::{router::OpenApiRouter, routes};
 use axum::{Json, Router};
 use cloudvpp_abclient::Client;
 use cloudvpp_abwire::assets::{AssetCountNotification, AssetManagementNotification};
@@ -23,6 +22,7 @@ use cloudvpp_store::mdm::EnrollmentId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// The engine's admin routes with their OpenAPI description (router and document from the
 /// same `#[utoipa::path]` annotations).

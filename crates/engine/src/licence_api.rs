@@ -9,7 +9,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use utoipa_axum::{router::OpenApiRouter, routes};
 use cloudvpp_abwire::assets::PricingParam;
 use cloudvpp_mdm::admin::{fail, json_body, storage_failure, ApiResult, ErrorBody};
 use cloudvpp_store::engine::{
@@ -18,6 +17,7 @@ use cloudvpp_store::engine::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// People one assignment request may name.
 pub const MAX_PEOPLE: usize = 10_000;

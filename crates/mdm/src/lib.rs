@@ -18,7 +18,6 @@ pub mod push;
 pub mod service;
 
 use axum::routing::{get, put};
-use utoipa_axum::{router::OpenApiRouter, routes};
 use axum::Router;
 use cloudvpp_identity::CaPool;
 use cloudvpp_store::clock::Clock;
@@ -26,6 +25,7 @@ use cloudvpp_store::mdm::{EnrollmentId, MdmStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Who may set the certificate header: the TLS-terminating proxy, known by its address,
 /// a shared secret it adds, or both. Anyone else could name any device's certificate.
