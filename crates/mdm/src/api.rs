@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(utoipa::IntoParams)]
 #[into_params(names("ids"), parameter_in = Path)]
 #[allow(dead_code)] // Only describes the parameter; the handlers split the string.
-struct IDS(
+struct IdsParam(
     /// Enrollment IDs, comma-separated.
     String,
 );
@@ -30,7 +30,7 @@ struct IDS(
 #[derive(utoipa::IntoParams)]
 #[into_params(names("id"), parameter_in = Path)]
 #[allow(dead_code)] // Only describes the parameter.
-struct ID(
+struct IdParam(
     /// Enrollment ID (UDID, or EnrollmentID of a user enrollment).
     String,
 );
@@ -111,7 +111,7 @@ async fn enqueue_and_push(
     method(put, post),
     path = "/api/v1/enqueue/{ids}",
     tag = "mdm",
-    params(IDS, PushParam),
+    params(IdsParam, PushParam),
     request_body(content = Vec<u8>, content_type = "application/x-apple-aspen-mdm",
         description = "A command plist (Command with RequestType, CommandUUID)"),
     responses(
@@ -224,7 +224,7 @@ pub async fn invite_to_program(State(state): State<MdmState>, body: Bytes) -> Ap
     method(post, get),
     path = "/api/v1/push/{ids}",
     tag = "mdm",
-    params(IDS),
+    params(IdsParam),
     responses(
         (status = 200, description = "APNs outcome per enrollment", body = schema::Pushed),
         (status = 400, description = "No enrollment ID", body = ErrorBody),
@@ -294,7 +294,7 @@ pub async fn list_enrollments(
     get,
     path = "/api/v1/enrollments/{id}",
     tag = "mdm",
-    params(ID),
+    params(IdParam),
     responses(
         (status = 200, description = "The enrollment with its certificates", body = schema::Enrollment),
         (status = 404, description = "Unknown enrollment", body = ErrorBody),
@@ -334,7 +334,7 @@ pub async fn get_enrollment(
     get,
     path = "/api/v1/enrollments/{id}/commands",
     tag = "mdm",
-    params(ID, ("pending" = Option<String>, Query, description = "Only commands not yet answered (any value but `0` or `false`)")),
+    params(IdParam, ("pending" = Option<String>, Query, description = "Only commands not yet answered (any value but `0` or `false`)")),
     responses((status = 200, description = "Commands, newest first", body = schema::Commands))
 )]
 pub async fn list_commands(
@@ -358,7 +358,7 @@ pub async fn list_commands(
     get,
     path = "/api/v1/enrollments/{id}/commands/{uuid}",
     tag = "mdm",
-    params(ID, ("uuid" = String, Path, description = "CommandUUID")),
+    params(IdParam, ("uuid" = String, Path, description = "CommandUUID")),
     responses(
         (status = 200, description = "The command's state and result", body = schema::Command),
         (status = 404, description = "No such command for this enrollment", body = ErrorBody),
