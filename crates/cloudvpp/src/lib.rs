@@ -6,6 +6,7 @@
 pub mod cmd;
 pub mod flags;
 pub mod listener;
+pub mod openapi;
 pub mod server;
 pub mod telemetry;
 

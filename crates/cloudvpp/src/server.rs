@@ -573,7 +573,8 @@ async fn build_mdm(
     ];
     let router = cloudvpp_mdm::router(state)
         .merge(cloudvpp_engine::api::router(engine.clone()))
-        .merge(cloudvpp_admin_ui::router(engine, ui));
+        .merge(cloudvpp_admin_ui::router(engine, ui))
+        .merge(crate::openapi::router());
     Ok((router, tasks))
 }
 

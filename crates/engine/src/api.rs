@@ -7,14 +7,14 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::{Json, Router};
 use cloudvpp_abclient::Client;
 use cloudvpp_abwire::assets::{AssetCountNotification, AssetManagementNotification};
 use cloudvpp_abwire::notification::{
     types, NotificationEnvelope, UserAssociatedNotification, UserManagementNotification,
 };
-use cloudvpp_mdm::admin::{fail, json_body, require_api_key, ApiFailure, ApiResult};
+use cloudvpp_mdm::admin::{fail, json_body, require_api_key, ApiFailure, ApiResult, ErrorBody};
 use cloudvpp_store::engine::{
     Invitation, InvitationFilter, InvitationId, InvitationState, Location, LocationId, NewLocation,
 };
@@ -22,19 +22,23 @@ use cloudvpp_store::mdm::EnrollmentId;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+/// The engine's admin routes with their OpenAPI description (router and document from the
+/// same `#[utoipa::path]` annotations).
+pub fn admin_api() -> OpenApiRouter<Engine> {
+    OpenApiRouter::new()
+        .routes(routes!(add_location, list_locations))
+        .routes(routes!(create_invitations, list_invitations))
+        .routes(routes!(get_invitation))
+        .routes(routes!(resend))
+        .routes(routes!(retire))
+        .merge(crate::licence_api::routes())
+}
 
 /// Routes to merge into the MDM service's router.
 pub fn router(engine: Engine) -> Router {
-    let admin = Router::new()
-        .route("/api/v1/locations", post(add_location).get(list_locations))
-        .route(
-            "/api/v1/invitations",
-            post(create_invitations).get(list_invitations),
-        )
-        .route("/api/v1/invitations/{id}", get(get_invitation))
-        .route("/api/v1/invitations/{id}/resend", post(resend))
-        .route("/api/v1/invitations/{id}/retire", post(retire))
-        .merge(crate::licence_api::routes());
+    let (admin, _) = admin_api().split_for_parts();
     Router::new()
         .merge(require_api_key(admin, engine.admin.clone()))
         // Apps and Books authenticates with the location's own secret, checked there.
@@ -60,7 +64,7 @@ fn location_json(l: &Location, mirrored: i64, now_ms: i64) -> Value {
 }
 
 /// Body of `POST /api/v1/locations`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct AddLocation {
     /// The sToken (the `.vpptoken` file content).
     pub stoken: String,
@@ -73,6 +77,18 @@ pub struct AddLocation {
 /// answers 200 with the location there (`"existing": true`); a renewed sToken of the same
 /// organisation (same `uId`) replaces the stored one (`"token_replaced": true`) and the
 /// notification subscription is set again with a fresh secret.
+#[utoipa::path(
+    post,
+    path = "/api/v1/locations",
+    tag = "engine",
+    request_body = AddLocation,
+    responses(
+        (status = 201, description = "Location added", body = schema::Location),
+        (status = 200, description = "Already there (`existing`), or its token renewed (`token_replaced`)", body = schema::Location),
+        (status = 400, description = "Bad body, or the service refused the token", body = ErrorBody),
+        (status = 502, description = "Importing the location's users failed", body = ErrorBody),
+    )
+)]
 async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Response> {
     let req: AddLocation = json_body(&body)?;
     let stoken = req.stoken.trim();
@@ -200,6 +216,13 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
     Ok((status, Json(v)).into_response())
 }
 
+/// `GET /api/v1/locations`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/locations",
+    tag = "engine",
+    responses((status = 200, description = "Every location", body = schema::Locations))
+)]
 async fn list_locations(State(engine): State<Engine>) -> ApiResult<Json<Value>> {
     let mut out = Vec::new();
     for l in engine.store.locations().await.map_err(internal)? {
@@ -212,10 +235,11 @@ async fn list_locations(State(engine): State<Engine>) -> ApiResult<Json<Value>> 
 }
 
 /// One requested invitation.
-#[derive(Deserialize, Clone)]
+#[derive(Deserialize, Clone, utoipa::ToSchema)]
 pub struct NewInvitation {
     /// Location; the only one when omitted.
     #[serde(default)]
+    #[schema(value_type = Option<i64>)]
     pub location_id: Option<LocationId>,
     /// The person's clientUserId (a stable ID, not an email).
     pub client_user_id: String,
@@ -224,10 +248,12 @@ pub struct NewInvitation {
     pub email: Option<String>,
     /// Enrollment to send InviteToProgram to; none for an email link only.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub enrollment_id: Option<EnrollmentId>,
 }
 
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/invitations`: many with options, or one.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum InvitationsBody {
     Many {
@@ -541,6 +567,19 @@ pub async fn admit_invitations(
 /// to the MDM) and decided by [`admit`]: new, in progress, skipped or rejected; `results`
 /// says which, entry by entry. 202 when none was rejected, 422 when some were (the others
 /// are stored unless `atomic`), 400 when all were; `dry_run` stores nothing and answers 200.
+#[utoipa::path(
+    post,
+    path = "/api/v1/invitations",
+    tag = "engine",
+    request_body = InvitationsBody,
+    responses(
+        (status = 202, description = "Every entry accepted", body = schema::InvitationsCreated),
+        (status = 200, description = "`dry_run`: decided, nothing stored", body = schema::InvitationsCreated),
+        (status = 422, description = "Some entries rejected", body = schema::InvitationsCreated),
+        (status = 400, description = "Every entry rejected (`error`: the first reason), or a bad body", body = schema::InvitationsCreated),
+        (status = 409, description = "No location yet", body = ErrorBody),
+    )
+)]
 async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiResult<Response> {
     let req: InvitationsBody = json_body(&body)?;
     let (wanted, opts) = match req {
@@ -655,6 +694,22 @@ fn invitation_filter(q: &HashMap<String, String>) -> ApiResult<InvitationFilter>
 /// `GET /api/v1/invitations[?state=&location_id=&client_user_id=&updated_since=&limit=]`:
 /// newest first (oldest change first with `updated_since`, Unix ms), with the counts by
 /// state and the `total` of what the filters select (the limit aside).
+#[utoipa::path(
+    get,
+    path = "/api/v1/invitations",
+    tag = "engine",
+    params(
+        ("state" = Option<String>, Query, description = "Only this state"),
+        ("location_id" = Option<i64>, Query, description = "Only this location"),
+        ("client_user_id" = Option<String>, Query, description = "Only this person"),
+        ("updated_since" = Option<i64>, Query, description = "Changed since (Unix ms); oldest change first"),
+        ("limit" = Option<i64>, Query, description = "At most this many (default 1000)"),
+    ),
+    responses(
+        (status = 200, description = "Invitations, counts by state, total", body = schema::Invitations),
+        (status = 400, description = "Unknown state, or a number that is not one", body = ErrorBody),
+    )
+)]
 async fn list_invitations(
     State(engine): State<Engine>,
     Query(q): Query<HashMap<String, String>>,
@@ -682,6 +737,17 @@ async fn list_invitations(
     })))
 }
 
+/// `GET /api/v1/invitations/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/invitations/{id}",
+    tag = "engine",
+    params(("id" = String, Path, description = "Invitation ID")),
+    responses(
+        (status = 200, description = "The invitation", body = schema::Invitation),
+        (status = 404, description = "No such invitation", body = ErrorBody),
+    )
+)]
 async fn get_invitation(
     State(engine): State<Engine>,
     Path(id): Path<InvitationId>,
@@ -701,7 +767,7 @@ async fn find_invitation(engine: &Engine, id: &InvitationId) -> ApiResult<Invita
 }
 
 /// Body of `POST /api/v1/invitations/{id}/resend` (optional): corrections to send with.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resend {
     /// A corrected email: registration starts over with it when it had not succeeded;
@@ -710,12 +776,27 @@ pub struct Resend {
     pub email: Option<String>,
     /// Another enrollment to send InviteToProgram to (its channel is chosen again).
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub enrollment_id: Option<EnrollmentId>,
 }
 
 /// Sends the invitation again: a new InviteToProgram on the same channel, or a fresh
 /// registration if registration failed; with a corrected email or enrollment when the body
 /// gives one.
+#[utoipa::path(
+    post,
+    path = "/api/v1/invitations/{id}/resend",
+    tag = "engine",
+    params(("id" = String, Path, description = "Invitation ID")),
+    request_body(content = Option<Resend>, description = "Optional corrections"),
+    responses(
+        (status = 200, description = "The invitation, sent again", body = schema::Invitation),
+        (status = 400, description = "Bad email or unknown enrollment", body = ErrorBody),
+        (status = 404, description = "No such invitation", body = ErrorBody),
+        (status = 409, description = "Associated or retired already", body = ErrorBody),
+        (status = 502, description = "Apps and Books failed", body = ErrorBody),
+    )
+)]
 async fn resend(
     State(engine): State<Engine>,
     Path(id): Path<InvitationId>,
@@ -841,6 +922,17 @@ pub async fn resend_invitation(
 }
 
 /// Retires the person at Apps and Books and ends the invitation.
+#[utoipa::path(
+    post,
+    path = "/api/v1/invitations/{id}/retire",
+    tag = "engine",
+    params(("id" = String, Path, description = "Invitation ID")),
+    responses(
+        (status = 200, description = "The retired invitation", body = schema::Invitation),
+        (status = 404, description = "No such invitation", body = ErrorBody),
+        (status = 502, description = "Apps and Books failed", body = ErrorBody),
+    )
+)]
 async fn retire(
     State(engine): State<Engine>,
     Path(id): Path<InvitationId>,
@@ -989,4 +1081,156 @@ async fn notification(
         "notification"
     );
     StatusCode::OK.into_response()
+}
+
+/// The shapes of the JSON these handlers answer, for the OpenAPI document. The handlers
+/// build the JSON with `json!` (above); these types only describe it, field for field.
+pub mod schema {
+    use std::collections::BTreeMap;
+
+    /// The notification subscription set when a location is added.
+    #[derive(utoipa::ToSchema)]
+    pub struct Notifications {
+        /// Where Apps and Books sends them.
+        pub url: String,
+        /// Whether the service took the subscription (polling works without).
+        pub subscribed: bool,
+        /// Why not.
+        pub error: Option<String>,
+    }
+
+    /// A location (one sToken).
+    #[derive(utoipa::ToSchema)]
+    pub struct Location {
+        /// Location ID.
+        pub id: i64,
+        /// Apple's name of the location.
+        pub name: String,
+        /// Apps and Books base URL.
+        pub base_url: String,
+        /// The organisation's uId.
+        pub uid: Option<String>,
+        /// sToken expiry, Unix seconds.
+        pub expires_at: Option<i64>,
+        /// The sToken expires within 15 days.
+        pub expiry_warning: bool,
+        /// Another MDM claims the location.
+        pub ownership_conflict: bool,
+        /// Last user sync's versionId.
+        pub version_id: Option<String>,
+        /// Users mirrored from Apps and Books.
+        pub mirrored_users: i64,
+        /// Unix ms.
+        pub last_sync_at: Option<i64>,
+        /// Unix ms.
+        pub last_full_sync_at: Option<i64>,
+        /// In `GET /api/v1/locations`: 429 answers this process got for it.
+        pub rate_limited_answers: Option<u64>,
+        /// In `POST /api/v1/locations`.
+        pub notifications: Option<Notifications>,
+        /// In `POST /api/v1/locations`: the location was there already.
+        pub existing: Option<bool>,
+        /// In `POST /api/v1/locations`: a renewed sToken replaced the stored one.
+        pub token_replaced: Option<bool>,
+    }
+
+    /// Answer of `GET /api/v1/locations`.
+    #[derive(utoipa::ToSchema)]
+    pub struct Locations {
+        /// The locations.
+        pub locations: Vec<Location>,
+    }
+
+    /// An invitation.
+    #[derive(utoipa::ToSchema)]
+    pub struct Invitation {
+        /// Invitation ID (a UUID).
+        pub id: String,
+        /// Location ID.
+        pub location_id: i64,
+        /// The person's clientUserId.
+        pub client_user_id: String,
+        /// Email.
+        pub email: Option<String>,
+        /// Enrollment asked for.
+        pub enrollment_id: Option<String>,
+        /// Enrollment the InviteToProgram goes to.
+        pub channel: Option<String>,
+        /// `registering`, `registered`, `queued`, `delivered`, `associated`, `failed`, `retired`.
+        pub state: String,
+        /// Why it is in that state.
+        pub reason: Option<String>,
+        /// Apps and Books invite code.
+        pub invite_code: Option<String>,
+        /// The invitation URL.
+        pub invitation_url: Option<String>,
+        /// Pending Apps and Books event.
+        pub event_id: Option<String>,
+        /// The InviteToProgram's CommandUUID.
+        pub command_uuid: Option<String>,
+        /// The device's InvitationResult.
+        pub invitation_result: Option<String>,
+        /// Deliveries so far.
+        pub attempts: i64,
+        /// Unix ms.
+        pub created_at: i64,
+        /// Unix ms.
+        pub updated_at: i64,
+    }
+
+    /// Answer of `GET /api/v1/invitations`.
+    #[derive(utoipa::ToSchema)]
+    pub struct Invitations {
+        /// Per state, of what the filters select.
+        pub counts: BTreeMap<String, i64>,
+        /// What the filters select, the limit aside.
+        pub total: i64,
+        /// The invitations.
+        pub invitations: Vec<Invitation>,
+    }
+
+    /// The decision on one entry of `POST /api/v1/invitations`.
+    #[derive(utoipa::ToSchema)]
+    pub struct InvitationOutcome {
+        /// Position in the request.
+        pub index: i64,
+        /// The entry's clientUserId.
+        pub client_user_id: String,
+        /// `new`, `in_progress`, `skipped` or `rejected`.
+        pub outcome: String,
+        /// Why skipped or rejected.
+        pub reason: Option<String>,
+        /// For `skipped`: the kind of skip.
+        pub skip: Option<String>,
+        /// The invitation concerned.
+        pub invitation: Option<Invitation>,
+    }
+
+    /// Counts of the outcomes.
+    #[derive(utoipa::ToSchema)]
+    pub struct OutcomeSummary {
+        /// New invitations.
+        pub new: i64,
+        /// Already in progress.
+        pub in_progress: i64,
+        /// Skipped.
+        pub skipped: i64,
+        /// Rejected.
+        pub rejected: i64,
+    }
+
+    /// Answer of `POST /api/v1/invitations`.
+    #[derive(utoipa::ToSchema)]
+    pub struct InvitationsCreated {
+        /// New and in-progress invitations.
+        pub invitations: Vec<Invitation>,
+        /// One per entry, in order.
+        pub results: Vec<InvitationOutcome>,
+        /// Counts of the outcomes.
+        pub summary: OutcomeSummary,
+        /// Whether anything was stored.
+        pub stored: bool,
+        /// When every entry was rejected: the first reason.
+        pub error: Option<String>,
+    }
 }

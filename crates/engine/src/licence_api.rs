@@ -8,16 +8,16 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use cloudvpp_abwire::assets::PricingParam;
-use cloudvpp_mdm::admin::{fail, json_body, storage_failure, ApiResult};
+use cloudvpp_mdm::admin::{fail, json_body, storage_failure, ApiResult, ErrorBody};
 use cloudvpp_store::engine::{
     Assignment, AssignmentFilter, AssignmentState, InvitationState, LocationApp, LocationId,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// People one assignment request may name.
 pub const MAX_PEOPLE: usize = 10_000;
@@ -25,16 +25,10 @@ pub const MAX_PEOPLE: usize = 10_000;
 const MAX_ID_LEN: usize = 256;
 
 /// The licence routes (state: the engine), to put behind the admin key.
-pub fn routes() -> Router<Engine> {
-    Router::new()
-        .route(
-            "/api/v1/locations/{id}/apps",
-            get(list_apps).post(add_app).delete(remove_app),
-        )
-        .route(
-            "/api/v1/assignments",
-            get(list_assignments).post(create_assignments),
-        )
+pub fn routes() -> OpenApiRouter<Engine> {
+    OpenApiRouter::new()
+        .routes(routes!(list_apps, add_app, remove_app))
+        .routes(routes!(list_assignments, create_assignments))
 }
 
 /// Whether `adam_id` can be an App Store ID: digits, at most 20 of them.
@@ -84,6 +78,17 @@ async fn known_location(engine: &Engine, id: LocationId) -> ApiResult<()> {
     }
 }
 
+/// `GET /api/v1/locations/{id}/apps`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/locations/{id}/apps",
+    tag = "licences",
+    params(("id" = i64, Path, description = "Location ID")),
+    responses(
+        (status = 200, description = "The location's list", body = schema::Apps),
+        (status = 404, description = "No such location", body = ErrorBody),
+    )
+)]
 async fn list_apps(
     State(engine): State<Engine>,
     Path(id): Path<LocationId>,
@@ -100,17 +105,30 @@ async fn list_apps(
 }
 
 /// Body of `POST /api/v1/locations/{id}/apps`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewApp {
     /// The App Store ID.
     pub adam_id: String,
     /// `STDQ` (default) or `PLUS`.
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "STDQ")]
     pub pricing_param: Option<PricingParam>,
 }
 
 /// Adds an app or book to the location's list; people already associated get it too.
+#[utoipa::path(
+    post,
+    path = "/api/v1/locations/{id}/apps",
+    tag = "licences",
+    params(("id" = i64, Path, description = "Location ID")),
+    request_body = NewApp,
+    responses(
+        (status = 201, description = "Added; `assignments_created` for people associated already", body = schema::App),
+        (status = 400, description = "Bad body or adam_id", body = ErrorBody),
+        (status = 404, description = "No such location", body = ErrorBody),
+    )
+)]
 async fn add_app(
     State(engine): State<Engine>,
     Path(id): Path<LocationId>,
@@ -142,6 +160,18 @@ async fn add_app(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+/// `DELETE /api/v1/locations/{id}/apps?adam_id=`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/locations/{id}/apps",
+    tag = "licences",
+    params(("id" = i64, Path, description = "Location ID"), ("adam_id" = String, Query, description = "The App Store ID to remove")),
+    responses(
+        (status = 200, description = "Removed", body = schema::AppRemoved),
+        (status = 400, description = "No or bad adam_id", body = ErrorBody),
+        (status = 404, description = "No such location, or not on its list", body = ErrorBody),
+    )
+)]
 async fn remove_app(
     State(engine): State<Engine>,
     Path(id): Path<LocationId>,
@@ -169,6 +199,20 @@ async fn remove_app(
     ))
 }
 
+/// `GET /api/v1/assignments[?state=&location_id=&adam_id=&client_user_id=&limit=]`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/assignments",
+    tag = "licences",
+    params(
+        ("state" = Option<String>, Query, description = "Only this state (an unknown one matches nothing)"),
+        ("location_id" = Option<i64>, Query, description = "Only this location (also `location`)"),
+        ("adam_id" = Option<String>, Query, description = "Only this app or book (also `adamId`)"),
+        ("client_user_id" = Option<String>, Query, description = "Only this person"),
+        ("limit" = Option<i64>, Query, description = "At most this many (default 1000)"),
+    ),
+    responses((status = 200, description = "Assignments and counts by state", body = schema::Assignments))
+)]
 async fn list_assignments(
     State(engine): State<Engine>,
     Query(q): Query<HashMap<String, String>>,
@@ -216,16 +260,18 @@ async fn list_assignments(
 
 /// Body of `POST /api/v1/assignments`: one app or book for people already invited, named
 /// by clientUserId or by email.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAssignments {
     /// The App Store ID.
     pub adam_id: String,
     /// `STDQ` (default) or `PLUS`.
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "STDQ")]
     pub pricing_param: Option<PricingParam>,
     /// Only people invited in this location (needed when one is invited in several).
     #[serde(default)]
+    #[schema(value_type = Option<i64>)]
     pub location_id: Option<LocationId>,
     /// People by clientUserId.
     #[serde(default)]
@@ -238,6 +284,18 @@ pub struct NewAssignments {
 /// Assigns an app or book to invited people: a new assignment each, sent once the person
 /// is registered at Apps and Books; a failed one is asked again, a waiting one looked at
 /// now; others are returned as they are. People not invited are refused by name (422).
+#[utoipa::path(
+    post,
+    path = "/api/v1/assignments",
+    tag = "licences",
+    request_body = NewAssignments,
+    responses(
+        (status = 202, description = "Every person's assignment", body = schema::AssignmentsCreated),
+        (status = 422, description = "Some people refused (not invited, or ambiguous)", body = schema::AssignmentsCreated),
+        (status = 400, description = "Bad body, adam_id or person", body = ErrorBody),
+        (status = 404, description = "No such location", body = ErrorBody),
+    )
+)]
 async fn create_assignments(State(engine): State<Engine>, body: Bytes) -> ApiResult<Response> {
     let req: NewAssignments = json_body(&body)?;
     check_adam_id(&req.adam_id)?;
@@ -372,6 +430,103 @@ async fn create_assignments(State(engine): State<Engine>, body: Bytes) -> ApiRes
         Json(json!({ "assignments": out, "refused": refused })),
     )
         .into_response())
+}
+
+/// The shapes of the JSON these handlers answer, for the OpenAPI document. The handlers
+/// build the JSON with `json!` (above); these types only describe it, field for field.
+pub mod schema {
+    use std::collections::BTreeMap;
+
+    /// An app or book on a location's list.
+    #[derive(utoipa::ToSchema)]
+    pub struct App {
+        /// Location ID.
+        pub location_id: i64,
+        /// App Store ID.
+        pub adam_id: String,
+        /// `STDQ` or `PLUS`.
+        pub pricing_param: String,
+        /// Unix ms.
+        pub created_at: i64,
+        /// In `POST`: assignments made for people associated already.
+        pub assignments_created: Option<i64>,
+    }
+
+    /// Answer of `GET /api/v1/locations/{id}/apps`.
+    #[derive(utoipa::ToSchema)]
+    pub struct Apps {
+        /// The list.
+        pub apps: Vec<App>,
+    }
+
+    /// Answer of `DELETE /api/v1/locations/{id}/apps`.
+    #[derive(utoipa::ToSchema)]
+    pub struct AppRemoved {
+        /// Location ID.
+        pub location_id: i64,
+        /// App Store ID.
+        pub adam_id: String,
+        /// Always true.
+        pub removed: bool,
+    }
+
+    /// A licence assignment.
+    #[derive(utoipa::ToSchema)]
+    pub struct Assignment {
+        /// Assignment ID (a UUID).
+        pub id: String,
+        /// Location ID.
+        pub location_id: i64,
+        /// The person's clientUserId.
+        pub client_user_id: String,
+        /// App Store ID.
+        pub adam_id: String,
+        /// `STDQ` or `PLUS`.
+        pub pricing_param: String,
+        /// `pending`, `requested`, `assigned`, `waiting`, `failed`.
+        pub state: String,
+        /// Apple's error number.
+        pub error_number: Option<i64>,
+        /// Apple's error message.
+        pub error_message: Option<String>,
+        /// Apple's answer, or what it waits for.
+        pub reason: Option<String>,
+        /// Pending Apps and Books event.
+        pub event_id: Option<String>,
+        /// Requests so far.
+        pub attempts: i64,
+        /// Unix ms.
+        pub created_at: i64,
+        /// Unix ms.
+        pub updated_at: i64,
+    }
+
+    /// Answer of `GET /api/v1/assignments`.
+    #[derive(utoipa::ToSchema)]
+    pub struct Assignments {
+        /// Every assignment, per state.
+        pub counts: BTreeMap<String, i64>,
+        /// The assignments.
+        pub assignments: Vec<Assignment>,
+    }
+
+    /// A person an assignment request could not be made for.
+    #[derive(utoipa::ToSchema)]
+    pub struct Refused {
+        /// The clientUserId or email asked for.
+        pub person: String,
+        /// Why.
+        pub error: String,
+    }
+
+    /// Answer of `POST /api/v1/assignments`.
+    #[derive(utoipa::ToSchema)]
+    pub struct AssignmentsCreated {
+        /// One per person found.
+        pub assignments: Vec<Assignment>,
+        /// People refused.
+        pub refused: Vec<Refused>,
+    }
 }
 
 #[cfg(test)]

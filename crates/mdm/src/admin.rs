@@ -43,6 +43,18 @@ impl std::fmt::Display for ApiFailure {
     }
 }
 
+/// The body of every failure of the admin API, for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+}
+
+/// Name of the API-key security scheme in the OpenAPI document (HTTP Bearer).
+pub const BEARER_SCHEME: &str = "api_key";
+/// Name of the alternative scheme: HTTP Basic with the key as password.
+pub const BASIC_SCHEME: &str = "api_key_basic";
+
 /// Result of admin handlers.
 pub type ApiResult<T> = Result<T, ApiFailure>;
 

@@ -1,7 +1,7 @@
 //! The admin API (`/api/v1/`): HTTP over [`crate::service::MdmService`]. The API key is
 //! checked by the layer of [`crate::admin`], before these handlers run.
 
-use crate::admin::{fail, json_body, storage_failure, ApiResult};
+use crate::admin::{fail, json_body, storage_failure, ApiResult, ErrorBody};
 use crate::service::{self, EnqueueError, PushOutcome};
 use crate::MdmState;
 use axum::body::Bytes;
@@ -16,6 +16,24 @@ use cloudvpp_store::mdm::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
+
+/// Path parameter `ids` of the enqueue and push routes.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("ids"), parameter_in = Path)]
+#[allow(dead_code)] // Only describes the parameter; the handlers split the string.
+struct IdsParam(
+    /// Enrollment IDs, comma-separated.
+    String,
+);
+
+/// Path parameter `id` of the enrollment routes.
+#[derive(utoipa::IntoParams)]
+#[into_params(names("id"), parameter_in = Path)]
+#[allow(dead_code)] // Only describes the parameter.
+struct IdParam(
+    /// Enrollment ID (UDID, or EnrollmentID of a user enrollment).
+    String,
+);
 
 fn split_ids(ids: &str) -> ApiResult<Vec<EnrollmentId>> {
     let ids: Vec<EnrollmentId> = ids
@@ -38,8 +56,10 @@ fn push_json(outcome: &PushOutcome) -> Value {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PushParam {
+    /// Queue without pushing (any value but `0`).
     nopush: Option<String>,
 }
 
@@ -87,6 +107,20 @@ async fn enqueue_and_push(
 }
 
 /// `PUT /api/v1/enqueue/{ids}[?nopush=1]` with a raw command plist (nanomdm-compatible).
+#[utoipa::path(
+    method(put, post),
+    path = "/api/v1/enqueue/{ids}",
+    tag = "mdm",
+    params(IdsParam, PushParam),
+    request_body(content = Vec<u8>, content_type = "application/x-apple-aspen-mdm",
+        description = "A command plist (Command with RequestType, CommandUUID)"),
+    responses(
+        (status = 200, description = "Queued for at least one enrollment", body = schema::Enqueued),
+        (status = 422, description = "Queued for none (all unknown)", body = schema::Enqueued),
+        (status = 400, description = "Not a command plist, or no enrollment ID", body = ErrorBody),
+        (status = 409, description = "CommandUUID already queued", body = ErrorBody),
+    )
+)]
 pub async fn enqueue_raw(
     State(state): State<MdmState>,
     Path(ids): Path<String>,
@@ -111,9 +145,10 @@ pub async fn enqueue_raw(
 }
 
 /// Body of `POST /api/v1/invite-to-program`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct InviteRequest {
     /// Target channels.
+    #[schema(value_type = Vec<String>)]
     pub enrollment_ids: Vec<EnrollmentId>,
     /// The Apps and Books invitation URL.
     pub invitation_url: String,
@@ -122,10 +157,23 @@ pub struct InviteRequest {
     pub push: Option<bool>,
     /// Optional CommandUUID; a fresh one otherwise.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub command_uuid: Option<CommandUuid>,
 }
 
 /// `POST /api/v1/invite-to-program`: the typed command, checked against the channel rules.
+#[utoipa::path(
+    post,
+    path = "/api/v1/invite-to-program",
+    tag = "mdm",
+    request_body = InviteRequest,
+    responses(
+        (status = 200, description = "Queued for at least one enrollment", body = schema::Enqueued),
+        (status = 422, description = "Queued for none (unknown, or refused by the channel rules)", body = schema::Enqueued),
+        (status = 400, description = "Bad body or invitation_url", body = ErrorBody),
+        (status = 409, description = "command_uuid already queued", body = ErrorBody),
+    )
+)]
 pub async fn invite_to_program(State(state): State<MdmState>, body: Bytes) -> ApiResult<Response> {
     let req: InviteRequest = json_body(&body)?;
     let url = reqwest::Url::parse(&req.invitation_url)
@@ -172,6 +220,16 @@ pub async fn invite_to_program(State(state): State<MdmState>, body: Bytes) -> Ap
 }
 
 /// `POST /api/v1/push/{ids}`.
+#[utoipa::path(
+    method(post, get),
+    path = "/api/v1/push/{ids}",
+    tag = "mdm",
+    params(IdsParam),
+    responses(
+        (status = 200, description = "APNs outcome per enrollment", body = schema::Pushed),
+        (status = 400, description = "No enrollment ID", body = ErrorBody),
+    )
+)]
 pub async fn push(
     State(state): State<MdmState>,
     Path(ids): Path<String>,
@@ -206,6 +264,13 @@ fn command_json(c: &CommandState) -> Value {
 }
 
 /// `GET /api/v1/enrollments[?device_id=]`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/enrollments",
+    tag = "mdm",
+    params(("device_id" = Option<String>, Query, description = "Only this device's enrollments")),
+    responses((status = 200, description = "Enrollments", body = schema::Enrollments))
+)]
 pub async fn list_enrollments(
     State(state): State<MdmState>,
     Query(q): Query<HashMap<String, String>>,
@@ -225,6 +290,16 @@ pub async fn list_enrollments(
 }
 
 /// `GET /api/v1/enrollments/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/enrollments/{id}",
+    tag = "mdm",
+    params(IdParam),
+    responses(
+        (status = 200, description = "The enrollment with its certificates", body = schema::Enrollment),
+        (status = 404, description = "Unknown enrollment", body = ErrorBody),
+    )
+)]
 pub async fn get_enrollment(
     State(state): State<MdmState>,
     Path(id): Path<EnrollmentId>,
@@ -255,6 +330,13 @@ pub async fn get_enrollment(
 }
 
 /// `GET /api/v1/enrollments/{id}/commands[?pending=1]`: the queue and the results.
+#[utoipa::path(
+    get,
+    path = "/api/v1/enrollments/{id}/commands",
+    tag = "mdm",
+    params(IdParam, ("pending" = Option<String>, Query, description = "Only commands not yet answered (any value but `0` or `false`)")),
+    responses((status = 200, description = "Commands, newest first", body = schema::Commands))
+)]
 pub async fn list_commands(
     State(state): State<MdmState>,
     Path(id): Path<EnrollmentId>,
@@ -272,6 +354,16 @@ pub async fn list_commands(
 }
 
 /// `GET /api/v1/enrollments/{id}/commands/{uuid}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/enrollments/{id}/commands/{uuid}",
+    tag = "mdm",
+    params(IdParam, ("uuid" = String, Path, description = "CommandUUID")),
+    responses(
+        (status = 200, description = "The command's state and result", body = schema::Command),
+        (status = 404, description = "No such command for this enrollment", body = ErrorBody),
+    )
+)]
 pub async fn get_command(
     State(state): State<MdmState>,
     Path((id, uuid)): Path<(EnrollmentId, CommandUuid)>,
@@ -283,4 +375,130 @@ pub async fn get_command(
         .map_err(storage_failure)?
         .ok_or_else(|| fail(StatusCode::NOT_FOUND, "no such command for this enrollment"))?;
     Ok(Json(command_json(&c)))
+}
+
+/// The shapes of the JSON these handlers answer, for the OpenAPI document. The handlers
+/// build the JSON with `json!` (above); these types only describe it, field for field.
+pub mod schema {
+    use std::collections::BTreeMap;
+
+    /// What became of one enrollment of an enqueue.
+    #[derive(utoipa::ToSchema)]
+    pub struct EnqueueStatus {
+        /// Whether the command was queued for it.
+        pub queued: bool,
+        /// Why not (`unknown enrollment`, a channel rule).
+        pub error: Option<String>,
+        /// The APNs ID of the push.
+        pub push_result: Option<String>,
+        /// Why the push failed.
+        pub push_error: Option<String>,
+    }
+
+    /// Answer of an enqueue.
+    #[derive(utoipa::ToSchema)]
+    pub struct Enqueued {
+        /// The command's CommandUUID.
+        pub command_uuid: String,
+        /// Its RequestType.
+        pub request_type: String,
+        /// Per enrollment ID.
+        pub status: BTreeMap<String, EnqueueStatus>,
+    }
+
+    /// The push to one enrollment.
+    #[derive(utoipa::ToSchema)]
+    pub struct PushStatus {
+        /// The APNs ID of the push.
+        pub push_result: Option<String>,
+        /// Why the push failed.
+        pub push_error: Option<String>,
+    }
+
+    /// Answer of a push.
+    #[derive(utoipa::ToSchema)]
+    pub struct Pushed {
+        /// Per enrollment ID.
+        pub status: BTreeMap<String, PushStatus>,
+    }
+
+    /// A certificate a device authenticated with.
+    #[derive(utoipa::ToSchema)]
+    pub struct Certificate {
+        /// SHA-256 of the DER, hex.
+        pub sha256: String,
+        /// Subject.
+        pub subject: Option<String>,
+        /// Unix ms.
+        pub bound_at: i64,
+        /// Unix ms; none while current.
+        pub replaced_at: Option<i64>,
+        /// Whether it is the device's certificate now.
+        pub current: bool,
+    }
+
+    /// An enrollment (a command channel).
+    #[derive(utoipa::ToSchema)]
+    pub struct Enrollment {
+        /// Enrollment ID.
+        pub id: String,
+        /// The device's ID.
+        pub device_id: String,
+        /// Kind of channel (`Device`, `User`, ...).
+        #[schema(rename = "type")]
+        pub kind: String,
+        /// Platform.
+        pub platform: String,
+        /// User short name, for user channels.
+        pub user_short_name: Option<String>,
+        /// APNs topic.
+        pub topic: String,
+        /// Whether it is enabled.
+        pub enabled: bool,
+        /// TokenUpdates received.
+        pub token_update_tally: i64,
+        /// Unix ms.
+        pub last_seen_at: Option<i64>,
+        /// Only in `GET /api/v1/enrollments/{id}`: every certificate it authenticated with.
+        pub certificates: Option<Vec<Certificate>>,
+    }
+
+    /// Answer of `GET /api/v1/enrollments`.
+    #[derive(utoipa::ToSchema)]
+    pub struct Enrollments {
+        /// The enrollments.
+        pub enrollments: Vec<Enrollment>,
+    }
+
+    /// A command and what the device answered.
+    #[derive(utoipa::ToSchema)]
+    pub struct Command {
+        /// Enrollment ID.
+        pub enrollment_id: String,
+        /// CommandUUID.
+        pub command_uuid: String,
+        /// RequestType.
+        pub request_type: String,
+        /// `Queued` until answered, then the device's Status (`Acknowledged`, `NotNow`, ...).
+        pub status: String,
+        /// Whether it is still to be sent.
+        pub active: bool,
+        /// InviteToProgram's InvitationResult.
+        pub invitation_result: Option<String>,
+        /// NotNow answers so far.
+        pub not_now_count: i64,
+        /// Unix ms.
+        pub created_at: i64,
+        /// Unix ms.
+        pub updated_at: i64,
+        /// The device's answer (plist XML).
+        pub result: Option<String>,
+    }
+
+    /// Answer of `GET /api/v1/enrollments/{id}/commands`.
+    #[derive(utoipa::ToSchema)]
+    pub struct Commands {
+        /// The commands.
+        pub commands: Vec<Command>,
+    }
 }

@@ -17,7 +17,7 @@ pub mod error;
 pub mod push;
 pub mod service;
 
-use axum::routing::{get, post, put};
+use axum::routing::{get, put};
 use axum::Router;
 use cloudvpp_identity::CaPool;
 use cloudvpp_store::clock::Clock;
@@ -25,6 +25,7 @@ use cloudvpp_store::mdm::{EnrollmentId, MdmStore};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Who may set the certificate header: the TLS-terminating proxy, known by its address,
 /// a shared secret it adds, or both. Anyone else could name any device's certificate.
@@ -105,22 +106,22 @@ impl MdmState {
     }
 }
 
+/// The admin API's routes with their OpenAPI description: the router and the document
+/// come from the same `#[utoipa::path]` annotations, so no route goes undocumented.
+pub fn admin_api() -> OpenApiRouter<MdmState> {
+    OpenApiRouter::new()
+        .routes(routes!(api::enqueue_raw))
+        .routes(routes!(api::invite_to_program))
+        .routes(routes!(api::push))
+        .routes(routes!(api::list_enrollments))
+        .routes(routes!(api::get_enrollment))
+        .routes(routes!(api::list_commands))
+        .routes(routes!(api::get_command))
+}
+
 /// Device endpoints and the admin API.
 pub fn router(state: MdmState) -> Router {
-    let admin = Router::new()
-        .route(
-            "/api/v1/enqueue/{ids}",
-            put(api::enqueue_raw).post(api::enqueue_raw),
-        )
-        .route("/api/v1/invite-to-program", post(api::invite_to_program))
-        .route("/api/v1/push/{ids}", post(api::push).get(api::push))
-        .route("/api/v1/enrollments", get(api::list_enrollments))
-        .route("/api/v1/enrollments/{id}", get(api::get_enrollment))
-        .route("/api/v1/enrollments/{id}/commands", get(api::list_commands))
-        .route(
-            "/api/v1/enrollments/{id}/commands/{uuid}",
-            get(api::get_command),
-        );
+    let (admin, _) = admin_api().split_for_parts();
     Router::new()
         .route(
             "/checkin",
