@@ -121,6 +121,15 @@ fn parse_all(text: &str, name: &str) -> usize {
     let mut parsed = 0;
     for line in command_lines(text) {
         for args in commands(&line) {
+            // Shell variables the documents set from a command's output, given a value of
+            // the shape they hold (a location is a number).
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| match a.as_str() {
+                    "$LOC" => "1".to_string(),
+                    _ => a.clone(),
+                })
+                .collect();
             let argv = std::iter::once("cloudvpp".to_string()).chain(args.iter().cloned());
             match cloudvpp::Cli::try_parse_from(argv) {
                 Ok(_) => {}
