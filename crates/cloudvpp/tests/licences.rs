@@ -161,6 +161,7 @@ impl System {
             "mdm",
             "location",
             "add",
+            "--json",
             "--stoken-file",
             file.to_str().unwrap(),
             "--appsbooks-url",
@@ -452,6 +453,26 @@ async fn assign_by_hand_and_apps_added_later() {
     assert!(err.contains("stranger: not invited"), "{err}");
     assert!(err.contains("nobody@example.com: not invited"), "{err}");
     assert!(err.contains("2 people refused"), "{err}");
+    // With --json: the assignments requested and the people refused, as one document.
+    let (ok, out, _) = sys.cli(&[
+        "assign",
+        "--adam-id",
+        APP,
+        "--csv",
+        csv.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(!ok);
+    let doc: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(doc["refused"].as_array().unwrap().len(), 2, "{doc}");
+    assert!(
+        doc["assignments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["client_user_id"] == "dev-1"),
+        "{doc}"
+    );
     until("dev-1 assigned by hand", 30, async || {
         sys.assignments(APP)
             .0

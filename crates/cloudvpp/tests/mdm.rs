@@ -978,6 +978,7 @@ async fn cli_simulator_and_admin_client_work_together() {
         &[
             "mdm",
             "invite",
+            "--json",
             "--no-push",
             "--url",
             url,
@@ -1019,9 +1020,33 @@ async fn cli_simulator_and_admin_client_work_together() {
         "{polled}"
     );
     let cmds: Value =
-        serde_json::from_str(&run(&["mdm", "commands", mac_user], &srv.base)).unwrap();
+        serde_json::from_str(&run(&["mdm", "commands", "--json", mac_user], &srv.base)).unwrap();
     assert_eq!(cmds["commands"][0]["invitation_result"], "Acknowledged");
     assert_eq!(cmds["commands"][0]["not_now_count"], 1);
+    // Without --json: a table, timestamps in RFC 3339.
+    let table = run(&["mdm", "commands", mac_user], &srv.base);
+    let row = table.lines().nth(1).unwrap_or_default();
+    assert!(table.starts_with("CREATED"), "{table}");
+    assert!(
+        row.contains(uuid) && row.contains("InviteToProgram") && row.contains("Acknowledged"),
+        "{table}"
+    );
+    let created = row.split_whitespace().next().unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(created).is_ok(),
+        "{row}"
+    );
+    let table = run(&["mdm", "enrollments"], &srv.base);
+    assert!(
+        table.starts_with("ID") && table.contains(ios_ids[0]) && table.contains(mac_user),
+        "{table}"
+    );
+    let listed: Value =
+        serde_json::from_str(&run(&["mdm", "enrollments", "--json"], &srv.base)).unwrap();
+    assert!(
+        listed["enrollments"].as_array().unwrap().len() >= 3,
+        "{listed}"
+    );
     let load = run(
         &[
             "simulate",

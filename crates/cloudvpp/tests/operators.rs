@@ -674,6 +674,7 @@ impl Ops {
                 "mdm",
                 "location",
                 "add",
+                "--json",
                 "--stoken-file",
                 file.to_str().unwrap(),
                 "--appsbooks-url",
@@ -828,6 +829,7 @@ async fn location_add_is_idempotent_per_organisation_and_takes_a_renewed_token()
                         "mdm",
                         "location",
                         "add",
+                        "--json",
                         "--stoken-file",
                         file.to_str().unwrap(),
                         "--appsbooks-url",
@@ -847,6 +849,45 @@ async fn location_add_is_idempotent_per_organisation_and_takes_a_renewed_token()
         .collect();
     assert_eq!(ids.len(), 1, "{ids:?}");
     assert_eq!(locations().await.len(), 2);
+
+    // Without --json: one line for an add, a table for the list (RFC 3339 times).
+    let file = ops.env.dir.path().join("other.vpptoken");
+    std::fs::write(&file, &other).unwrap();
+    let ab = format!("{}/mdm/v2", ops.ab);
+    let r = ops.cli(&[
+        "mdm",
+        "location",
+        "add",
+        "--stoken-file",
+        file.to_str().unwrap(),
+        "--appsbooks-url",
+        &ab,
+    ]);
+    assert!(
+        r.stdout.starts_with("location ") && r.stdout.contains("already there"),
+        "{}",
+        r.stdout
+    );
+    let r = ops.cli(&["mdm", "location", "list"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.starts_with("ID") && r.stdout.contains("TOKEN EXPIRES"),
+        "{}",
+        r.stdout
+    );
+    let row = r
+        .stdout
+        .lines()
+        .find(|l| l.ends_with("Other School"))
+        .expect("a row");
+    let expires = row.split_whitespace().nth(2).unwrap().trim_end_matches('!');
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(expires).is_ok(),
+        "{row}"
+    );
+    let r = ops.cli(&["mdm", "location", "list", "--json"]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["locations"].as_array().unwrap().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -943,6 +984,31 @@ async fn csv_invitations_are_checked_whole_and_invite_each_person_once() {
         "{skipped}"
     );
     assert_eq!(ops.count().await, 3);
+    // The same again with --json: one document, a row per line with its outcome.
+    let r = ops.cli(&["invite", "--csv", &csv, "--json"]);
+    assert_eq!(r.code, 4, "{}{}", r.stdout, r.stderr);
+    let doc: Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
+    assert_eq!(
+        doc["summary"],
+        json!({"invited": 0, "in_progress": 3, "skipped": 0, "rejected": 4})
+    );
+    let first = &doc["results"][0];
+    assert_eq!(
+        (
+            first["line"].as_u64(),
+            first["client_user_id"].as_str(),
+            first["outcome"].as_str()
+        ),
+        (Some(2), Some("p1"), Some("in_progress"))
+    );
+    assert_eq!(first["invitation"]["id"], p1);
+    assert!(doc["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["line"].as_u64() > Some(1) && r["reason"].is_string()));
+    assert_eq!(ops.count().await, 3);
 
     // A person retired on purpose is not invited again silently...
     let p5 = all["p5"]["id"].as_str().unwrap().to_string();
@@ -950,9 +1016,22 @@ async fn csv_invitations_are_checked_whole_and_invite_each_person_once() {
         ops.invitations().await["p5"]["state"] == "registered"
     })
     .await;
-    let r = ops.cli(&["invitations", "retire", &p5]);
+    let r = ops.cli(&["invitations", "retire", &p5, "--json"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    assert!(r.stdout.contains("1 retired, 0 refused"), "{}", r.stdout);
+    let doc: Value =
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{e}: {}", r.stdout));
+    assert_eq!(
+        (doc["done"].as_u64(), doc["refused"].as_u64()),
+        (Some(1), Some(0))
+    );
+    assert_eq!(doc["results"][0]["invitation"]["state"], "retired");
+    let updated = doc["results"][0]["invitation"]["updated_at"]
+        .as_str()
+        .unwrap();
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(updated).is_ok(),
+        "{updated}"
+    );
     let good = ops.write(
         "good.csv",
         format!(

@@ -110,6 +110,9 @@ pub struct ResendArgs {
     enrollment: Option<String>,
     /// Invitation IDs.
     ids: Vec<String>,
+    /// Print the outcome per invitation as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `cloudvpp invitations retire`.
@@ -120,6 +123,9 @@ pub struct RetireArgs {
     /// Invitation IDs.
     #[arg(required = true)]
     ids: Vec<String>,
+    /// Print the outcome per invitation as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Runs `cloudvpp invitations ...`.
@@ -288,9 +294,16 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
     }
 }
 
-/// Runs one admin call per ID, 8 at a time; prints one line per ID and returns how many
-/// were refused.
-async fn each(api: &ApiArgs, ids: Vec<String>, action: &str, body: Option<Value>) -> Result<usize> {
+/// Runs one admin call per ID, 8 at a time; prints one line per ID (with `json`, one JSON
+/// document at the end: each ID's invitation or why it was refused, and the counts) and
+/// returns how many were refused.
+async fn each(
+    api: &ApiArgs,
+    ids: Vec<String>,
+    action: &str,
+    body: Option<Value>,
+    json: bool,
+) -> Result<usize> {
     let calls = futures::stream::iter(ids.into_iter().map(|id| {
         let body = body.clone();
         async move {
@@ -307,8 +320,12 @@ async fn each(api: &ApiArgs, ids: Vec<String>, action: &str, body: Option<Value>
     .buffered(8);
     let mut calls = std::pin::pin!(calls);
     let mut refused = 0;
+    let mut results = Vec::new();
     while let Some((id, r)) = calls.next().await {
         match r? {
+            (200, v) if json => {
+                results.push(json!({"id": id, "ok": true, "invitation": with_rfc3339(&v)}))
+            }
             (200, v) => println!(
                 "{id}  {}  {}{}",
                 v["client_user_id"].as_str().unwrap_or("-"),
@@ -320,9 +337,17 @@ async fn each(api: &ApiArgs, ids: Vec<String>, action: &str, body: Option<Value>
             ),
             (status, v) => {
                 refused += 1;
-                println!("{id}  refused: {}", api_error(status, &v));
+                if json {
+                    results.push(json!({"id": id, "ok": false, "error": api_error(status, &v)}));
+                } else {
+                    println!("{id}  refused: {}", api_error(status, &v));
+                }
             }
         }
+    }
+    if json {
+        let done = results.len() - refused;
+        print(&json!({ "results": results, "done": done, "refused": refused }));
     }
     Ok(refused)
 }
@@ -357,14 +382,20 @@ async fn resend(a: ResendArgs) -> Result<()> {
         bail!("--email and --enrollment correct one invitation: give exactly one ID");
     }
     if ids.is_empty() {
-        println!("nothing to resend");
+        if a.json {
+            print(&json!({ "results": [], "done": 0, "refused": 0 }));
+        } else {
+            println!("nothing to resend");
+        }
         return Ok(());
     }
     let body = (a.email.is_some() || a.enrollment.is_some())
         .then(|| json!({ "email": a.email, "enrollment_id": a.enrollment }));
     let n = ids.len();
-    let refused = each(&a.api, ids, "resend", body).await?;
-    println!("{} resent, {refused} refused", n - refused);
+    let refused = each(&a.api, ids, "resend", body, a.json).await?;
+    if !a.json {
+        println!("{} resent, {refused} refused", n - refused);
+    }
     if refused > 0 {
         bail!("{refused} of {n} invitations were not resent");
     }
@@ -373,8 +404,10 @@ async fn resend(a: ResendArgs) -> Result<()> {
 
 async fn retire(a: RetireArgs) -> Result<()> {
     let n = a.ids.len();
-    let refused = each(&a.api, a.ids, "retire", None).await?;
-    println!("{} retired, {refused} refused", n - refused);
+    let refused = each(&a.api, a.ids, "retire", None, a.json).await?;
+    if !a.json {
+        println!("{} retired, {refused} refused", n - refused);
+    }
     if refused > 0 {
         bail!("{refused} of {n} invitations were not retired");
     }

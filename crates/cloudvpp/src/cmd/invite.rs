@@ -79,6 +79,10 @@ pub struct InviteArgs {
     /// With --wait and no terminal: seconds between progress lines.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     progress_every: u64,
+    /// Print the outcome of every row as one JSON document (`results`, `rejected`,
+    /// `summary`); follow the invitations with `cloudvpp invitations --json`.
+    #[arg(long, conflicts_with = "wait")]
+    json: bool,
 }
 
 /// Reads and checks a CSV file ([`parse_csv`], the engine's reader) after bounding its size.
@@ -176,7 +180,21 @@ pub async fn invite(a: InviteArgs) -> Result<()> {
         }
     }
     rejected.sort_by_key(|r| r.line);
+    let rejected_json = |rejected: &[Rejected]| -> Vec<Value> {
+        rejected
+            .iter()
+            .map(|r| json!({"line": r.line, "client_user_id": r.who, "reason": r.reason}))
+            .collect()
+    };
     let print_rejected = |rejected: &[Rejected]| {
+        if a.json {
+            print(&json!({
+                "results": [],
+                "rejected": rejected_json(rejected),
+                "summary": {"invited": 0, "in_progress": 0, "skipped": 0, "rejected": rejected.len()},
+            }));
+            return;
+        }
         for r in rejected {
             let who = if r.who.is_empty() {
                 String::new()
@@ -227,9 +245,33 @@ pub async fn invite(a: InviteArgs) -> Result<()> {
     }
     let (mut new, mut in_progress, mut skipped) = (0, 0, 0);
     let mut followed: Vec<Value> = Vec::new();
+    let mut rows_json: Vec<Value> = Vec::new();
     for (row, r) in valid.iter().zip(&results) {
         let reason = r["reason"].as_str().unwrap_or("").to_string();
         let inv = &r["invitation"];
+        if a.json {
+            let outcome = r["outcome"].as_str().unwrap_or("");
+            match outcome {
+                "new" => new += 1,
+                "in_progress" => in_progress += 1,
+                "skipped" => skipped += 1,
+                _ => {
+                    rejected.push(Rejected {
+                        line: row.line,
+                        who: row.client_user_id.clone(),
+                        reason,
+                    });
+                    continue;
+                }
+            }
+            let mut one = json!({"line": row.line, "client_user_id": row.client_user_id,
+                "outcome": outcome, "reason": r["reason"]});
+            if inv.is_object() {
+                one["invitation"] = super::invitations::with_rfc3339(inv);
+            }
+            rows_json.push(one);
+            continue;
+        }
         match r["outcome"].as_str().unwrap_or("") {
             "new" => {
                 new += 1;
@@ -276,8 +318,17 @@ pub async fn invite(a: InviteArgs) -> Result<()> {
         }
     }
     rejected.sort_by_key(|r| r.line);
-    print_rejected(&rejected);
-    if !single {
+    if a.json {
+        print(&json!({
+            "results": rows_json,
+            "rejected": rejected_json(&rejected),
+            "summary": {"invited": new, "in_progress": in_progress, "skipped": skipped,
+                "rejected": rejected.len()},
+        }));
+    } else {
+        print_rejected(&rejected);
+    }
+    if !single && !a.json {
         println!(
             "{new} invited, {in_progress} already in progress, {skipped} skipped, {} rejected",
             rejected.len()

@@ -89,6 +89,10 @@ pub struct AssignArgs {
     /// Give up waiting after this many seconds.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// Print the assignments requested and the people refused as JSON (follow them with
+    /// `cloudvpp assignments --json`).
+    #[arg(long, conflicts_with = "wait")]
+    json: bool,
 }
 
 /// `cloudvpp assignments`.
@@ -308,6 +312,13 @@ pub async fn assign(a: AssignArgs) -> Result<()> {
         .await?;
         assigned.extend(v["assignments"].as_array().into_iter().flatten().cloned());
         refused.extend(v["refused"].as_array().into_iter().flatten().cloned());
+    }
+    if a.json {
+        print(&json!({ "assignments": assigned, "refused": refused }));
+        if !refused.is_empty() {
+            bail!("{} people refused", refused.len());
+        }
+        return Ok(());
     }
     for r in &refused {
         eprintln!(
