@@ -6,7 +6,9 @@ use crate::auth::OrgContext;
 use crate::error::{ApiError, ApiResult, Body};
 use crate::ids::{decode_assignments_version, encode_assignments_version};
 use crate::limits::Limit;
-use crate::users::{require_json, storable, MAX_CLIENT_USER_ID_CHARS};
+use crate::users::{
+    page_index, pages_for, parse_bool, require_json, storable, MAX_CLIENT_USER_ID_CHARS,
+};
 use crate::AppState;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
@@ -34,14 +36,7 @@ pub async fn get_assignments(
     Query(q): Query<HashMap<String, String>>,
 ) -> ApiResult<Json<GetAssignmentsResponse>> {
     let bad = || ApiError::from(errors::INVALID_ARGUMENT);
-    let boolean = |k: &str| -> ApiResult<bool> {
-        match q.get(k).map(|s| s.trim()) {
-            None | Some("") => Ok(false),
-            Some(s) if s.eq_ignore_ascii_case("true") || s == "1" => Ok(true),
-            Some(s) if s.eq_ignore_ascii_case("false") || s == "0" => Ok(false),
-            Some(_) => Err(bad()),
-        }
-    };
+    let boolean = |k: &str| parse_bool(q.get(k));
     let text = |k: &str, max: usize| -> ApiResult<Option<String>> {
         match q.get(k).filter(|s| !s.is_empty()) {
             Some(v) if !storable(v, max) => Err(bad()),
@@ -64,10 +59,7 @@ pub async fn get_assignments(
         exclude_inactive_users: boolean("excludeInactiveUsers")?,
     };
     let include_user_state = boolean("includeUserState")?;
-    let page: i64 = match q.get("pageIndex").map(|s| s.trim()) {
-        None | Some("") => 0,
-        Some(s) => s.parse::<i32>().map_err(|_| bad())?.into(),
-    };
+    let page = page_index(&q)?;
     let org = &ctx.org;
     let since = match q
         .get("sinceVersionId")
@@ -89,7 +81,7 @@ pub async fn get_assignments(
         .store
         .list_assignments_page(org.id, since, &filter, first, size)
         .await?;
-    let total_pages = (found.total / size + i64::from(found.total % size != 0)).max(1);
+    let total_pages = pages_for(found.total, size);
     if page >= total_pages {
         return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
     }

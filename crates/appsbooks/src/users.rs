@@ -18,7 +18,8 @@ pub async fn method_not_allowed() -> ApiError {
     errors::UNSUPPORTED_METHOD.into()
 }
 
-fn parse_bool(v: Option<&String>) -> ApiResult<bool> {
+/// A boolean query parameter: absent or empty is false; `true`/`false` in any case, `1`/`0`.
+pub(crate) fn parse_bool(v: Option<&String>) -> ApiResult<bool> {
     match v.map(|s| s.as_str()) {
         None | Some("") => Ok(false),
         Some(s) if s.eq_ignore_ascii_case("true") || s == "1" => Ok(true),
@@ -45,15 +46,7 @@ pub async fn get_users(
         active_only: parse_bool(q.get("activeOnly"))?,
         retired_only: parse_bool(q.get("retiredOnly"))?,
     };
-    // Apple's pageIndex is an int32: a value outside it is not a valid argument. One in it
-    // but past the last page (negative included) is 9650, as Apple's message says.
-    let page: i64 = match q.get("pageIndex").map(|s| s.trim()) {
-        None | Some("") => 0,
-        Some(s) => s
-            .parse::<i32>()
-            .map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?
-            .into(),
-    };
+    let page = page_index(&q)?;
     let org = &ctx.org;
     let since = match q
         .get("sinceVersionId")
@@ -67,8 +60,6 @@ pub async fn get_users(
         },
     };
     let size = state.config.page_size.max(1);
-    // Rounded up without `span + size - 1`, which could overflow.
-    let pages_for = |span: i64| (span / size + i64::from(span % size != 0)).max(1);
     let cuid = q.get("clientUserId").filter(|s| !s.is_empty());
     let maid = q
         .get("managedAppleId")
@@ -124,7 +115,7 @@ pub async fn get_users(
             .store
             .list_users_page(org.id, order, &filter, first, size)
             .await?;
-        let total_pages = pages_for(found.total);
+        let total_pages = pages_for(found.total, size);
         if page >= total_pages {
             return Err(errors::PAGE_INDEX_OUT_OF_RANGE.into());
         }
@@ -139,6 +130,25 @@ pub async fn get_users(
         version_id: encode_version(&org.secret, org.chg),
         meta: ctx.meta(),
     }))
+}
+
+/// `pageIndex` of a paged listing. Apple's pageIndex is an int32: a value outside it is not
+/// a valid argument (9602). One in it but past the last page (negative included) is 9650,
+/// as Apple's message says: the caller checks that against the listing.
+pub(crate) fn page_index(q: &HashMap<String, String>) -> ApiResult<i64> {
+    match q.get("pageIndex").map(|s| s.trim()) {
+        None | Some("") => Ok(0),
+        Some(s) => Ok(s
+            .parse::<i32>()
+            .map_err(|_| ApiError::from(errors::INVALID_ARGUMENT))?
+            .into()),
+    }
+}
+
+/// Pages of `size` a listing of `span` records fills (at least one), rounded up without
+/// `span + size - 1`, which could overflow.
+pub(crate) fn pages_for(span: i64, size: i64) -> i64 {
+    (span / size + i64::from(span % size != 0)).max(1)
 }
 
 /// `POST /mdm/v2/users/create`.

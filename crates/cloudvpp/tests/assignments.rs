@@ -722,6 +722,42 @@ async fn asset_requests_stay_within_the_service_limits() {
             "{action}: {resp}"
         );
     }
+    // Garbage: a broken body, wrong types, another content type, a filter too long. (Bodies
+    // over 2 MiB are refused for every endpoint by one layer: tests/appsbooks.rs.)
+    let http = reqwest::Client::new();
+    for (body, kind, status, number) in [
+        (b"{\"assets\":".to_vec(), "application/json", 400, 9602),
+        (b"[1,2,3]".to_vec(), "application/json", 400, 9602),
+        (
+            br#"{"assets":[{"adamId":"1"}],"clientUserIds":[7]}"#.to_vec(),
+            "application/json",
+            400,
+            9602,
+        ),
+        (
+            br#"{"assets":[{"adamId":"1"}],"clientUserIds":["l-0"]}"#.to_vec(),
+            "text/plain",
+            415,
+            9727,
+        ),
+    ] {
+        let resp = http
+            .post(srv.url("/mdm/v2/assets/associate"))
+            .bearer_auth(&token)
+            .header("content-type", kind)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{kind}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["errorNumber"], number, "{v}");
+    }
+    let long = "x".repeat(300);
+    let (code, resp) = srv
+        .get(&token, &format!("/mdm/v2/assignments?clientUserId={long}"))
+        .await;
+    assert_eq!((code, resp["errorNumber"].as_u64()), (400, Some(9602)));
     // Nothing was stored: no event ran, no licence moved.
     assert_eq!(asset(&srv, &token, APP).await["assignedCount"], 0);
     let (list, _) = all_assignments(&srv, &token, "").await;
