@@ -253,7 +253,13 @@ async fn authentication_errors_are_apples() {
 async fn synchronous_errors_process_nothing() {
     let env = Env::new();
     let token = env.org("O");
-    let srv = env.serve(&["--limit", "maxUsers=2"]);
+    // More than Apple's 15 requests a second go out here: the rate limit is not under test.
+    let srv = env.serve(&[
+        "--limit",
+        "maxUsers=2",
+        "--limit",
+        "maxRequestPerSecond=100000",
+    ]);
     let (_, before) = srv.get(&token, "/mdm/v2/users").await;
 
     let cases = [
