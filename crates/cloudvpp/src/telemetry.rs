@@ -102,6 +102,18 @@ pub fn prometheus() -> &'static PrometheusHandle {
             tracing::warn!("another metrics recorder is installed: /metrics stays empty");
         }
         describe();
+        // Histogram samples wait in lock-free buckets until an upkeep folds them: without a
+        // scrape they would pile up by the request (8 bytes each), so fold them every 5 s.
+        let upkeep = handle.clone();
+        let spawned = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "metrics upkeep thread: histograms are folded at scrapes only");
+        }
         handle
     })
 }
@@ -121,6 +133,10 @@ fn describe() {
     describe_gauge!(
         "cloudvpp_invitations",
         "Invitations by state (read from the store at each scrape)"
+    );
+    describe_counter!(
+        "cloudvpp_mdm_idle_answers_total",
+        "Idle reports answered from memory (queue known empty, no database read) or from the database"
     );
     describe_gauge!(
         "cloudvpp_mdm_queue_depth",

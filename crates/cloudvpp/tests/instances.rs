@@ -318,6 +318,100 @@ async fn two_mdm_instances_hand_each_command_out_once_and_survive_kill_9() {
     }
 }
 
+/// Idle check-ins of a device whose queue is known empty are answered from memory (issue
+/// 13), and the memory stays exact when another instance queues a command: on SQLite the
+/// processes share the signals' mapped file, on PostgreSQL they hear each other through
+/// LISTEN/NOTIFY (delivered within milliseconds: the device is given up to 2 s there).
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_answers_from_memory_stay_exact_across_instances() {
+    use cloudvpp_simulator::{SimDevice, SimPlatform};
+    let env = Env::new();
+    let on_postgres = env.postgres_db().is_some();
+    let ca = env.dir.path().join("ca.pem");
+    std::fs::write(&ca, &pki().ca_cert_pem).unwrap();
+    let args = common::mdm_serve_args("k", ca.to_str().unwrap(), &[]);
+    let a = env.spawn(&args);
+    let b = env.spawn(&args);
+    let http = reqwest::Client::new();
+    let spec = pki().new_device(SimPlatform::Ios).unwrap();
+    let dev = SimDevice::new(spec.clone(), &pki().device_key_pem, &a.base, http.clone()).unwrap();
+    dev.enroll().await.unwrap();
+    let idle = || async {
+        dev.report(false, dev.report_body(false, "Idle", None, &[]))
+            .await
+            .unwrap()
+    };
+    let from_memory = || async {
+        let text = http
+            .get(format!("{}/metrics", a.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with("cloudvpp_mdm_idle_answers_total{from=\"memory\"}"))
+            .map_or(0.0, |l| {
+                l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()
+            })
+    };
+    for round in 0..3 {
+        // The queue is read once; the next idle check-ins are answered from memory (on
+        // PostgreSQL once the listener is up, which may take a moment after start).
+        let before = from_memory().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(idle().await.is_none(), "round {round}: nothing queued yet");
+            if from_memory().await >= before + 3.0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: idle answers never came from memory"
+            );
+        }
+        // B queues a command; A, which remembers the queue empty, must hand it out.
+        let uuid = format!("C{round}");
+        let body = format!(
+            r#"<?xml version="1.0"?><plist version="1.0"><dict><key>Command</key><dict><key>RequestType</key><string>DeviceInformation</string></dict><key>CommandUUID</key><string>{uuid}</string></dict></plist>"#
+        );
+        let r = http
+            .put(format!("{}/api/v1/enqueue/{}?nopush=1", b.base, spec.id))
+            .bearer_auth("k")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let cmd = loop {
+            if let Some(cmd) = idle().await {
+                break cmd;
+            }
+            assert!(
+                on_postgres && Instant::now() < deadline,
+                "round {round}: the command queued on the other instance was not handed out"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(cmd["CommandUUID"].as_string(), Some(uuid.as_str()));
+        // Not acknowledged yet: still offered, never answered "empty" from memory.
+        let again = idle()
+            .await
+            .expect("an unanswered command is offered again");
+        assert_eq!(again["CommandUUID"].as_string(), Some(uuid.as_str()));
+        let next = dev
+            .report(
+                false,
+                dev.report_body(false, "Acknowledged", Some(&uuid), &[]),
+            )
+            .await
+            .unwrap();
+        assert!(next.is_none());
+    }
+}
+
 /// `maxRequestPerSecond` is the organisation's budget whichever instance a request reaches:
 /// a burst split over two instances within one second gets exactly the budget, not twice it.
 #[tokio::test(flavor = "multi_thread")]

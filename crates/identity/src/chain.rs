@@ -4,8 +4,7 @@
 
 use crate::verify::verify_signature;
 use crate::{DeviceCert, IdentityError, Presented};
-use std::collections::HashMap;
-use std::sync::Mutex;
+use dashmap::DashMap;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::FromDer;
@@ -188,7 +187,8 @@ pub struct CaPool {
     anchors: Vec<Vec<u8>>,
     /// Leaf fingerprint → when the verified chain stops being valid (Unix seconds); the
     /// same devices come back all day, and a chain walk is several signature checks.
-    cache: Mutex<HashMap<String, i64>>,
+    /// Sharded: check-ins of different devices never wait for one another.
+    cache: DashMap<String, i64>,
 }
 
 impl CaPool {
@@ -211,7 +211,7 @@ impl CaPool {
         }
         Ok(CaPool {
             anchors,
-            cache: Mutex::new(HashMap::new()),
+            cache: DashMap::new(),
         })
     }
 
@@ -222,15 +222,14 @@ impl CaPool {
     pub fn verify(&self, presented: &Presented) -> Result<DeviceCert, IdentityError> {
         let now = ASN1Time::now();
         let sha256 = crate::fingerprint(&presented.leaf);
-        let cached = self.cache.lock().expect("lock").get(&sha256).copied();
+        let cached = self.cache.get(&sha256).map(|e| *e);
         if cached.is_none_or(|until| until <= now.timestamp()) {
             let leaf = parse(&presented.leaf)?;
             let until = self.walk(&leaf, presented, now)?;
-            let mut cache = self.cache.lock().expect("lock");
-            if cache.len() >= CACHE_SIZE {
-                cache.clear();
+            if self.cache.len() >= CACHE_SIZE {
+                self.cache.clear();
             }
-            cache.insert(sha256.clone(), until);
+            self.cache.insert(sha256.clone(), until);
         }
         Ok(DeviceCert {
             der: presented.leaf.clone(),

@@ -2,7 +2,7 @@
 //! report, then (for reports) the next command.
 
 use crate::error::MdmError;
-use crate::{MdmState, BOUND_TTL};
+use crate::MdmState;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -99,28 +99,23 @@ async fn require_bound(
     device_id: &EnrollmentId,
     dc: &DeviceCert,
 ) -> Result<(), MdmError> {
-    let cached = state
+    let known = state
         .bound
-        .lock()
-        .expect("lock")
         .get(device_id.as_str())
-        .filter(|(sha, at)| at.elapsed() < BOUND_TTL && sha == &dc.sha256)
-        .map(|_| true);
-    let bound = match cached {
-        Some(b) => b,
-        None => {
-            let b = state
-                .store
-                .cert_associated(device_id, &dc.sha256)
-                .await
-                .map_err(MdmError::internal)?;
-            if b {
-                remember_binding(state, device_id.as_str(), &dc.sha256);
-            }
-            b
-        }
-    };
+        .filter(|e| e.0 == dc.sha256 && state.still(device_id.as_str(), e.1))
+        .is_some();
+    if known {
+        return Ok(());
+    }
+    // Stamped before the read: a binding replaced after it voids what is remembered.
+    let fresh = state.fresh(device_id.as_str());
+    let bound = state
+        .store
+        .cert_associated(device_id, &dc.sha256)
+        .await
+        .map_err(MdmError::internal)?;
     if bound {
+        remember_binding(state, device_id.as_str(), &dc.sha256, fresh);
         Ok(())
     } else {
         Err(MdmError::bad("certificate is not the one this enrollment authenticated with, or the enrollment is unknown")
@@ -128,15 +123,13 @@ async fn require_bound(
     }
 }
 
-fn remember_binding(state: &MdmState, device_id: &str, sha256: &str) {
-    let mut bound = state.bound.lock().expect("lock");
-    if bound.len() >= 1_000_000 {
-        bound.clear();
+fn remember_binding(state: &MdmState, device_id: &str, sha256: &str, fresh: crate::Fresh) {
+    if state.bound.len() >= crate::CACHE_ENTRIES {
+        state.bound.clear();
     }
-    bound.insert(
-        device_id.to_string(),
-        (sha256.to_string(), std::time::Instant::now()),
-    );
+    state
+        .bound
+        .insert(device_id.to_string(), (sha256.to_string(), fresh));
 }
 
 fn is_checkin(headers: &HeaderMap) -> bool {
@@ -246,7 +239,8 @@ async fn checkin(
                     "re-enrollment: certificate binding replaced; the old certificate no longer works"
                 );
             }
-            remember_binding(state, &who.device_id, &dc.sha256);
+            let fresh = state.fresh(&who.device_id);
+            remember_binding(state, &who.device_id, &dc.sha256, fresh);
             let platform = Platform::detect(msg.product_name.as_deref(), msg.model.as_deref());
             state
                 .store
@@ -369,7 +363,19 @@ async fn report(
     metrics::counter!("cloudvpp_mdm_reports_total", "status" => status.as_str()).increment(1);
     let id = EnrollmentId::from(who.id.as_str());
     let now = state.now_ms();
-    state.seen.lock().expect("lock").insert(id.clone(), now);
+    state.seen.insert(id.clone(), now);
+    // An idle device whose queue is known empty: answered without the database.
+    if status == ReportStatus::Idle {
+        let known = state.known_empty(&id);
+        metrics::counter!(
+            "cloudvpp_mdm_idle_answers_total",
+            "from" => if known { "memory" } else { "database" }
+        )
+        .increment(1);
+        if known {
+            return Ok(empty());
+        }
+    }
     if let Some(stored) = CommandStatus::from_report(status) {
         let uuid = CommandUuid::from(r.command_uuid.as_deref().unwrap_or_default());
         let invitation = r.invitation_result.as_deref();
@@ -402,13 +408,22 @@ async fn report(
     }
     // A NotNow'd command is not offered again in the same session; it comes back first
     // on the next report that is not NotNow.
+    let skip_not_now = status == ReportStatus::NotNow;
+    // Stamped before the read, so that a command queued after it voids the answer.
+    let stamp = state.signals.stamp(id.as_str());
     match state
         .store
-        .next_command(&id, status == ReportStatus::NotNow)
+        .next_command(&id, skip_not_now)
         .await
         .map_err(MdmError::internal)?
     {
         Some(cmd) => Ok(([(header::CONTENT_TYPE, "application/xml")], cmd.command).into_response()),
-        None => Ok(empty()),
+        None => {
+            // After a NotNow the queue may hold the NotNow'd command: not empty.
+            if let (false, Some(stamp)) = (skip_not_now, stamp) {
+                state.remember_empty(id, stamp);
+            }
+            Ok(empty())
+        }
     }
 }

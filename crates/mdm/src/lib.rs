@@ -22,9 +22,10 @@ use axum::Router;
 use cloudvpp_identity::CaPool;
 use cloudvpp_store::clock::Clock;
 use cloudvpp_store::mdm::{EnrollmentId, MdmStore};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use cloudvpp_store::signals::{QueueSignals, QueueStamp};
+use dashmap::DashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 /// Who may set the certificate header: the TLS-terminating proxy, known by its address,
@@ -61,9 +62,23 @@ pub struct Config {
 }
 
 /// How long a certificate binding read from the database is trusted without reading it
-/// again: the longest an instance accepts a certificate that a re-enrollment elsewhere
+/// again, when the store's signals cannot vouch for it (PostgreSQL's listener is down):
+/// the longest an instance then accepts a certificate that a re-enrollment elsewhere
 /// replaced.
 pub const BOUND_TTL: Duration = Duration::from_secs(5);
+
+/// Entries a cache of the check-in path holds at most: beyond, it starts again empty
+/// (bounded memory whatever devices claim).
+pub const CACHE_ENTRIES: usize = 1_000_000;
+
+/// Why a remembered answer still holds.
+#[derive(Debug, Clone, Copy)]
+enum Fresh {
+    /// The store's signals say nothing changed since this stamp (exact).
+    Stamp(QueueStamp),
+    /// Read at this instant; trusted for [`BOUND_TTL`].
+    Read(Instant),
+}
 
 /// Shared state.
 #[derive(Clone)]
@@ -74,11 +89,16 @@ pub struct MdmState {
     pub config: Arc<Config>,
     /// Queue, channels, push, command states.
     pub service: service::MdmService,
-    /// Device ID → (certificate hash bound to it, when read). Kept for [`BOUND_TTL`]: a
-    /// re-enrollment on another instance replaces the binding, and this one must notice.
-    bound: Arc<Mutex<HashMap<String, (String, std::time::Instant)>>>,
+    /// The store's signals (`cloudvpp_store::signals`): what keeps the caches below exact.
+    signals: Arc<QueueSignals>,
+    /// Device ID → the certificate hash bound to it, and why that is still true. Sharded
+    /// maps: check-ins of different devices never wait for one another.
+    bound: Arc<DashMap<String, (String, Fresh)>>,
+    /// Enrollments whose queue was read empty, with the stamp taken before the read: an
+    /// idle check-in answers from here, without the database, while the stamp holds.
+    empty: Arc<DashMap<EnrollmentId, QueueStamp>>,
     /// `last_seen_at` waiting to be written in the next batch.
-    seen: Arc<Mutex<HashMap<EnrollmentId, i64>>>,
+    seen: Arc<DashMap<EnrollmentId, i64>>,
 }
 
 impl MdmState {
@@ -87,12 +107,51 @@ impl MdmState {
         let service =
             service::MdmService::new(store.clone(), config.pusher.take(), config.clock.clone());
         MdmState {
+            signals: store.signals(),
             store,
             config: Arc::new(config),
             service,
             bound: Arc::default(),
+            empty: Arc::default(),
             seen: Arc::default(),
         }
+    }
+
+    /// Why what is read now about `key` (a device's binding) will still hold: the
+    /// signals' stamp, or the time of reading when they cannot vouch.
+    fn fresh(&self, key: &str) -> Fresh {
+        match self.signals.stamp(key) {
+            Some(stamp) => Fresh::Stamp(stamp),
+            None => Fresh::Read(Instant::now()),
+        }
+    }
+
+    /// Whether an answer remembered as `fresh` about `key` still holds.
+    fn still(&self, key: &str, fresh: Fresh) -> bool {
+        match fresh {
+            Fresh::Stamp(stamp) => self.signals.unchanged(key, stamp),
+            Fresh::Read(at) => at.elapsed() < BOUND_TTL,
+        }
+    }
+
+    /// Whether `id`'s queue was read empty and nothing was queued for it since.
+    fn known_empty(&self, id: &EnrollmentId) -> bool {
+        let Some(stamp) = self.empty.get(id).map(|e| *e) else {
+            return false;
+        };
+        if self.signals.unchanged(id.as_str(), stamp) {
+            return true;
+        }
+        self.empty.remove(id);
+        false
+    }
+
+    /// Remembers that `id`'s queue was read empty after `stamp` was taken.
+    fn remember_empty(&self, id: EnrollmentId, stamp: QueueStamp) {
+        if self.empty.len() >= CACHE_ENTRIES {
+            self.empty.clear();
+        }
+        self.empty.insert(id, stamp);
     }
 
     /// Unix milliseconds now, by the service's clock.
@@ -142,10 +201,12 @@ pub async fn run_seen_flusher(state: MdmState, mut shutdown: tokio::sync::watch:
             _ = tokio::time::sleep(Duration::from_secs(1)) => false,
             _ = shutdown.changed() => true,
         };
-        let batch: Vec<(EnrollmentId, i64)> =
-            std::mem::take(&mut *state.seen.lock().expect("lock"))
-                .into_iter()
-                .collect();
+        // Taken entry by entry: check-ins go on adding to the map meanwhile.
+        let ids: Vec<EnrollmentId> = state.seen.iter().map(|e| e.key().clone()).collect();
+        let batch: Vec<(EnrollmentId, i64)> = ids
+            .into_iter()
+            .filter_map(|id| state.seen.remove(&id))
+            .collect();
         if let Err(e) = state.store.touch(&batch).await {
             tracing::warn!(error = %e, "writing last_seen_at");
         }

@@ -6,10 +6,12 @@
 //! TLS is set in the URL, as libpq does: `sslmode=require` (encrypt), `sslmode=verify-full`
 //! with `sslrootcert=PATH` (encrypt and check the server's certificate and name).
 
+use cloudvpp_store::signals::{HeapSlots, QueueSignals};
 use cloudvpp_store::{Result, StoreError};
 use cloudvpp_store_sql::Dialect;
 pub use cloudvpp_store_sql::SqlStore;
 use sqlx::any::AnyPoolOptions;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 fn err(e: impl Into<cloudvpp_store::Source>) -> StoreError {
@@ -30,7 +32,7 @@ async fn why_unreachable(url: &str) -> StoreError {
 pub async fn connect(url: &str) -> Result<SqlStore> {
     sqlx::any::install_default_drivers();
     let pool = AnyPoolOptions::new()
-        .max_connections(16)
+        .max_connections(pool_size())
         // A database that is down is answered within seconds (503 with Retry-After), not
         // after sqlx's 30 s default; connections come back by themselves when it is up.
         .acquire_timeout(Duration::from_secs(3))
@@ -47,7 +49,79 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .run(&pool)
         .await
         .map_err(err)?;
-    let store = SqlStore::new(pool.clone(), pool, Dialect::Postgres);
+    // Not live until the listener hears other instances: until then no idle check-in
+    // trusts a remembered empty queue.
+    let signals = Arc::new(QueueSignals::new(Box::new(HeapSlots::default()), false));
+    listen(url.to_string(), Arc::downgrade(&signals));
+    let store = SqlStore::new(pool.clone(), pool, Dialect::Postgres).with_signals(signals);
     store.digest_stored_secrets().await?;
     Ok(store)
+}
+
+/// Connections in the pool: four per thread the machine runs, at least 16, so that the
+/// pool is not a fixed ceiling on a larger machine.
+fn pool_size() -> u32 {
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    u32::try_from(threads.saturating_mul(4))
+        .unwrap_or(u32::MAX)
+        .clamp(16, 256)
+}
+
+/// Hears the queue signals other instances send (`LISTEN`, [`cloudvpp_store_sql::SIGNALS_CHANNEL`])
+/// for as long as the store lives. While the connection is down the signals are not live
+/// (every idle check-in reads the database); coming back voids every stamp, since writes
+/// may have gone unheard meanwhile.
+fn listen(url: String, signals: Weak<QueueSignals>) {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if signals.strong_count() == 0 {
+                return;
+            }
+            match hear(&url, &signals).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue signals: listening to other instances failed; idle check-ins read the database until it is back");
+                }
+            }
+            if let Some(s) = signals.upgrade() {
+                s.set_live(false);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
+/// One connection's worth of listening; `Ok` when the store is gone.
+async fn hear(url: &str, signals: &Weak<QueueSignals>) -> std::result::Result<(), sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect(url).await?;
+    listener.listen(cloudvpp_store_sql::SIGNALS_CHANNEL).await?;
+    match signals.upgrade() {
+        Some(s) => s.set_live(true),
+        None => return Ok(()),
+    }
+    loop {
+        let message = tokio::select! {
+            m = listener.try_recv() => m?,
+            // Notice a dropped store even when nothing is sent.
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                if signals.strong_count() == 0 { return Ok(()); }
+                continue;
+            }
+        };
+        let Some(s) = signals.upgrade() else {
+            return Ok(());
+        };
+        match message {
+            Some(n) if n.payload() == "*" => s.remote_changed_all(),
+            Some(n) => s.remote_changed(n.payload().split(',').filter_map(|p| p.parse().ok())),
+            // The connection dropped (sqlx reconnects on the next call): what was sent
+            // meanwhile is lost.
+            None => {
+                s.set_live(false);
+                return Err(sqlx::Error::PoolClosed);
+            }
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod engine;
 mod gauges;
 mod mdm;
 mod row;
+pub use mdm::SIGNALS_CHANNEL;
 
 use async_trait::async_trait;
 use cloudvpp_abwire::assets::{PricingParam, ProductType};
@@ -107,6 +108,8 @@ pub struct SqlStore {
     pub(crate) writer: AnyPool,
     pub(crate) reader: AnyPool,
     pub(crate) dialect: Dialect,
+    /// Kept by the MDM writers (`enqueue`, `associate_cert`): see `cloudvpp_store::signals`.
+    pub(crate) signals: std::sync::Arc<cloudvpp_store::signals::QueueSignals>,
 }
 
 /// A sqlx error as the services see it: a broken uniqueness rule is a conflict, a database
@@ -162,7 +165,18 @@ impl SqlStore {
             writer,
             reader,
             dialect,
+            signals: std::sync::Arc::new(cloudvpp_store::signals::QueueSignals::local()),
         }
+    }
+
+    /// The store with the queue signals the backend keeps (shared memory, or memory fed by
+    /// other instances' notifications); [`SqlStore::new`] assumes one process.
+    pub fn with_signals(
+        mut self,
+        signals: std::sync::Arc<cloudvpp_store::signals::QueueSignals>,
+    ) -> Self {
+        self.signals = signals;
+        self
     }
 
     /// The backend in use.

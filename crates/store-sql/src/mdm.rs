@@ -69,6 +69,10 @@ fn command_from_row(r: &AnyRow) -> Result<QueuedCommand> {
 
 #[async_trait]
 impl MdmStore for SqlStore {
+    fn signals(&self) -> std::sync::Arc<cloudvpp_store::signals::QueueSignals> {
+        self.signals.clone()
+    }
+
     #[tracing::instrument(skip(self, device_id, sha256), fields(device_id = %device_id), level = "debug")]
     async fn cert_associated(&self, device_id: &EnrollmentId, sha256: &str) -> Result<bool> {
         let row = sqlx::query(
@@ -90,7 +94,10 @@ impl MdmStore for SqlStore {
         subject: &str,
         now: i64,
     ) -> Result<Option<String>> {
+        // A binding that changes voids the certificate other instances remember for the device.
+        let signals = self.signals.writing([device_id.as_str()]);
         let mut tx = self.begin_write().await?;
+        self.notify_signals(&mut tx, signals.slots()).await?;
         let existing =
             sqlx::query("SELECT device_id, replaced_at FROM mdm_cert_auth WHERE sha256 = $1")
                 .bind(sha256)
@@ -340,7 +347,11 @@ impl MdmStore for SqlStore {
         cmd: &QueuedCommand,
         now: i64,
     ) -> Result<Vec<EnrollmentId>> {
+        // In flight from before the transaction to after its commit: idle check-ins of
+        // these enrollments stop trusting "empty" until it is over.
+        let signals = self.signals.writing(ids.iter().map(EnrollmentId::as_str));
         let mut tx = self.begin_write().await?;
+        self.notify_signals(&mut tx, signals.slots()).await?;
         sqlx::query("INSERT INTO mdm_commands (command_uuid, request_type, command, created_at) VALUES ($1, $2, $3, $4)")
             .bind(cmd.command_uuid.as_str())
             .bind(&cmd.request_type)
@@ -532,5 +543,40 @@ impl MdmStore for SqlStore {
         .await
         .map_err(err)?;
         rows.iter().map(|r| state_from_row(r, true)).collect()
+    }
+}
+
+/// The PostgreSQL channel on which MDM writers name the signal slots they changed
+/// (`cloudvpp_store::signals`): comma-separated slot numbers, or `*` for all.
+pub const SIGNALS_CHANNEL: &str = "cloudvpp_mdm_signals";
+
+impl SqlStore {
+    /// Tells other instances which slots this transaction changes. A NOTIFY is delivered
+    /// at commit and only then, so a listener never hears of a write that rolled back, nor
+    /// too early. SQLite's processes share the slots' memory instead.
+    async fn notify_signals(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        slots: &[usize],
+    ) -> Result<()> {
+        if self.dialect != crate::Dialect::Postgres || slots.is_empty() {
+            return Ok(());
+        }
+        let mut payload = slots
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        // PostgreSQL refuses payloads of 8000 bytes or more.
+        if payload.len() > 7000 {
+            payload = "*".into();
+        }
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(SIGNALS_CHANNEL)
+            .bind(payload)
+            .execute(&mut **tx)
+            .await
+            .map_err(err)?;
+        Ok(())
     }
 }

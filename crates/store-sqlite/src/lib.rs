@@ -14,6 +14,8 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::Executor;
 use std::time::Duration;
 
+mod signals;
+
 fn err(e: impl Into<cloudvpp_store::Source>) -> StoreError {
     StoreError::Other(e.into())
 }
@@ -83,7 +85,8 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .await
         .map_err(err)?;
     let reader = AnyPoolOptions::new()
-        .max_connections(4)
+        // Readers run side by side (WAL): as many as the machine runs threads, at least 4.
+        .max_connections(reader_connections())
         .acquire_timeout(Duration::from_secs(3))
         .after_connect(|conn, _| {
             Box::pin(async move {
@@ -95,9 +98,21 @@ pub async fn connect(url: &str) -> Result<SqlStore> {
         .connect(&with_mode(url, "ro"))
         .await
         .map_err(cloudvpp_store_sql::err)?;
-    let store = SqlStore::new(writer, reader, Dialect::Sqlite);
+    let mut store = SqlStore::new(writer, reader, Dialect::Sqlite);
+    // A file database may be opened by other processes: their writers' signals must be
+    // seen here. An in-memory one is this process's alone.
+    if let Some(path) = db_path(url) {
+        store = store.with_signals(std::sync::Arc::new(signals::open(&path)?));
+    }
     store.digest_stored_secrets().await?;
     Ok(store)
+}
+
+/// Reader connections: one per thread the machine runs (at least 4), so that reads are
+/// not capped by a constant on a larger machine.
+fn reader_connections() -> u32 {
+    let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+    u32::try_from(threads).unwrap_or(u32::MAX).clamp(4, 64)
 }
 
 #[cfg(test)]

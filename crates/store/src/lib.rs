@@ -15,6 +15,7 @@ pub mod engine;
 pub mod gauges;
 pub mod mdm;
 pub mod secret;
+pub mod signals;
 
 use async_trait::async_trait;
 use cloudvpp_abwire::assets::{Assignment, PricingParam, ProductType, ResponseAsset};

@@ -267,6 +267,10 @@ pub enum ReportOutcome {
 /// Storage of the MDM service.
 #[async_trait]
 pub trait MdmStore: Send + Sync + 'static {
+    /// The signals this store's writers keep: whether anything may have been queued for
+    /// an enrollment, or a device's certificate binding changed, since a stamp was taken
+    /// ([`crate::signals`]). Lets idle check-ins skip the database, exactly.
+    fn signals(&self) -> std::sync::Arc<crate::signals::QueueSignals>;
     /// Whether `sha256` is the certificate currently bound to `device_id`.
     async fn cert_associated(&self, device_id: &EnrollmentId, sha256: &str) -> Result<bool>;
     /// Binds a certificate to a device-channel ID, replacing the one bound before (which
