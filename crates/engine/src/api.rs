@@ -20,7 +20,6 @@ use cloudvpp_store::engine::{
 };
 use cloudvpp_store::mdm::EnrollmentId;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -53,14 +52,26 @@ fn internal(e: impl std::fmt::Display) -> ApiFailure {
 
 const EXPIRY_WARNING_SECS: i64 = 15 * 24 * 3600;
 
-fn location_json(l: &Location, mirrored: i64, now_ms: i64) -> Value {
+/// A location as the admin API shows it; the fields of one route only are left to it.
+fn location_json(l: &Location, mirrored: i64, now_ms: i64) -> schema::Location {
     let now = now_ms / 1000;
-    json!({
-        "id": l.id, "name": l.name, "base_url": l.base_url, "uid": l.uid, "expires_at": l.expires_at,
-        "expiry_warning": l.expires_at.is_some_and(|e| e - now < EXPIRY_WARNING_SECS),
-        "ownership_conflict": l.conflict, "version_id": l.version_id, "mirrored_users": mirrored,
-        "last_sync_at": l.last_sync_at, "last_full_sync_at": l.last_full_sync_at,
-    })
+    schema::Location {
+        id: l.id.0,
+        name: l.name.clone(),
+        base_url: l.base_url.clone(),
+        uid: l.uid.clone(),
+        expires_at: l.expires_at,
+        expiry_warning: l.expires_at.is_some_and(|e| e - now < EXPIRY_WARNING_SECS),
+        ownership_conflict: l.conflict,
+        version_id: l.version_id.clone(),
+        mirrored_users: mirrored,
+        last_sync_at: l.last_sync_at,
+        last_full_sync_at: l.last_full_sync_at,
+        rate_limited_answers: None,
+        notifications: None,
+        existing: None,
+        token_replaced: None,
+    }
 }
 
 /// Body of `POST /api/v1/locations`.
@@ -138,7 +149,7 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
             // The same organisation and token again: report the location there.
             let mirrored = engine.store.mirror_count(loc.id).await.map_err(internal)?;
             let mut v = location_json(&loc, mirrored, engine.now_ms());
-            v["existing"] = json!(true);
+            v.existing = Some(true);
             return Ok((StatusCode::OK, Json(v)).into_response());
         }
         // A renewed token (or a moved service) of an organisation already here.
@@ -179,12 +190,20 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
         )))
         .await
     {
-        Ok(_) => json!({ "url": url, "subscribed": true }),
+        Ok(_) => schema::Notifications {
+            url,
+            subscribed: true,
+            error: None,
+        },
         Err(e) => {
             // Notifications are an optimisation: without them status polling and sync still work.
             tracing::warn!(location = %loc.id, error = %e, "notifications not configured; relying on polling");
             let _ = client.claim(None).await;
-            json!({ "url": url, "subscribed": false, "error": e.to_string() })
+            schema::Notifications {
+                url,
+                subscribed: false,
+                error: Some(e.to_string()),
+            }
         }
     };
     if client.ownership_conflict() {
@@ -205,9 +224,9 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
         .unwrap_or(loc);
     let mirrored = engine.store.mirror_count(loc.id).await.map_err(internal)?;
     let mut v = location_json(&loc, mirrored, engine.now_ms());
-    v["notifications"] = notifications;
-    v["existing"] = json!(!created);
-    v["token_replaced"] = json!(token_replaced);
+    v.notifications = Some(notifications);
+    v.existing = Some(!created);
+    v.token_replaced = Some(token_replaced);
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -223,15 +242,15 @@ async fn add_location(State(engine): State<Engine>, body: Bytes) -> ApiResult<Re
     tag = "engine",
     responses((status = 200, description = "Every location", body = schema::Locations))
 )]
-async fn list_locations(State(engine): State<Engine>) -> ApiResult<Json<Value>> {
+async fn list_locations(State(engine): State<Engine>) -> ApiResult<Json<schema::Locations>> {
     let mut out = Vec::new();
     for l in engine.store.locations().await.map_err(internal)? {
         let n = engine.store.mirror_count(l.id).await.map_err(internal)?;
         let mut v = location_json(&l, n, engine.now_ms());
-        v["rate_limited_answers"] = json!(engine.client(&l).rate_limited());
+        v.rate_limited_answers = Some(engine.client(&l).rate_limited());
         out.push(v);
     }
-    Ok(Json(json!({ "locations": out })))
+    Ok(Json(schema::Locations { locations: out }))
 }
 
 /// One requested invitation.
@@ -271,14 +290,25 @@ enum InvitationsBody {
     One(NewInvitation),
 }
 
-fn invitation_json(i: &Invitation) -> Value {
-    json!({
-        "id": i.id, "location_id": i.location_id, "client_user_id": i.client_user_id, "email": i.email,
-        "enrollment_id": i.enrollment_id, "channel": i.channel, "state": i.state, "reason": i.reason,
-        "invite_code": i.invite_code, "invitation_url": i.invitation_url, "event_id": i.event_id,
-        "command_uuid": i.command_uuid, "invitation_result": i.invitation_result, "attempts": i.attempts,
-        "created_at": i.created_at, "updated_at": i.updated_at,
-    })
+fn invitation_json(i: &Invitation) -> schema::Invitation {
+    schema::Invitation {
+        id: i.id.to_string(),
+        location_id: i.location_id.0,
+        client_user_id: i.client_user_id.clone(),
+        email: i.email.clone(),
+        enrollment_id: i.enrollment_id.as_ref().map(ToString::to_string),
+        channel: i.channel.as_ref().map(ToString::to_string),
+        state: i.state.as_str().to_string(),
+        reason: i.reason.clone(),
+        invite_code: i.invite_code.clone(),
+        invitation_url: i.invitation_url.clone(),
+        event_id: i.event_id.clone(),
+        command_uuid: i.command_uuid.as_ref().map(ToString::to_string),
+        invitation_result: i.invitation_result.clone(),
+        attempts: i.attempts,
+        created_at: i.created_at,
+        updated_at: i.updated_at,
+    }
 }
 
 /// The most invitations one request may ask for.
@@ -309,7 +339,7 @@ pub enum Outcome {
     Rejected(String),
 }
 
-fn result_json(index: usize, cuid: &str, outcome: &Outcome) -> Value {
+fn result_json(index: usize, cuid: &str, outcome: &Outcome) -> schema::InvitationOutcome {
     let (word, reason, inv) = match outcome {
         Outcome::New(i) => ("new", None, Some(i)),
         Outcome::InProgress(i) => ("in_progress", None, Some(i)),
@@ -318,15 +348,17 @@ fn result_json(index: usize, cuid: &str, outcome: &Outcome) -> Value {
         } => ("skipped", Some(reason.clone()), invitation.as_ref()),
         Outcome::Rejected(r) => ("rejected", Some(r.clone()), None),
     };
-    let mut v =
-        json!({ "index": index, "client_user_id": cuid, "outcome": word, "reason": reason });
-    if let Outcome::Skipped { skip, .. } = outcome {
-        v["skip"] = json!(skip);
+    schema::InvitationOutcome {
+        index: i64::try_from(index).unwrap_or(i64::MAX),
+        client_user_id: cuid.to_string(),
+        outcome: word.to_string(),
+        reason,
+        skip: match outcome {
+            Outcome::Skipped { skip, .. } => Some(skip.to_string()),
+            _ => None,
+        },
+        invitation: inv.map(invitation_json),
     }
-    if let Some(i) = inv {
-        v["invitation"] = invitation_json(i);
-    }
-    v
 }
 
 /// How [`admit_invitations`] treats a request.
@@ -576,7 +608,7 @@ pub async fn admit_invitations(
         (status = 202, description = "Every entry accepted", body = schema::InvitationsCreated),
         (status = 200, description = "`dry_run`: decided, nothing stored", body = schema::InvitationsCreated),
         (status = 422, description = "Some entries rejected", body = schema::InvitationsCreated),
-        (status = 400, description = "Every entry rejected (`error`: the first reason), or a bad body", body = schema::InvitationsCreated),
+        (status = 400, description = "Every entry rejected (`error`: the first reason), or not a request (a bad body, no entry or too many: `{\"error\": ...}` alone)", body = schema::InvitationsRefused),
         (status = 409, description = "No location yet", body = ErrorBody),
     )
 )]
@@ -607,7 +639,7 @@ async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiRes
         .iter()
         .filter(|(_, o)| matches!(o, Outcome::Rejected(_)))
         .count();
-    let count = |word: &str| {
+    let count = |word: &str| -> i64 {
         outcomes
             .iter()
             .filter(|(_, o)| {
@@ -620,34 +652,39 @@ async fn create_invitations(State(engine): State<Engine>, body: Bytes) -> ApiRes
                 )
             })
             .count()
+            .try_into()
+            .unwrap_or(i64::MAX)
     };
-    let invitations: Vec<Value> = outcomes
+    let invitations = outcomes
         .iter()
         .filter_map(|(_, o)| match o {
             Outcome::New(i) | Outcome::InProgress(i) => Some(invitation_json(i)),
             _ => None,
         })
         .collect();
-    let results: Vec<Value> = outcomes
+    let results = outcomes
         .iter()
         .enumerate()
         .map(|(i, (cuid, o))| result_json(i, cuid, o))
         .collect();
-    let mut v = json!({
-        "invitations": invitations,
-        "results": results,
-        "summary": {
-            "new": count("new"), "in_progress": count("in_progress"),
-            "skipped": count("skipped"), "rejected": count("rejected"),
+    let mut v = schema::InvitationsCreated {
+        invitations,
+        results,
+        summary: schema::OutcomeSummary {
+            new: count("new"),
+            in_progress: count("in_progress"),
+            skipped: count("skipped"),
+            rejected: count("rejected"),
         },
-        "stored": store,
-    });
+        stored: store,
+        error: None,
+    };
     let status = if rejected == outcomes.len() {
         let first = outcomes.iter().find_map(|(_, o)| match o {
             Outcome::Rejected(r) => Some(r.clone()),
             _ => None,
         });
-        v["error"] = json!(first);
+        v.error = first;
         StatusCode::BAD_REQUEST
     } else if rejected > 0 {
         StatusCode::UNPROCESSABLE_ENTITY
@@ -713,7 +750,7 @@ fn invitation_filter(q: &HashMap<String, String>) -> ApiResult<InvitationFilter>
 async fn list_invitations(
     State(engine): State<Engine>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::Invitations>> {
     let filter = invitation_filter(&q)?;
     let list = engine.store.invitations(&filter).await.map_err(internal)?;
     let matching = engine
@@ -721,20 +758,20 @@ async fn list_invitations(
         .invitation_counts_matching(&filter)
         .await
         .map_err(internal)?;
-    let mut counts = serde_json::Map::new();
+    let mut counts = std::collections::BTreeMap::new();
     for s in InvitationState::ALL {
         let n = matching
             .iter()
             .find(|(k, _)| *k == s)
             .map_or(0, |(_, n)| *n);
-        counts.insert(s.as_str().to_string(), json!(n));
+        counts.insert(s.as_str().to_string(), n);
     }
     let total: i64 = matching.iter().map(|(_, n)| n).sum();
-    Ok(Json(json!({
-        "counts": counts,
-        "total": total,
-        "invitations": list.iter().map(invitation_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(schema::Invitations {
+        counts,
+        total,
+        invitations: list.iter().map(invitation_json).collect(),
+    }))
 }
 
 /// `GET /api/v1/invitations/{id}`.
@@ -751,7 +788,7 @@ async fn list_invitations(
 async fn get_invitation(
     State(engine): State<Engine>,
     Path(id): Path<InvitationId>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::Invitation>> {
     let inv = find_invitation(&engine, &id).await?;
     Ok(Json(invitation_json(&inv)))
 }
@@ -801,7 +838,7 @@ async fn resend(
     State(engine): State<Engine>,
     Path(id): Path<InvitationId>,
     body: Bytes,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::Invitation>> {
     let fix: Resend = if body.iter().all(u8::is_ascii_whitespace) {
         Resend::default()
     } else {
@@ -936,7 +973,7 @@ pub async fn resend_invitation(
 async fn retire(
     State(engine): State<Engine>,
     Path(id): Path<InvitationId>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::Invitation>> {
     let inv = retire_invitation(&engine, &id).await?;
     Ok(Json(invitation_json(&inv)))
 }
@@ -1083,24 +1120,33 @@ async fn notification(
     StatusCode::OK.into_response()
 }
 
-/// The shapes of the JSON these handlers answer, for the OpenAPI document. The handlers
-/// build the JSON with `json!` (above); these types only describe it, field for field.
+/// The JSON these handlers answer, for the OpenAPI document and for the handlers, which
+/// serialise these types (so the two cannot drift). `deny_unknown_fields` makes the
+/// document say `additionalProperties: false`; a field that may be null is `required`
+/// when it is always sent, and one sent only sometimes is left out when absent (never
+/// null). `tests/openapi_responses.rs` checks real answers against the document.
 pub mod schema {
+    use cloudvpp_mdm::admin::ErrorBody;
+    use serde::Serialize;
     use std::collections::BTreeMap;
 
     /// The notification subscription set when a location is added.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Notifications {
         /// Where Apps and Books sends them.
         pub url: String,
         /// Whether the service took the subscription (polling works without).
         pub subscribed: bool,
         /// Why not.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub error: Option<String>,
     }
 
     /// A location (one sToken).
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Location {
         /// Location ID.
         pub id: i64,
@@ -1109,40 +1155,56 @@ pub mod schema {
         /// Apps and Books base URL.
         pub base_url: String,
         /// The organisation's uId.
+        #[schema(required = true)]
         pub uid: Option<String>,
         /// sToken expiry, Unix seconds.
+        #[schema(required = true)]
         pub expires_at: Option<i64>,
         /// The sToken expires within 15 days.
         pub expiry_warning: bool,
         /// Another MDM claims the location.
         pub ownership_conflict: bool,
         /// Last user sync's versionId.
+        #[schema(required = true)]
         pub version_id: Option<String>,
         /// Users mirrored from Apps and Books.
         pub mirrored_users: i64,
         /// Unix ms.
+        #[schema(required = true)]
         pub last_sync_at: Option<i64>,
         /// Unix ms.
+        #[schema(required = true)]
         pub last_full_sync_at: Option<i64>,
         /// In `GET /api/v1/locations`: 429 answers this process got for it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub rate_limited_answers: Option<u64>,
-        /// In `POST /api/v1/locations`.
+        /// In `POST /api/v1/locations`, but when the location was there already.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub notifications: Option<Notifications>,
         /// In `POST /api/v1/locations`: the location was there already.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub existing: Option<bool>,
-        /// In `POST /api/v1/locations`: a renewed sToken replaced the stored one.
+        /// In `POST /api/v1/locations`, but when the location was there already: a renewed
+        /// sToken replaced the stored one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub token_replaced: Option<bool>,
     }
 
     /// Answer of `GET /api/v1/locations`.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Locations {
         /// The locations.
         pub locations: Vec<Location>,
     }
 
     /// An invitation.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Invitation {
         /// Invitation ID (a UUID).
         pub id: String,
@@ -1151,24 +1213,33 @@ pub mod schema {
         /// The person's clientUserId.
         pub client_user_id: String,
         /// Email.
+        #[schema(required = true)]
         pub email: Option<String>,
         /// Enrollment asked for.
+        #[schema(required = true)]
         pub enrollment_id: Option<String>,
         /// Enrollment the InviteToProgram goes to.
+        #[schema(required = true)]
         pub channel: Option<String>,
         /// `registering`, `registered`, `queued`, `delivered`, `associated`, `failed`, `retired`.
         pub state: String,
         /// Why it is in that state.
+        #[schema(required = true)]
         pub reason: Option<String>,
         /// Apps and Books invite code.
+        #[schema(required = true)]
         pub invite_code: Option<String>,
         /// The invitation URL.
+        #[schema(required = true)]
         pub invitation_url: Option<String>,
         /// Pending Apps and Books event.
+        #[schema(required = true)]
         pub event_id: Option<String>,
         /// The InviteToProgram's CommandUUID.
+        #[schema(required = true)]
         pub command_uuid: Option<String>,
         /// The device's InvitationResult.
+        #[schema(required = true)]
         pub invitation_result: Option<String>,
         /// Deliveries so far.
         pub attempts: i64,
@@ -1179,9 +1250,10 @@ pub mod schema {
     }
 
     /// Answer of `GET /api/v1/invitations`.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Invitations {
-        /// Per state, of what the filters select.
+        /// Per state (every state), of what the filters select.
         pub counts: BTreeMap<String, i64>,
         /// What the filters select, the limit aside.
         pub total: i64,
@@ -1190,7 +1262,8 @@ pub mod schema {
     }
 
     /// The decision on one entry of `POST /api/v1/invitations`.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct InvitationOutcome {
         /// Position in the request.
         pub index: i64,
@@ -1198,16 +1271,22 @@ pub mod schema {
         pub client_user_id: String,
         /// `new`, `in_progress`, `skipped` or `rejected`.
         pub outcome: String,
-        /// Why skipped or rejected.
+        /// Why skipped or rejected; null otherwise.
+        #[schema(required = true)]
         pub reason: Option<String>,
-        /// For `skipped`: the kind of skip.
+        /// For `skipped`: the kind of skip (`retired`, `associated`, `failed`, `repeated`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub skip: Option<String>,
-        /// The invitation concerned.
+        /// The invitation concerned, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub invitation: Option<Invitation>,
     }
 
     /// Counts of the outcomes.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct OutcomeSummary {
         /// New invitations.
         pub new: i64,
@@ -1220,7 +1299,8 @@ pub mod schema {
     }
 
     /// Answer of `POST /api/v1/invitations`.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct InvitationsCreated {
         /// New and in-progress invitations.
         pub invitations: Vec<Invitation>,
@@ -1230,7 +1310,20 @@ pub mod schema {
         pub summary: OutcomeSummary,
         /// Whether anything was stored.
         pub stored: bool,
-        /// When every entry was rejected: the first reason.
+        /// Only when every entry was rejected (400): the first reason.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub error: Option<String>,
+    }
+
+    /// Answer 400 of `POST /api/v1/invitations`: every entry rejected, or a request that
+    /// is not one (a bad body, no entry or too many).
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(untagged)]
+    pub enum InvitationsRefused {
+        /// Every entry rejected, each with its reason.
+        Rejected(InvitationsCreated),
+        /// Not a request.
+        Bad(ErrorBody),
     }
 }

@@ -15,7 +15,6 @@ use cloudvpp_store::engine::{
     Assignment, AssignmentFilter, AssignmentState, InvitationState, LocationApp, LocationId,
 };
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -47,28 +46,49 @@ fn check_adam_id(adam_id: &str) -> ApiResult<()> {
     }
 }
 
-fn app_json(a: &LocationApp) -> Value {
-    json!({
-        "location_id": a.location_id, "adam_id": a.adam_id,
-        "pricing_param": a.pricing_param.as_str(), "created_at": a.created_at,
-    })
+fn app_json(a: &LocationApp) -> schema::App {
+    schema::App {
+        location_id: a.location_id.0,
+        adam_id: a.adam_id.clone(),
+        pricing_param: a.pricing_param.as_str().to_string(),
+        created_at: a.created_at,
+        assignments_created: None,
+    }
 }
 
 /// An assignment as the admin API shows it; `reason` is Apple's answer or what it waits for.
-pub fn assignment_json(a: &Assignment) -> Value {
+pub fn assignment_json(a: &Assignment) -> schema::Assignment {
     let reason = a
         .error
         .as_ref()
         .map(|e| e.to_string())
         .or_else(|| a.note.clone());
-    json!({
-        "id": a.id, "location_id": a.location_id, "client_user_id": a.client_user_id,
-        "adam_id": a.adam_id, "pricing_param": a.pricing_param.as_str(), "state": a.state,
-        "error_number": a.error.as_ref().map(|e| e.number),
-        "error_message": a.error.as_ref().map(|e| e.message.as_str()),
-        "reason": reason, "event_id": a.event_id, "attempts": a.attempts,
-        "created_at": a.created_at, "updated_at": a.updated_at,
-    })
+    schema::Assignment {
+        id: a.id.to_string(),
+        location_id: a.location_id.0,
+        client_user_id: a.client_user_id.clone(),
+        adam_id: a.adam_id.clone(),
+        pricing_param: a.pricing_param.as_str().to_string(),
+        state: a.state.as_str().to_string(),
+        error_number: a.error.as_ref().map(|e| e.number),
+        error_message: a.error.as_ref().map(|e| e.message.clone()),
+        reason,
+        event_id: a.event_id.clone(),
+        attempts: a.attempts,
+        created_at: a.created_at,
+        updated_at: a.updated_at,
+    }
+}
+
+/// The location `id` of a path, or 404: an ID that is not a number names no location
+/// (axum's own rejection would answer 400 in plain text, not the API's JSON).
+async fn path_location(engine: &Engine, id: &str) -> ApiResult<LocationId> {
+    let id = id
+        .parse()
+        .map(LocationId)
+        .map_err(|_| fail(StatusCode::NOT_FOUND, format!("no location {id}")))?;
+    known_location(engine, id).await?;
+    Ok(id)
 }
 
 async fn known_location(engine: &Engine, id: LocationId) -> ApiResult<()> {
@@ -91,17 +111,17 @@ async fn known_location(engine: &Engine, id: LocationId) -> ApiResult<()> {
 )]
 async fn list_apps(
     State(engine): State<Engine>,
-    Path(id): Path<LocationId>,
-) -> ApiResult<Json<Value>> {
-    known_location(&engine, id).await?;
+    Path(id): Path<String>,
+) -> ApiResult<Json<schema::Apps>> {
+    let id = path_location(&engine, &id).await?;
     let apps = engine
         .store
         .location_apps(&[id])
         .await
         .map_err(storage_failure)?;
-    Ok(Json(
-        json!({ "apps": apps.iter().map(app_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(schema::Apps {
+        apps: apps.iter().map(app_json).collect(),
+    }))
 }
 
 /// Body of `POST /api/v1/locations/{id}/apps`.
@@ -131,12 +151,12 @@ pub struct NewApp {
 )]
 async fn add_app(
     State(engine): State<Engine>,
-    Path(id): Path<LocationId>,
+    Path(id): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: NewApp = json_body(&body)?;
     check_adam_id(&req.adam_id)?;
-    known_location(&engine, id).await?;
+    let id = path_location(&engine, &id).await?;
     let app = LocationApp {
         location_id: id,
         adam_id: req.adam_id,
@@ -156,7 +176,7 @@ async fn add_app(
             fail(StatusCode::INTERNAL_SERVER_ERROR, "storage failure")
         })?;
     let mut v = app_json(&app);
-    v["assignments_created"] = json!(created);
+    v.assignments_created = Some(created);
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
@@ -174,14 +194,14 @@ async fn add_app(
 )]
 async fn remove_app(
     State(engine): State<Engine>,
-    Path(id): Path<LocationId>,
+    Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::AppRemoved>> {
     let adam_id = q
         .get("adam_id")
         .ok_or_else(|| fail(StatusCode::BAD_REQUEST, "give adam_id"))?;
     check_adam_id(adam_id)?;
-    known_location(&engine, id).await?;
+    let id = path_location(&engine, &id).await?;
     if !engine
         .store
         .remove_location_app(id, adam_id)
@@ -194,9 +214,11 @@ async fn remove_app(
         ));
     }
     tracing::info!(location = %id, adam_id, "app removed from the location's list");
-    Ok(Json(
-        json!({ "location_id": id, "adam_id": adam_id, "removed": true }),
-    ))
+    Ok(Json(schema::AppRemoved {
+        location_id: id.0,
+        adam_id: adam_id.clone(),
+        removed: true,
+    }))
 }
 
 /// `GET /api/v1/assignments[?state=&location_id=&adam_id=&client_user_id=&limit=]`.
@@ -216,7 +238,7 @@ async fn remove_app(
 async fn list_assignments(
     State(engine): State<Engine>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::Assignments>> {
     let limit = q
         .get("limit")
         .and_then(|s| s.parse().ok())
@@ -244,18 +266,18 @@ async fn list_assignments(
             .await
             .map_err(storage_failure)?
     };
-    let counts: serde_json::Map<String, Value> = engine
+    let counts = engine
         .store
         .assignment_counts()
         .await
         .map_err(storage_failure)?
         .into_iter()
-        .map(|(k, v)| (k.as_str().to_string(), json!(v)))
+        .map(|(k, v)| (k.as_str().to_string(), v))
         .collect();
-    Ok(Json(json!({
-        "counts": counts,
-        "assignments": list.iter().map(assignment_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(schema::Assignments {
+        counts,
+        assignments: list.iter().map(assignment_json).collect(),
+    }))
 }
 
 /// Body of `POST /api/v1/assignments`: one app or book for people already invited, named
@@ -361,13 +383,15 @@ async fn create_assignments(State(engine): State<Engine>, body: Bytes) -> ApiRes
             Some([(loc, cuid)]) => {
                 people.insert((*loc, cuid.to_string()));
             }
-            Some([_, _, ..]) => refused.push(json!({
-                "person": person,
-                "error": "invited in several locations (or as several people): give location_id",
-            })),
-            _ => refused.push(
-                json!({ "person": person, "error": "not invited (no invitation in the engine)" }),
-            ),
+            Some([_, _, ..]) => refused.push(schema::Refused {
+                person,
+                error: "invited in several locations (or as several people): give location_id"
+                    .into(),
+            }),
+            _ => refused.push(schema::Refused {
+                person,
+                error: "not invited (no invitation in the engine)".into(),
+            }),
         }
     }
     let pairs: Vec<(LocationId, String)> = people.into_iter().collect();
@@ -425,20 +449,25 @@ async fn create_assignments(State(engine): State<Engine>, body: Bytes) -> ApiRes
     } else {
         StatusCode::UNPROCESSABLE_ENTITY
     };
-    Ok((
-        status,
-        Json(json!({ "assignments": out, "refused": refused })),
-    )
-        .into_response())
+    let body = schema::AssignmentsCreated {
+        assignments: out,
+        refused,
+    };
+    Ok((status, Json(body)).into_response())
 }
 
-/// The shapes of the JSON these handlers answer, for the OpenAPI document. The handlers
-/// build the JSON with `json!` (above); these types only describe it, field for field.
+/// The JSON these handlers answer, for the OpenAPI document and for the handlers, which
+/// serialise these types (so the two cannot drift). `deny_unknown_fields` makes the
+/// document say `additionalProperties: false`; a field that may be null is `required`
+/// when it is always sent, and one sent only sometimes is left out when absent (never
+/// null). `tests/openapi_responses.rs` checks real answers against the document.
 pub mod schema {
+    use serde::Serialize;
     use std::collections::BTreeMap;
 
     /// An app or book on a location's list.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct App {
         /// Location ID.
         pub location_id: i64,
@@ -448,19 +477,23 @@ pub mod schema {
         pub pricing_param: String,
         /// Unix ms.
         pub created_at: i64,
-        /// In `POST`: assignments made for people associated already.
-        pub assignments_created: Option<i64>,
+        /// Only in `POST`: assignments made for people associated already.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
+        pub assignments_created: Option<u64>,
     }
 
     /// Answer of `GET /api/v1/locations/{id}/apps`.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Apps {
         /// The list.
         pub apps: Vec<App>,
     }
 
     /// Answer of `DELETE /api/v1/locations/{id}/apps`.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct AppRemoved {
         /// Location ID.
         pub location_id: i64,
@@ -471,7 +504,8 @@ pub mod schema {
     }
 
     /// A licence assignment.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Assignment {
         /// Assignment ID (a UUID).
         pub id: String,
@@ -486,12 +520,16 @@ pub mod schema {
         /// `pending`, `requested`, `assigned`, `waiting`, `failed`.
         pub state: String,
         /// Apple's error number.
-        pub error_number: Option<i64>,
+        #[schema(required = true)]
+        pub error_number: Option<u32>,
         /// Apple's error message.
+        #[schema(required = true)]
         pub error_message: Option<String>,
         /// Apple's answer, or what it waits for.
+        #[schema(required = true)]
         pub reason: Option<String>,
         /// Pending Apps and Books event.
+        #[schema(required = true)]
         pub event_id: Option<String>,
         /// Requests so far.
         pub attempts: i64,
@@ -502,16 +540,18 @@ pub mod schema {
     }
 
     /// Answer of `GET /api/v1/assignments`.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Assignments {
-        /// Every assignment, per state.
+        /// Every assignment, per state (states with none left out).
         pub counts: BTreeMap<String, i64>,
         /// The assignments.
         pub assignments: Vec<Assignment>,
     }
 
     /// A person an assignment request could not be made for.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Refused {
         /// The clientUserId or email asked for.
         pub person: String,
@@ -520,7 +560,8 @@ pub mod schema {
     }
 
     /// Answer of `POST /api/v1/assignments`.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct AssignmentsCreated {
         /// One per person found.
         pub assignments: Vec<Assignment>,

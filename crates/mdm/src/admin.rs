@@ -12,7 +12,6 @@ use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use base64::Engine;
 use cloudvpp_store::StoreError;
-use serde_json::json;
 use std::sync::Arc;
 
 /// An API failure: JSON `{"error": ...}`.
@@ -21,7 +20,7 @@ pub struct ApiFailure(StatusCode, String);
 
 impl IntoResponse for ApiFailure {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
     }
 }
 
@@ -43,8 +42,11 @@ impl std::fmt::Display for ApiFailure {
     }
 }
 
-/// The body of every failure of the admin API, for the OpenAPI document.
-#[derive(utoipa::ToSchema)]
+/// The body of every failure of the admin API.
+// Serialised by `ApiFailure` and described by the document from the same type;
+// `deny_unknown_fields` makes it say `additionalProperties: false`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ErrorBody {
     /// What went wrong.
     pub error: String,

@@ -14,7 +14,6 @@ use cloudvpp_store::mdm::{
     CommandState, CommandUuid, EnrollmentId, EnrollmentRecord, QueuedCommand,
 };
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 
 /// Path parameter `ids` of the enqueue and push routes.
@@ -49,10 +48,26 @@ fn split_ids(ids: &str) -> ApiResult<Vec<EnrollmentId>> {
 }
 
 /// `{push_result}` or `{push_error}`.
-fn push_json(outcome: &PushOutcome) -> Value {
+fn push_status(outcome: &PushOutcome) -> schema::PushStatus {
     match outcome {
-        PushOutcome::Sent(apns_id) => json!({ "push_result": apns_id }),
-        PushOutcome::Failed(why) => json!({ "push_error": why.to_string() }),
+        PushOutcome::Sent(apns_id) => schema::PushStatus {
+            push_result: Some(apns_id.clone()),
+            push_error: None,
+        },
+        PushOutcome::Failed(why) => schema::PushStatus {
+            push_result: None,
+            push_error: Some(why.to_string()),
+        },
+    }
+}
+
+/// An enrollment the command was not queued for, and why.
+fn not_queued(why: impl Into<String>) -> schema::EnqueueStatus {
+    schema::EnqueueStatus {
+        queued: false,
+        error: Some(why.into()),
+        push_result: None,
+        push_error: None,
     }
 }
 
@@ -69,7 +84,7 @@ async fn enqueue_and_push(
     ids: &[EnrollmentId],
     cmd: QueuedCommand,
     nopush: bool,
-    mut status: BTreeMap<EnrollmentId, Value>,
+    mut status: BTreeMap<String, schema::EnqueueStatus>,
 ) -> ApiResult<Response> {
     let done = match state.service.enqueue(ids, &cmd).await {
         Ok(done) => done,
@@ -79,10 +94,7 @@ async fn enqueue_and_push(
         Err(EnqueueError::Store(e)) => return Err(storage_failure(e)),
     };
     for id in done.unknown {
-        status.insert(
-            id,
-            json!({ "queued": false, "error": "unknown enrollment" }),
-        );
+        status.insert(id.into_string(), not_queued("unknown enrollment"));
     }
     let pushes = if nopush {
         BTreeMap::new()
@@ -90,20 +102,28 @@ async fn enqueue_and_push(
         state.service.push(&done.queued).await
     };
     for id in &done.queued {
-        let mut v = json!({ "queued": true });
-        if let Some(Value::Object(p)) = pushes.get(id).map(push_json) {
-            for (k, val) in p {
-                v[k] = val;
-            }
-        }
-        status.insert(id.clone(), v);
+        let push = pushes.get(id).map(push_status);
+        let (push_result, push_error) =
+            push.map_or((None, None), |p| (p.push_result, p.push_error));
+        let queued = schema::EnqueueStatus {
+            queued: true,
+            error: None,
+            push_result,
+            push_error,
+        };
+        status.insert(id.to_string(), queued);
     }
     let code = if done.queued.is_empty() {
         StatusCode::UNPROCESSABLE_ENTITY
     } else {
         StatusCode::OK
     };
-    Ok((code, Json(json!({ "command_uuid": cmd.command_uuid, "request_type": cmd.request_type, "status": status }))).into_response())
+    let body = schema::Enqueued {
+        command_uuid: cmd.command_uuid.into_string(),
+        request_type: cmd.request_type,
+        status,
+    };
+    Ok((code, Json(body)).into_response())
 }
 
 /// `PUT /api/v1/enqueue/{ids}[?nopush=1]` with a raw command plist (nanomdm-compatible).
@@ -198,16 +218,10 @@ pub async fn invite_to_program(State(state): State<MdmState>, body: Bytes) -> Ap
         match check {
             Ok(()) => allowed.push(id.clone()),
             Err(service::ChannelRefusal::Unknown(_)) => {
-                status.insert(
-                    id.clone(),
-                    json!({ "queued": false, "error": "unknown enrollment" }),
-                );
+                status.insert(id.to_string(), not_queued("unknown enrollment"));
             }
             Err(why) => {
-                status.insert(
-                    id.clone(),
-                    json!({ "queued": false, "error": why.to_string() }),
-                );
+                status.insert(id.to_string(), not_queued(why.to_string()));
             }
         }
     }
@@ -233,34 +247,49 @@ pub async fn invite_to_program(State(state): State<MdmState>, body: Bytes) -> Ap
 pub async fn push(
     State(state): State<MdmState>,
     Path(ids): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::Pushed>> {
     let ids = split_ids(&ids)?;
-    let status: BTreeMap<EnrollmentId, Value> = state
+    let status = state
         .service
         .push(&ids)
         .await
         .iter()
-        .map(|(id, outcome)| (id.clone(), push_json(outcome)))
+        .map(|(id, outcome)| (id.to_string(), push_status(outcome)))
         .collect();
-    Ok(Json(json!({ "status": status })))
+    Ok(Json(schema::Pushed { status }))
 }
 
-fn enrollment_json(e: &EnrollmentRecord) -> Value {
-    json!({
-        "id": e.id, "device_id": e.device_id, "type": e.kind.as_str(), "platform": e.platform.as_str(),
-        "user_short_name": e.user_short_name, "topic": e.topic, "enabled": e.enabled,
-        "token_update_tally": e.token_update_tally, "last_seen_at": e.last_seen_at,
-    })
+fn enrollment_json(e: &EnrollmentRecord) -> schema::Enrollment {
+    schema::Enrollment {
+        id: e.id.to_string(),
+        device_id: e.device_id.to_string(),
+        kind: e.kind.as_str().to_string(),
+        platform: e.platform.as_str().to_string(),
+        user_short_name: e.user_short_name.clone(),
+        topic: e.topic.clone(),
+        enabled: e.enabled,
+        token_update_tally: e.token_update_tally,
+        last_seen_at: e.last_seen_at,
+        certificates: None,
+    }
 }
 
-fn command_json(c: &CommandState) -> Value {
-    json!({
-        "enrollment_id": c.enrollment_id, "command_uuid": c.command_uuid, "request_type": c.request_type,
-        "status": c.status.map_or("Queued", |s| s.as_str()), "active": c.active,
-        "invitation_result": c.invitation_result, "not_now_count": c.not_now_tally,
-        "created_at": c.created_at, "updated_at": c.updated_at,
-        "result": c.result.as_ref().map(|r| String::from_utf8_lossy(r).into_owned()),
-    })
+fn command_json(c: &CommandState) -> schema::Command {
+    schema::Command {
+        enrollment_id: c.enrollment_id.to_string(),
+        command_uuid: c.command_uuid.to_string(),
+        request_type: c.request_type.clone(),
+        status: c.status.map_or("Queued", |s| s.as_str()).to_string(),
+        active: c.active,
+        invitation_result: c.invitation_result.clone(),
+        not_now_count: c.not_now_tally,
+        created_at: c.created_at,
+        updated_at: c.updated_at,
+        result: c
+            .result
+            .as_ref()
+            .map(|r| String::from_utf8_lossy(r).into_owned()),
+    }
 }
 
 /// `GET /api/v1/enrollments[?device_id=]`.
@@ -274,7 +303,7 @@ fn command_json(c: &CommandState) -> Value {
 pub async fn list_enrollments(
     State(state): State<MdmState>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::Enrollments>> {
     let list = state
         .store
         .list_enrollments(
@@ -284,9 +313,9 @@ pub async fn list_enrollments(
         )
         .await
         .map_err(storage_failure)?;
-    Ok(Json(
-        json!({ "enrollments": list.iter().map(enrollment_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(schema::Enrollments {
+        enrollments: list.iter().map(enrollment_json).collect(),
+    }))
 }
 
 /// `GET /api/v1/enrollments/{id}`.
@@ -303,7 +332,7 @@ pub async fn list_enrollments(
 pub async fn get_enrollment(
     State(state): State<MdmState>,
     Path(id): Path<EnrollmentId>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::Enrollment>> {
     let e = state
         .store
         .enrollment(&id)
@@ -317,15 +346,18 @@ pub async fn get_enrollment(
         .map_err(storage_failure)?;
     let mut v = enrollment_json(&e);
     // Every certificate the device authenticated with; re-enrollments show as replaced ones.
-    v["certificates"] = bindings
-        .iter()
-        .map(|b| {
-            json!({
-                "sha256": b.sha256, "subject": b.subject, "bound_at": b.bound_at,
-                "replaced_at": b.replaced_at, "current": b.replaced_at.is_none(),
+    v.certificates = Some(
+        bindings
+            .iter()
+            .map(|b| schema::Certificate {
+                sha256: b.sha256.clone(),
+                subject: b.subject.clone(),
+                bound_at: b.bound_at,
+                replaced_at: b.replaced_at,
+                current: b.replaced_at.is_none(),
             })
-        })
-        .collect();
+            .collect(),
+    );
     Ok(Json(v))
 }
 
@@ -341,16 +373,16 @@ pub async fn list_commands(
     State(state): State<MdmState>,
     Path(id): Path<EnrollmentId>,
     Query(q): Query<HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::Commands>> {
     let pending = q.get("pending").is_some_and(|v| v != "0" && v != "false");
     let list = state
         .store
         .list_commands(&id, pending)
         .await
         .map_err(storage_failure)?;
-    Ok(Json(
-        json!({ "commands": list.iter().map(command_json).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(schema::Commands {
+        commands: list.iter().map(command_json).collect(),
+    }))
 }
 
 /// `GET /api/v1/enrollments/{id}/commands/{uuid}`.
@@ -367,7 +399,7 @@ pub async fn list_commands(
 pub async fn get_command(
     State(state): State<MdmState>,
     Path((id, uuid)): Path<(EnrollmentId, CommandUuid)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<schema::Command>> {
     let c = state
         .store
         .command_state(&id, &uuid)
@@ -377,26 +409,38 @@ pub async fn get_command(
     Ok(Json(command_json(&c)))
 }
 
-/// The shapes of the JSON these handlers answer, for the OpenAPI document. The handlers
-/// build the JSON with `json!` (above); these types only describe it, field for field.
+/// The JSON these handlers answer, for the OpenAPI document and for the handlers, which
+/// serialise these types (so the two cannot drift). `deny_unknown_fields` makes the
+/// document say `additionalProperties: false`; a field that may be null is `required`
+/// when it is always sent, and one sent only sometimes is left out when absent (never
+/// null). `tests/openapi_responses.rs` checks real answers against the document.
 pub mod schema {
+    use serde::Serialize;
     use std::collections::BTreeMap;
 
     /// What became of one enrollment of an enqueue.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct EnqueueStatus {
         /// Whether the command was queued for it.
         pub queued: bool,
         /// Why not (`unknown enrollment`, a channel rule).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub error: Option<String>,
         /// The APNs ID of the push.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub push_result: Option<String>,
         /// Why the push failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub push_error: Option<String>,
     }
 
     /// Answer of an enqueue.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Enqueued {
         /// The command's CommandUUID.
         pub command_uuid: String,
@@ -406,50 +450,61 @@ pub mod schema {
         pub status: BTreeMap<String, EnqueueStatus>,
     }
 
-    /// The push to one enrollment.
-    #[derive(utoipa::ToSchema)]
+    /// The push to one enrollment: `push_result` or `push_error`.
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct PushStatus {
         /// The APNs ID of the push.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub push_result: Option<String>,
         /// Why the push failed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub push_error: Option<String>,
     }
 
     /// Answer of a push.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Pushed {
         /// Per enrollment ID.
         pub status: BTreeMap<String, PushStatus>,
     }
 
     /// A certificate a device authenticated with.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Certificate {
         /// SHA-256 of the DER, hex.
         pub sha256: String,
         /// Subject.
+        #[schema(required = true)]
         pub subject: Option<String>,
         /// Unix ms.
         pub bound_at: i64,
-        /// Unix ms; none while current.
+        /// Unix ms; null while current.
+        #[schema(required = true)]
         pub replaced_at: Option<i64>,
         /// Whether it is the device's certificate now.
         pub current: bool,
     }
 
     /// An enrollment (a command channel).
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Enrollment {
         /// Enrollment ID.
         pub id: String,
         /// The device's ID.
         pub device_id: String,
         /// Kind of channel (`Device`, `User`, ...).
-        #[schema(rename = "type")]
+        #[serde(rename = "type")]
         pub kind: String,
         /// Platform.
         pub platform: String,
         /// User short name, for user channels.
+        #[schema(required = true)]
         pub user_short_name: Option<String>,
         /// APNs topic.
         pub topic: String,
@@ -458,20 +513,25 @@ pub mod schema {
         /// TokenUpdates received.
         pub token_update_tally: i64,
         /// Unix ms.
+        #[schema(required = true)]
         pub last_seen_at: Option<i64>,
         /// Only in `GET /api/v1/enrollments/{id}`: every certificate it authenticated with.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        #[schema(nullable = false)]
         pub certificates: Option<Vec<Certificate>>,
     }
 
     /// Answer of `GET /api/v1/enrollments`.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Enrollments {
         /// The enrollments.
         pub enrollments: Vec<Enrollment>,
     }
 
     /// A command and what the device answered.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Command {
         /// Enrollment ID.
         pub enrollment_id: String,
@@ -484,19 +544,23 @@ pub mod schema {
         /// Whether it is still to be sent.
         pub active: bool,
         /// InviteToProgram's InvitationResult.
+        #[schema(required = true)]
         pub invitation_result: Option<String>,
         /// NotNow answers so far.
         pub not_now_count: i64,
         /// Unix ms.
         pub created_at: i64,
-        /// Unix ms.
-        pub updated_at: i64,
+        /// Unix ms of the device's last answer; null until it answers.
+        #[schema(required = true)]
+        pub updated_at: Option<i64>,
         /// The device's answer (plist XML).
+        #[schema(required = true)]
         pub result: Option<String>,
     }
 
     /// Answer of `GET /api/v1/enrollments/{id}/commands`.
-    #[derive(utoipa::ToSchema)]
+    #[derive(Serialize, utoipa::ToSchema)]
+    #[serde(deny_unknown_fields)]
     pub struct Commands {
         /// The commands.
         pub commands: Vec<Command>,
