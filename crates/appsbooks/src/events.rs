@@ -376,14 +376,13 @@ impl AcceptOutcome {
 
 /// Accepting the invitation of `user` (the record holding the code, if any) with the Apple
 /// Account hashed as `id_hash` (`refused`: one that cannot be associated, 9635), given the
-/// Associated record already holding that hash (if any), at change number `chg` (the
-/// organisation's next).
+/// Associated record already holding that hash (if any). The change number is left as
+/// read: the store numbers the change when it writes it ([`cloudvpp_store::UserTx`]).
 pub fn decide_accept(
     user: Option<UserRecord>,
     id_hash: &str,
     refused: bool,
     holder: Option<&UserRecord>,
-    chg: i64,
 ) -> AcceptOutcome {
     let Some(mut rec) = user else {
         return AcceptOutcome::Unknown;
@@ -399,7 +398,6 @@ pub fn decide_accept(
     if holder.is_some_and(|h| h.ord != rec.ord) {
         return AcceptOutcome::AccountInUse;
     }
-    rec.chg = chg;
     rec.status = UserStatus::Associated;
     rec.id_hash = Some(id_hash.to_string());
     AcceptOutcome::Associated(rec)
@@ -628,27 +626,27 @@ mod tests {
         let registered = rec(7, "p", UserStatus::Registered, None);
         let other = rec(8, "q", UserStatus::Associated, Some("h"));
         assert_eq!(
-            decide_accept(None, "h", false, None, 50),
+            decide_accept(None, "h", false, None),
             AcceptOutcome::Unknown
         );
         assert_eq!(
-            decide_accept(Some(registered.clone()), "h", false, Some(&other), 50),
+            decide_accept(Some(registered.clone()), "h", false, Some(&other)),
             AcceptOutcome::AccountInUse
         );
         let AcceptOutcome::Associated(done) =
-            decide_accept(Some(registered.clone()), "h", false, None, 50)
+            decide_accept(Some(registered.clone()), "h", false, None)
         else {
             panic!("not associated")
         };
-        assert_eq!((done.chg, done.status), (50, UserStatus::Associated));
+        // The change number is the store's to give (`UserTx`): left as read.
+        assert_eq!((done.chg, done.status), (7, UserStatus::Associated));
         assert_eq!(done.id_hash.as_deref(), Some("h"));
         assert_eq!(
             decide_accept(
                 Some(rec(9, "r", UserStatus::Associated, Some("x"))),
                 "h",
                 false,
-                None,
-                50
+                None
             ),
             AcceptOutcome::AlreadyAccepted
         );
@@ -657,17 +655,16 @@ mod tests {
                 Some(rec(9, "r", UserStatus::Retired, None)),
                 "h",
                 false,
-                None,
-                50
+                None
             ),
             AcceptOutcome::Retired
         );
         // An Apple Account that cannot be associated: 9635, the user left Registered.
-        let refused = decide_accept(Some(registered.clone()), "h", true, None, 50);
+        let refused = decide_accept(Some(registered.clone()), "h", true, None);
         assert_eq!(refused, AcceptOutcome::AccountRefused);
         assert_eq!(refused.apple_error().map(|e| e.number), Some(9635));
         assert_eq!(
-            decide_accept(Some(registered), "h", false, Some(&other), 50)
+            decide_accept(Some(registered), "h", false, Some(&other))
                 .apple_error()
                 .map(|e| e.number),
             Some(9641)

@@ -213,8 +213,10 @@ async fn accept(
 }
 
 /// Accepts the invitation holding `code` in one transaction of its organisation: the
-/// record and the Apple Account's current holder are read, [`events::decide_accept`]
-/// decides, and an association is written with its change number and `USER_ASSOCIATED`.
+/// record and the Apple Account's current holder are read (both locked, not the whole
+/// organisation: acceptances commit side by side), [`events::decide_accept`] decides, and
+/// an association is written with `USER_ASSOCIATED`; the store numbers the change
+/// ([`cloudvpp_store::UserTx`]).
 async fn associate(
     state: &AppState,
     org_id: OrgId,
@@ -228,19 +230,18 @@ async fn associate(
         .ok_or_else(|| StoreError::other("organisation vanished"))?
         .secret;
     let hash = id_hash(&secret, apple_id);
-    let mut tx = state.store.begin_org_write(org_id).await?;
+    let mut tx = state.store.begin_user_write(org_id, &hash).await?;
     let user = tx.user_by_invite_code(code).await?;
-    let holder = tx.associated_with(&[&hash]).await?.into_iter().next();
+    let holder = tx.associated_with().await?.into_iter().next();
     let refused = state.config.refuses_apple_account(apple_id);
-    let outcome = events::decide_accept(user, &hash, refused, holder.as_ref(), tx.org().chg + 1);
+    let outcome = events::decide_accept(user, &hash, refused, holder.as_ref());
     if let AcceptOutcome::Associated(rec) = &outcome {
-        tx.update_users(&[UserUpdate {
+        tx.change_user(&UserUpdate {
             record: rec.clone(),
             managed_apple_id: None,
-        }])
+        })
         .await?;
         let org = tx.org().clone();
-        tx.set_counters(org.user_count, rec.chg).await?;
         if org.config.subscribed(USER_ASSOCIATED) {
             let body = crate::envelope::user_associated(&org.uid, rec.to_response());
             tx.enqueue_notifications(USER_ASSOCIATED, &[body], state.config.clock.now_ms())

@@ -58,6 +58,15 @@ pub async fn run(state: AppState, mut shutdown: tokio::sync::watch::Receiver<boo
             }
             Ok(None) => {
                 claim_errors = 0;
+                // Changes an acceptance committed but could not number (its process died
+                // in between): numbered here, so a sync sees them within a round.
+                match state.store.number_changes().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(changes = n, "numbered changes left by a stopped instance")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "numbering waiting changes"),
+                }
                 tokio::select! {
                     _ = state.events_waiting.notified() => {}
                     _ = tokio::time::sleep(Duration::from_millis(250)) => {}

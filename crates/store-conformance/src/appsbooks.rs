@@ -458,6 +458,144 @@ pub async fn concurrent_writers_never_share_numbers(b: &Backend) {
     assert_eq!(chgs, (1..=60).collect::<Vec<_>>());
 }
 
+/// Acceptances (`UserTx`) commit side by side and have their changes numbered after the
+/// commit: the numbers end up dense and distinct, the counted blocks exact, and a
+/// `sinceVersionId` reader running meanwhile never skips one. A change committed but left
+/// unnumbered (its process died) is numbered by `number_changes`.
+pub async fn acceptances_are_numbered_after_commit_and_never_skipped(b: &Backend) {
+    let o = org(b, "5002").await;
+    let names: Vec<String> = (0..120).map(|i| format!("a{i}")).collect();
+    let pairs: Vec<(&str, UserStatus)> = names
+        .iter()
+        .map(|n| (n.as_str(), UserStatus::Registered))
+        .collect();
+    let added = add_users(b, &o, &pairs).await;
+    let v0 = b.store.get_org(o.id).await.unwrap().unwrap().chg;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A sync client: version first, then everything changed since the previous one.
+    let reader = {
+        let (store, id, done) = (b.store.clone(), o.id, done.clone());
+        tokio::spawn(async move {
+            let mut since = v0;
+            let mut seen = std::collections::HashSet::new();
+            loop {
+                let last = done.load(std::sync::atomic::Ordering::SeqCst);
+                let version = store.get_org(id).await.unwrap().unwrap().chg;
+                let page = store
+                    .list_users_page(
+                        id,
+                        UserOrder::ChangedSince(since),
+                        &UserFilter::default(),
+                        0,
+                        10_000,
+                    )
+                    .await
+                    .unwrap();
+                for u in page.users {
+                    if u.status == UserStatus::Associated {
+                        seen.insert(u.client_user_id);
+                    }
+                }
+                since = version;
+                if last {
+                    return seen;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let mut tasks = Vec::new();
+    for t in 0..6 {
+        let store = b.store.clone();
+        let mine: Vec<UserRecord> = added.iter().skip(t).step_by(6).cloned().collect();
+        let id = o.id;
+        tasks.push(tokio::spawn(async move {
+            for rec in mine {
+                let hash = format!("hash-{}", rec.client_user_id);
+                let mut tx = store.begin_user_write(id, &hash).await.unwrap();
+                let mut user = tx
+                    .user_by_invite_code(rec.invite_code.as_deref().unwrap())
+                    .await
+                    .unwrap()
+                    .expect("the record of the code");
+                assert!(tx.associated_with().await.unwrap().is_empty());
+                tokio::task::yield_now().await;
+                user.status = UserStatus::Associated;
+                user.id_hash = Some(hash);
+                tx.change_user(&UserUpdate {
+                    record: user,
+                    managed_apple_id: None,
+                })
+                .await
+                .unwrap();
+                tx.commit().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = reader.await.unwrap();
+    assert_eq!(
+        seen.len(),
+        120,
+        "every acceptance seen by the syncing reader"
+    );
+    let after = b.store.get_org(o.id).await.unwrap().unwrap();
+    assert_eq!(after.chg, v0 + 120, "one number per acceptance");
+    let changed = page(
+        b,
+        &o,
+        UserOrder::ChangedSince(v0),
+        &UserFilter::default(),
+        0,
+        1000,
+    )
+    .await;
+    let chgs: Vec<i64> = changed.users.iter().map(|u| u.chg).collect();
+    assert_eq!(chgs, (v0 + 1..=v0 + 120).collect::<Vec<_>>());
+    assert!(changed
+        .users
+        .iter()
+        .all(|u| u.status == UserStatus::Associated));
+    assert_eq!(changed.total, 120, "counted blocks follow the moves");
+    // Pages placed by the counted blocks agree with the records.
+    let second = page(
+        b,
+        &o,
+        UserOrder::ChangedSince(v0),
+        &UserFilter::default(),
+        100,
+        100,
+    )
+    .await;
+    assert_eq!(second.users.len(), 20);
+    assert_eq!(second.users[0].chg, v0 + 101);
+    // A change committed without its number (an instance died after the commit).
+    b.exec(&format!(
+        "UPDATE users SET renumber = 1 WHERE org_id = {} AND client_user_id = 'a7'",
+        o.id.0
+    ))
+    .await;
+    assert_eq!(b.store.number_changes().await.unwrap(), 1);
+    assert_eq!(b.store.number_changes().await.unwrap(), 0);
+    let last = page(
+        b,
+        &o,
+        UserOrder::ChangedSince(v0 + 120),
+        &UserFilter::default(),
+        0,
+        10,
+    )
+    .await;
+    assert_eq!(last.users.len(), 1);
+    assert_eq!(
+        (last.users[0].client_user_id.as_str(), last.users[0].chg),
+        ("a7", v0 + 121)
+    );
+}
+
 /// Queues one notification of `o`, due now.
 async fn enqueue(b: &Backend, o: &Org, body: impl Into<String>) {
     let mut tx = b.store.begin_org_write(o.id).await.unwrap();

@@ -7,6 +7,7 @@ cloudvpp_store_conformance::conformance!(
     appsbooks::org_transaction_reads,
     appsbooks::org_transactions_are_all_or_nothing,
     appsbooks::concurrent_writers_never_share_numbers,
+    appsbooks::acceptances_are_numbered_after_commit_and_never_skipped,
     appsbooks::event_claims_leases_and_steps,
     appsbooks::outbox_order_leases_retries_and_trim,
     appsbooks::request_windows,

@@ -1,7 +1,9 @@
 //! The PostgreSQL backend, for organisations that run several instances of each service on
 //! one database: how cloudvpp connects to and migrates PostgreSQL. The queries live in
 //! `cloudvpp-store-sql`, shared with SQLite; on PostgreSQL they lease work with
-//! `FOR UPDATE SKIP LOCKED` and order change numbers under the organisation's row lock.
+//! `FOR UPDATE SKIP LOCKED` and order change numbers under the organisation's row lock
+//! (invitation acceptances number theirs after their commit: `cloudvpp-store-sql`'s
+//! `numbering`).
 //!
 //! TLS is set in the URL, as libpq does: `sslmode=require` (encrypt), `sslmode=verify-full`
 //! with `sslrootcert=PATH` (encrypt and check the server's certificate and name).

@@ -8,6 +8,7 @@
 mod engine;
 mod gauges;
 mod mdm;
+mod numbering;
 mod row;
 pub use mdm::SIGNALS_CHANNEL;
 
@@ -19,7 +20,7 @@ use cloudvpp_store::{
     AppsBooksStore, AssetKey, AssetRecord, AssignmentFilter, AssignmentPage, AssignmentRecord,
     ClientConfig, EventClaim, EventId, EventPayload, EventProgress, EventRecord, EventStatus,
     EventType, NewUser, Org, OrgId, OrgTx, OutboxItem, Result, StoreError, Target, TokenRecord,
-    UserFilter, UserOrder, UserPage, UserRecord, UserUpdate,
+    UserFilter, UserOrder, UserPage, UserRecord, UserTx, UserUpdate,
 };
 use sqlx::any::AnyRow;
 use sqlx::{Any, AnyConnection, AnyPool, Transaction};
@@ -990,6 +991,16 @@ impl AppsBooksStore for SqlStore {
         .transpose()
     }
 
+    #[tracing::instrument(level = "debug", skip(self, id_hash))]
+    async fn begin_user_write(&self, org_id: OrgId, id_hash: &str) -> Result<Box<dyn UserTx>> {
+        Ok(Box::new(self.begin_user_tx(org_id, id_hash).await?))
+    }
+
+    #[tracing::instrument(level = "debug", skip(self))]
+    async fn number_changes(&self) -> Result<u64> {
+        self.number_all_changes().await
+    }
+
     #[tracing::instrument(level = "debug", skip(self))]
     async fn begin_org_write(&self, org_id: OrgId) -> Result<Box<dyn OrgTx>> {
         let mut tx = self.begin_write().await?;
@@ -1440,24 +1451,26 @@ impl OrgTx for SqlOrgTx {
 
     #[tracing::instrument(level = "debug", skip_all, fields(users = client_user_ids.len()))]
     async fn active_users(&mut self, client_user_ids: &[&str]) -> Result<Vec<UserRecord>> {
-        self.users_where_in(
-            "client_user_id",
-            client_user_ids,
-            " AND status <> 'Retired'",
-        )
-        .await
+        // Locked: an invitation acceptance (`UserTx`) writes records without the
+        // organisation's lock, and must not be overwritten from a read made before it.
+        let extra = format!(" AND status <> 'Retired'{}", self.dialect.for_update());
+        self.users_where_in("client_user_id", client_user_ids, &extra)
+            .await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(hashes = id_hashes.len()))]
     async fn associated_with(&mut self, id_hashes: &[&str]) -> Result<Vec<UserRecord>> {
+        // The Apple Accounts stay ours until commit: an acceptance cannot take one meanwhile.
+        numbering::lock_accounts(&mut self.tx, self.dialect, self.org.id, id_hashes).await?;
         self.users_where_in("id_hash", id_hashes, " AND status = 'Associated'")
             .await
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
     async fn user_by_invite_code(&mut self, invite_code: &str) -> Result<Option<UserRecord>> {
+        let lock = self.dialect.for_update();
         Ok(self
-            .users_where_in("invite_code", &[invite_code], "")
+            .users_where_in("invite_code", &[invite_code], lock)
             .await?
             .pop())
     }
@@ -1533,7 +1546,7 @@ impl OrgTx for SqlOrgTx {
         for u in users {
             let r = &u.record;
             sqlx::query(
-                "UPDATE users SET chg = $1, email = $2, id_hash = $3, status = $4, managed_apple_id = COALESCE($5, managed_apple_id) WHERE org_id = $6 AND ord = $7",
+                "UPDATE users SET chg = $1, email = $2, id_hash = $3, status = $4, managed_apple_id = COALESCE($5, managed_apple_id), renumber = 0 WHERE org_id = $6 AND ord = $7",
             )
             .bind(r.chg)
             .bind(&r.email)

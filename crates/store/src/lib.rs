@@ -639,6 +639,40 @@ pub trait OrgTx: Send {
     async fn rollback(self: Box<Self>) -> Result<()>;
 }
 
+/// A write of one user record that takes no change number of its own: an invitation
+/// acceptance. Only the record's row and its Apple Account (`id_hash`) are locked
+/// (PostgreSQL), not the organisation, so acceptances of one organisation commit side by
+/// side instead of queueing behind each other's commits; the change is numbered after the
+/// commit, under the organisation's lock, with whatever other changes wait
+/// ([`AppsBooksStore::number_changes`]). Until then the record keeps its old change number:
+/// a `sinceVersionId` sync sees the change once it is numbered, never skips it. SQLite's one
+/// writer numbers it at once. Dropped without [`UserTx::commit`], it writes nothing.
+#[async_trait]
+pub trait UserTx: Send {
+    /// The organisation as read when the transaction began (its counters may move on).
+    fn org(&self) -> &Org;
+    /// The record holding `invite_code`, whatever its state, locked until the end.
+    async fn user_by_invite_code(&mut self, invite_code: &str) -> Result<Option<UserRecord>>;
+    /// The Associated records holding the transaction's Apple Account, which stays locked
+    /// until the end: no other writer associates it meanwhile.
+    async fn associated_with(&mut self) -> Result<Vec<UserRecord>>;
+    /// Writes a record back (one read with [`UserTx::user_by_invite_code`]); its `chg` is
+    /// not used: the store numbers the change.
+    async fn change_user(&mut self, update: &UserUpdate) -> Result<()>;
+    /// Queues notifications of one type (whole envelopes, JSON) of this organisation.
+    async fn enqueue_notifications(
+        &mut self,
+        kind: &str,
+        bodies: &[String],
+        now: i64,
+    ) -> Result<()>;
+    /// Commits every write, then numbers the change; `Ok` once committed. A crash, or a
+    /// failure to number, leaves the change to [`AppsBooksStore::number_changes`].
+    async fn commit(self: Box<Self>) -> Result<()>;
+    /// Undoes every write and lets the locks go now.
+    async fn rollback(self: Box<Self>) -> Result<()>;
+}
+
 /// A notification a sender has leased, with where to send it.
 #[derive(Debug, Clone)]
 pub struct OutboxItem {
@@ -736,6 +770,14 @@ pub trait AppsBooksStore: Send + Sync + 'static {
         -> Result<Option<EventClaim>>;
     /// Starts a write transaction over one organisation's data (see [`OrgTx`]).
     async fn begin_org_write(&self, org_id: OrgId) -> Result<Box<dyn OrgTx>>;
+    /// Starts a write of one record of an organisation whose change is numbered after
+    /// its commit (see [`UserTx`]), for the Apple Account `id_hash`.
+    async fn begin_user_write(&self, org_id: OrgId, id_hash: &str) -> Result<Box<dyn UserTx>>;
+    /// Numbers every change a [`UserTx`] committed without a number yet, organisation by
+    /// organisation, oldest record first; returns how many. A [`UserTx`] numbers its own at
+    /// commit: this is for one whose process died in between (the event worker calls it
+    /// when idle).
+    async fn number_changes(&self) -> Result<u64>;
     /// Records one more failed attempt of the step at the claim's cursor (renewing the
     /// lease) and returns how many there have been since the last step that succeeded.
     /// Fails with [`StoreError::LeaseLost`] if the lease moved on.
