@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
-# Invitation engine benchmark (issue 4), on SQLite (or PostgreSQL, below): N invitations (default 10,000), one per
+# Invitation engine benchmark (issues 4 and 13), on SQLite (or PostgreSQL, below): N invitations (default 10,000), one per
 # simulated iPhone, from the API request to `associated` (registration at the Apps and
 # Books service, InviteToProgram delivered, the person accepts). `cloudvpp serve` runs both
 # services with the Apps and Books processing delay at zero. Devices check in when they
 # have a queued invitation, as an APNs push would make them; people accept at once.
+# First SOLO invitations (default 20) are measured alone, one after another, from the
+# request to `queued` (each on its own extra device); then the batch: per invitation,
+# request to `queued` (median, p90) against the time the whole batch took to be queued,
+# and request to `associated`.
 # Usage: bench/invitations.sh [N]. Loopback only; stops by itself.
 # BENCH_PG=postgres://postgres@127.0.0.1:5432 runs it on a fresh PostgreSQL database.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
-cargo build --release -q -p cloudvpp -p cloudvpp-bench
-BIN=$PWD/target/release/cloudvpp
-OUT=bench/out/invitations; rm -rf "$OUT"; mkdir -p "$OUT"
+SOLO=${SOLO:-20}
+# BIN_DIR=DIR runs binaries built before (cloudvpp and cloudvpp-bench) instead of building.
+if [ -z "${BIN_DIR:-}" ]; then
+  cargo build --release -q -p cloudvpp -p cloudvpp-bench
+  BIN_DIR=$PWD/target/release
+fi
+BIN=$BIN_DIR/cloudvpp
+OUT=${OUT:-bench/out/invitations}; rm -rf "$OUT"; mkdir -p "$OUT"
 if [ -n "${BENCH_PG:-}" ]; then
   psql "$BENCH_PG/postgres" -qc "DROP DATABASE IF EXISTS cloudvpp_bench_inv WITH (FORCE)" -c "CREATE DATABASE cloudvpp_bench_inv"
   DB="$BENCH_PG/cloudvpp_bench_inv"
@@ -34,9 +43,9 @@ AB=$(awk '/appsbooks listening/ {print $NF}' "$OUT/serve.out")
 MDM=$(awk '/mdm listening/ {print $NF}' "$OUT/serve.out")
 $BIN appsbooks org create --database "$DB" --name "Bench Org" > "$OUT/org.vpptoken"
 CLOUDVPP_MDM_URL=$MDM $BIN mdm location add --stoken-file "$OUT/org.vpptoken" --appsbooks-url "$AB/mdm/v2" > /dev/null
-echo "enrolling $N simulated iPhones (setup, not measured)"
+echo "enrolling $((N + SOLO)) simulated iPhones (setup, not measured)"
 t0=$(date +%s)
-CLOUDVPP_LOG=warn $BIN simulate enroll --state "$OUT/sim.json" --server "$MDM" --devices "$N" > /dev/null
+CLOUDVPP_LOG=warn $BIN simulate enroll --state "$OUT/sim.json" --server "$MDM" --devices "$((N + SOLO))" > /dev/null
 echo "enrolled in $(( $(date +%s) - t0 ))s"
-timeout 900 target/release/cloudvpp-bench invitations --mdm "$MDM" --api-key bench --state "$OUT/sim.json"
+timeout 900 "$BIN_DIR/cloudvpp-bench" invitations --mdm "$MDM" --api-key bench --state "$OUT/sim.json" --solo "$SOLO"
 echo "warnings logged by the server: $(grep -c WARN "$OUT/serve.err" || true)"

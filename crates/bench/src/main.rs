@@ -62,6 +62,10 @@ struct InvArgs {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Invitations measured alone first, one after another (each on its own device, taken
+    /// from the fleet and left out of the batch).
+    #[arg(long, default_value_t = 20)]
+    solo: usize,
 }
 
 #[derive(Parser)]
@@ -212,15 +216,42 @@ fn loopback(url: &str) -> Result<()> {
     Ok(())
 }
 
-/// One invitation per enrolled device, from request to `associated`: the devices check in
-/// when they have something queued (as a push would make them) and their people accept.
+/// Unix milliseconds now (the server's clock on this machine).
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The `p`th percentile of sorted `v`.
+fn pct(v: &[i64], p: usize) -> i64 {
+    v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+/// First `--solo` invitations alone, one after another (request to `queued`, polled every
+/// 10 ms), then one invitation per remaining enrolled device, from request to `queued` and
+/// to `associated`: the devices check in when they have something queued (as a push would
+/// make them) and their people accept. An invitation stays `queued` until its device is
+/// served, and its `updated_at` is then the moment it was queued.
 async fn invitations(a: InvArgs) -> Result<()> {
     loopback(&a.mdm)?;
     let fleet = cloudvpp_simulator::Fleet::load(&a.state)?;
-    let devices: std::collections::HashMap<String, Arc<cloudvpp_simulator::SimDevice>> = fleet
-        .devices(&a.mdm)?
-        .into_iter()
-        .map(|d| (d.spec.id.clone(), Arc::new(d)))
+    let all: Vec<Arc<cloudvpp_simulator::SimDevice>> =
+        fleet.devices(&a.mdm)?.into_iter().map(Arc::new).collect();
+    if all.len() <= a.solo {
+        bail!(
+            "{} devices enrolled, {} of them for the solo phase",
+            all.len(),
+            a.solo
+        );
+    }
+    let (solo, batch) = all.split_at(a.solo);
+    let devices: std::collections::HashMap<String, Arc<cloudvpp_simulator::SimDevice>> = batch
+        .iter()
+        .map(|d| (d.spec.id.clone(), d.clone()))
         .collect();
     let n = devices.len();
     let http = reqwest::Client::new();
@@ -228,15 +259,88 @@ async fn invitations(a: InvArgs) -> Result<()> {
         http.request(m, format!("{}{}", a.mdm, p))
             .bearer_auth(&a.api_key)
     };
+    let mut served: std::collections::HashSet<String> = std::collections::HashSet::new();
+    if !solo.is_empty() {
+        println!(
+            "== {} invitations alone, one after another, request to queued",
+            solo.len()
+        );
+        let mut client_ms = Vec::new();
+        let mut server_ms = Vec::new();
+        for (i, d) in solo.iter().enumerate() {
+            // Their invitations stay queued: the batch's loop leaves these devices alone.
+            served.insert(d.spec.id.clone());
+            let t = Instant::now();
+            let r = api(reqwest::Method::POST, "/api/v1/invitations")
+                .json(&json!({"client_user_id": format!("solo-person-{i}"), "email": format!("solo{i}@example.com"), "enrollment_id": d.spec.id}))
+                .send()
+                .await?;
+            if !r.status().is_success() {
+                bail!("POST invitations: {}", r.text().await?);
+            }
+            let v: Value = r.json().await?;
+            let id = v["results"][0]["invitation"]["id"]
+                .as_str()
+                .context("no invitation id in the answer")?
+                .to_string();
+            let deadline = t + Duration::from_secs(120);
+            loop {
+                let inv: Value = api(reqwest::Method::GET, &format!("/api/v1/invitations/{id}"))
+                    .send()
+                    .await?
+                    .json()
+                    .await?;
+                let inv = if inv["invitation"].is_object() {
+                    inv["invitation"].clone()
+                } else {
+                    inv
+                };
+                match inv["state"].as_str() {
+                    Some("queued" | "delivered" | "associated") => {
+                        client_ms.push(t.elapsed().as_millis() as i64);
+                        server_ms.push(
+                            inv["updated_at"].as_i64().unwrap_or(0)
+                                - inv["created_at"].as_i64().unwrap_or(0),
+                        );
+                        break;
+                    }
+                    Some("failed") => bail!("solo invitation failed: {inv}"),
+                    _ => {}
+                }
+                if Instant::now() > deadline {
+                    bail!("solo invitation not queued in 120 s: {inv}");
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let all_client = client_ms.clone();
+        client_ms.sort();
+        server_ms.sort();
+        println!(
+            "alone: request to queued median {} ms, p90 {} ms, max {} ms (server's created_at to queued: median {} ms); each: {:?}",
+            pct(&client_ms, 50),
+            pct(&client_ms, 90),
+            client_ms.last().copied().unwrap_or(0),
+            pct(&server_ms, 50),
+            all_client
+        );
+    }
     let ids: Vec<&String> = devices.keys().collect();
-    println!("== {n} invitations, one per device, request to associated");
+    println!("== {n} invitations, one per device, request to queued and to associated");
     let t0 = Instant::now();
+    let t0_ms = unix_ms();
+    // When each invitation was asked for (its request's start), by client_user_id.
+    let mut asked: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     for (c, chunk) in ids.chunks(1000).enumerate() {
         let people: Vec<Value> = chunk
             .iter()
             .enumerate()
             .map(|(i, id)| json!({"client_user_id": format!("bench-person-{}", c * 1000 + i), "email": format!("p{}@example.com", c * 1000 + i), "enrollment_id": id}))
             .collect();
+        let sent = unix_ms();
+        for i in 0..chunk.len() {
+            asked.insert(format!("bench-person-{}", c * 1000 + i), sent);
+        }
         let r = api(reqwest::Method::POST, "/api/v1/invitations")
             .json(&json!({ "invitations": people }))
             .send()
@@ -247,7 +351,8 @@ async fn invitations(a: InvArgs) -> Result<()> {
     }
     println!("submitted in {:.2}s", t0.elapsed().as_secs_f64());
     let deadline = Instant::now() + Duration::from_secs(a.timeout);
-    let mut served: std::collections::HashSet<String> = std::collections::HashSet::new();
+    // Unix ms each invitation was queued at (its updated_at while seen queued).
+    let mut queued_at: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     loop {
         let v: Value = api(
             reqwest::Method::GET,
@@ -257,12 +362,25 @@ async fn invitations(a: InvArgs) -> Result<()> {
         .await?
         .json()
         .await?;
-        let counts = v["counts"].clone();
-        if counts["associated"].as_u64() == Some(n as u64) {
+        // The counts of a listing follow its filter: the state of them all, unfiltered.
+        let all: Value = api(reqwest::Method::GET, "/api/v1/invitations?limit=1")
+            .send()
+            .await?
+            .json()
+            .await?;
+        let counts = all["counts"].clone();
+        if counts["associated"].as_u64() >= Some(n as u64) {
             break;
         }
         if Instant::now() > deadline {
             bail!("timed out: {counts}");
+        }
+        for i in v["invitations"].as_array().into_iter().flatten() {
+            if let (Some(c), Some(at)) = (i["client_user_id"].as_str(), i["updated_at"].as_i64()) {
+                if asked.contains_key(c) {
+                    queued_at.entry(c.to_string()).or_insert(at);
+                }
+            }
         }
         let todo: Vec<Arc<cloudvpp_simulator::SimDevice>> = v["invitations"]
             .as_array()
@@ -311,16 +429,32 @@ async fn invitations(a: InvArgs) -> Result<()> {
         .as_array()
         .into_iter()
         .flatten()
+        .filter(|i| {
+            i["client_user_id"]
+                .as_str()
+                .is_some_and(|c| asked.contains_key(c))
+        })
         .map(|i| i["updated_at"].as_i64().unwrap_or(0) - i["created_at"].as_i64().unwrap_or(0))
         .collect();
     per.sort();
-    let pct = |p: usize| per.get(per.len() * p / 100).copied().unwrap_or(0);
+    let mut to_queued: Vec<i64> = queued_at.iter().map(|(c, at)| at - asked[c]).collect();
+    to_queued.sort();
+    let last_queued = queued_at.values().max().copied().unwrap_or(t0_ms) - t0_ms;
     println!(
-        "invitations: {n} associated in {:.2}s ({:.0}/s); per invitation median {} ms, p90 {} ms, max {} ms",
+        "batch: request to queued median {} ms, p90 {} ms, max {} ms; all {} queued {} ms after the first request (median/total {:.2})",
+        pct(&to_queued, 50),
+        pct(&to_queued, 90),
+        to_queued.last().copied().unwrap_or(0),
+        to_queued.len(),
+        last_queued,
+        pct(&to_queued, 50) as f64 / last_queued.max(1) as f64
+    );
+    println!(
+        "invitations: {n} associated in {:.2}s ({:.0}/s); per invitation to associated median {} ms, p90 {} ms, max {} ms",
         total.as_secs_f64(),
         n as f64 / total.as_secs_f64(),
-        pct(50),
-        pct(90),
+        pct(&per, 50),
+        pct(&per, 90),
         per.last().copied().unwrap_or(0)
     );
     Ok(())

@@ -163,6 +163,10 @@ pub struct MdmOptions {
     /// Milliseconds between incremental user syncs.
     #[arg(long, default_value_t = 60_000)]
     pub sync_interval_ms: u64,
+    /// Longest wait, in milliseconds, between two rounds of the invitation engine when
+    /// nothing wakes it (a new invitation, a notification, an invitation falling due do).
+    #[arg(long, default_value_t = 200)]
+    pub engine_tick_ms: u64,
     /// Milliseconds between looks at the licences free for assignments waiting for
     /// licences (9709), when no ASSET_COUNT notification says some were bought (at least 1000).
     #[arg(long, default_value_t = 300_000)]

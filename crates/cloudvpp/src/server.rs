@@ -554,6 +554,7 @@ async fn build_mdm(
             public_url: opts.public_url.clone().unwrap_or(default_public_url),
             status_poll: Duration::from_millis(opts.status_poll_ms),
             sync_interval: Duration::from_millis(opts.sync_interval_ms),
+            tick: Duration::from_millis(opts.engine_tick_ms.max(1)),
             licence_recheck: Duration::from_millis(opts.licence_recheck_ms.max(1000)),
             lease: Duration::from_millis(opts.engine_lease_ms.unwrap_or(10_000).max(100)),
             clock: clock.clone(),

@@ -41,6 +41,13 @@ fn spawn(
     use std::io::BufRead;
     let ca = env.dir.path().join("ca.pem");
     std::fs::write(&ca, &pki().ca_cert_pem).unwrap();
+    // Fast polling and syncs unless the test sets its own.
+    let mut defaults = Vec::new();
+    for (flag, value) in [("--status-poll-ms", "200"), ("--sync-interval-ms", "1000")] {
+        if !extra.iter().any(|e| e == flag) {
+            defaults.extend([flag, value]);
+        }
+    }
     let mut child = std::process::Command::new(common::BIN)
         .args(["serve", "--api-key", KEY])
         .args([
@@ -54,14 +61,11 @@ fn spawn(
             ca.to_str().unwrap(),
             "--database",
             &env.db(),
-            "--status-poll-ms",
-            "200",
-            "--sync-interval-ms",
-            "1000",
             // After kill -9 the restarted process takes over the dead one's events soon.
             "--lease-ms",
             "3000",
         ])
+        .args(defaults)
         .args(extra)
         .env("CLOUDVPP_LOG", "warn")
         .stdout(std::process::Stdio::piped())
@@ -300,6 +304,41 @@ async fn a_thousand_people_reach_associated_with_notifications_dropped() {
         let users = sys.users_of(&token, &format!("person-{i}")).await;
         assert_eq!(users.len(), 1);
         assert_eq!(users[0]["status"], "Associated");
+    }
+}
+
+/// One invitation reaches `queued` without waiting for a periodic tick, status poll or
+/// sync: with all three a minute apart, the engine reacts to the request, to the end of the
+/// registration event (its first, early status poll, or the USER_MANAGEMENT notification)
+/// and syncs at once then. With notifications, and with every one of them dropped. The
+/// bound is generous on purpose: it only says that nothing waited for a minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_invitation_is_queued_without_waiting_for_a_tick_or_a_poll() {
+    for dropped in ["0", "100"] {
+        let sys = System::start(&[
+            "--status-poll-ms",
+            "60000",
+            "--sync-interval-ms",
+            "60000",
+            "--engine-tick-ms",
+            "60000",
+            "--drop-notifications-percent",
+            dropped,
+        ]);
+        sys.location().await;
+        let devices = sys.devices(1, SimPlatform::Ios).await;
+        let (status, v) = sys
+            .api(
+                reqwest::Method::POST,
+                "/api/v1/invitations",
+                Some(json!({"client_user_id": "alone", "email": "alone@example.com", "enrollment_id": devices[0].spec.id})),
+            )
+            .await;
+        assert_eq!(status, 202, "{v}");
+        until("the invitation queued", 20, async || {
+            sys.invitations().await.1["queued"].as_i64() == Some(1)
+        })
+        .await;
     }
 }
 

@@ -23,6 +23,7 @@ pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool
     let mut licences = crate::licence_worker::LicenceState::default();
     let lease_ms = engine.config.lease.as_millis() as i64;
     loop {
+        let mut next_due = None;
         if *shutdown.borrow() {
             if let Err(e) = engine.store.release_locations(&engine.owner).await {
                 tracing::warn!(error = %e, "releasing location leases");
@@ -47,14 +48,37 @@ pub async fn run(engine: Engine, mut shutdown: tokio::sync::watch::Receiver<bool
                     tracing::warn!(error = %e, "licence round");
                 }
                 renewer.abort();
+                let ids: Vec<LocationId> = held.iter().map(|l| l.id).collect();
+                match engine.store.next_invitation_due(&ids).await {
+                    Ok(due) => next_due = due,
+                    Err(e) => tracing::warn!(error = %e, "next invitation due"),
+                }
             }
             Err(e) => tracing::warn!(error = %e, "claiming locations"),
         }
         tokio::select! {
             _ = engine.wake.notified() => {}
-            _ = tokio::time::sleep(engine.config.tick) => {}
+            _ = tokio::time::sleep(until_next_round(&engine, next_due)) => {}
             _ = shutdown.changed() => {}
         }
+    }
+}
+
+/// The shortest wait between two rounds that are not woken: an invitation still due after
+/// a round (a full page) is looked at again this soon, not at once.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(20);
+
+/// How long the worker sleeps after a round unless woken: until the next invitation of its
+/// locations is due (a status poll, a retry), at most the tick. Invitations are followed
+/// at the times they set, not at the next periodic tick.
+fn until_next_round(engine: &Engine, next_due: Option<i64>) -> Duration {
+    let tick = engine.config.tick;
+    match next_due {
+        Some(at) => {
+            let ms = (at - engine.now_ms()).max(0) as u64;
+            Duration::from_millis(ms).clamp(MIN_ROUND_GAP, tick.max(MIN_ROUND_GAP))
+        }
+        None => tick,
     }
 }
 
@@ -95,6 +119,20 @@ fn warn_expiring(locations: &[Location], warned: &mut HashMap<LocationId, i64>, 
     }
 }
 
+/// Due invitations looked at per round: rounds stay short, so that a large batch's
+/// registrations, status polls and deliveries interleave instead of moving in waves.
+const DUE_PAGE: i64 = 2000;
+
+/// Invitations whose person the mirror shows Registered moved on per pass.
+const READY_PAGE: i64 = 2000;
+
+/// Deliveries (channel lookup, enqueue, record, push) in flight at once.
+const DELIVER_CONCURRENCY: usize = 8;
+
+/// The first status poll of an event comes this soon (or at the polling interval if that is
+/// shorter); later ones, while the event is PENDING, at the polling interval.
+const FIRST_POLL: Duration = Duration::from_millis(200);
+
 async fn tick(
     engine: &Engine,
     locations: &[Location],
@@ -122,7 +160,10 @@ async fn tick(
     }
     observe(engine, &held, cursor).await?;
     let by_id: HashMap<LocationId, &Location> = locations.iter().map(|l| (l.id, l)).collect();
-    let due = engine.store.due_invitations(&held, now, 5000).await?;
+    // Whoever the mirror already shows Registered (a USER_MANAGEMENT notification, a sync)
+    // goes on now, whenever their next look was due.
+    move_registered(engine, &by_id, &held).await?;
+    let due = engine.store.due_invitations(&held, now, DUE_PAGE).await?;
     // The mirror's records of the people still registering: one query per location.
     let mut registering: HashMap<LocationId, Vec<String>> = HashMap::new();
     for inv in due
@@ -142,6 +183,7 @@ async fn tick(
     }
     let mut to_create: HashMap<LocationId, Vec<Invitation>> = HashMap::new();
     let mut to_check: HashMap<(LocationId, String), Vec<Invitation>> = HashMap::new();
+    let mut to_advance = Vec::new();
     for mut inv in due {
         let Some(loc) = by_id.get(&inv.location_id) else {
             continue;
@@ -177,13 +219,80 @@ async fn tick(
                 }
             }
         }
-        advance(engine, loc, inv).await?;
+        to_advance.push(inv);
     }
+    advance_all(engine, &by_id, to_advance).await?;
     for (loc_id, invs) in to_create {
         create_users(engine, by_id[&loc_id], invs).await?;
     }
+    let mut ended: Vec<LocationId> = Vec::new();
     for ((loc_id, event_id), invs) in to_check {
-        check_event(engine, by_id[&loc_id], &event_id, invs).await?;
+        if check_event(engine, by_id[&loc_id], &event_id, invs).await? && !ended.contains(&loc_id) {
+            ended.push(loc_id);
+        }
+    }
+    // An event ended: its people's invite codes are one `sinceVersionId` sync away. Sync
+    // now and deliver in this round, not the next (nor at the next sync interval).
+    for loc_id in &ended {
+        last_sync.insert(*loc_id, engine.now_ms());
+        // Read again: a sync earlier in this round moved its versionId on.
+        let Some(loc) = engine.store.location(*loc_id).await? else {
+            continue;
+        };
+        if let Err(e) = sync(engine, &loc, false).await {
+            tracing::warn!(location = %loc_id, error = %e, "sync failed; will retry");
+            engine.mark_dirty(*loc_id);
+        }
+    }
+    if !ended.is_empty() {
+        move_registered(engine, &by_id, &ended).await?;
+    }
+    Ok(())
+}
+
+/// Moves on the `registering` invitations of `held` whose person the mirror shows
+/// Registered with an invite code: `registered`, then delivered (or the URL handed out).
+async fn move_registered(
+    engine: &Engine,
+    by_id: &HashMap<LocationId, &Location>,
+    held: &[LocationId],
+) -> Result<(), Error> {
+    let ready = engine
+        .store
+        .registered_invitations(held, READY_PAGE)
+        .await?;
+    let mut invs = Vec::with_capacity(ready.len());
+    for (mut inv, person) in ready {
+        let seen = Observed {
+            person: Some(&person),
+            command: None,
+        };
+        let step = machine::step(&inv, seen);
+        if matches!(step, Step::Registered { .. }) {
+            let before = inv.state;
+            machine::apply(&mut inv, &step, engine.now_ms(), repush_ms(engine));
+            // Stored by `advance`, whichever way it goes on.
+            log_change(&inv, before);
+            invs.push(inv);
+        }
+    }
+    advance_all(engine, by_id, invs).await
+}
+
+/// [`advance`] for each of `invs`, a few at once.
+async fn advance_all(
+    engine: &Engine,
+    by_id: &HashMap<LocationId, &Location>,
+    invs: Vec<Invitation>,
+) -> Result<(), Error> {
+    use futures::StreamExt;
+    let mut done = futures::stream::iter(invs.into_iter().filter_map(|inv| {
+        let loc = *by_id.get(&inv.location_id)?;
+        Some(advance(engine, loc, inv))
+    }))
+    .buffer_unordered(DELIVER_CONCURRENCY);
+    while let Some(r) = done.next().await {
+        r?;
     }
     Ok(())
 }
@@ -369,6 +478,7 @@ async fn create_users(engine: &Engine, loc: &Location, invs: Vec<Invitation>) ->
         match result {
             Ok(events) => {
                 let event = events.into_iter().next().unwrap_or_default();
+                let mut sent = Vec::with_capacity(chunk.len());
                 for inv in invs
                     .iter()
                     .filter(|i| ids.contains(i.client_user_id.as_str()))
@@ -378,12 +488,11 @@ async fn create_users(engine: &Engine, loc: &Location, invs: Vec<Invitation>) ->
                     inv.reason = None;
                     inv.updated_at = engine.now_ms();
                     // The first status poll comes soon; later ones at the polling interval.
-                    inv.next_action_at = later(
-                        engine,
-                        engine.config.status_poll.min(Duration::from_millis(500)),
-                    );
-                    engine.store.update_invitation(&inv).await?;
+                    inv.next_action_at = later(engine, engine.config.status_poll.min(FIRST_POLL));
+                    sent.push(inv);
                 }
+                // One transaction per request: the event is recorded for all its people.
+                engine.store.update_invitations(&sent).await?;
             }
             Err(e)
                 if matches!(e.apple_number(), Some(9602 | 9717 | 9714 | 9715))
@@ -411,15 +520,17 @@ async fn create_users(engine: &Engine, loc: &Location, invs: Vec<Invitation>) ->
             Err(e) => {
                 // Rate limited or unreachable: try again later, nothing was created.
                 tracing::warn!(location = %loc.id, error = %e, "users/create; will retry");
-                for inv in invs
+                let retry: Vec<Invitation> = invs
                     .iter()
                     .filter(|i| ids.contains(i.client_user_id.as_str()))
-                {
-                    let mut inv = inv.clone();
-                    inv.reason = Some(format!("retrying registration: {e}"));
-                    inv.next_action_at = later(engine, Duration::from_secs(5));
-                    engine.store.update_invitation(&inv).await?;
-                }
+                    .map(|inv| {
+                        let mut inv = inv.clone();
+                        inv.reason = Some(format!("retrying registration: {e}"));
+                        inv.next_action_at = later(engine, Duration::from_secs(5));
+                        inv
+                    })
+                    .collect();
+                engine.store.update_invitations(&retry).await?;
             }
         }
     }
@@ -448,35 +559,45 @@ async fn mirror_person(
     Ok(())
 }
 
-/// Polls one event for the invitations waiting on it.
+/// Polls one event for the invitations waiting on it. Returns whether it ended with people
+/// registered whom the mirror has yet to learn (a sync brings their invite codes).
 async fn check_event(
     engine: &Engine,
     loc: &Location,
     event_id: &str,
     invs: Vec<Invitation>,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     let client = engine.client(loc);
     let status = match client.event_status(event_id).await {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(location = %loc.id, event_id, error = %e, "status; will retry");
-            for mut inv in invs {
-                inv.next_action_at = later(engine, engine.config.status_poll);
-                engine.store.update_invitation(&inv).await?;
-            }
-            return Ok(());
+            let invs: Vec<Invitation> = invs
+                .into_iter()
+                .map(|mut inv| {
+                    inv.next_action_at = later(engine, engine.config.status_poll);
+                    inv
+                })
+                .collect();
+            engine.store.update_invitations(&invs).await?;
+            return Ok(false);
         }
     };
     if status.event_status == "PENDING" {
-        for mut inv in invs {
-            inv.reason = Some(format!(
-                "registering: {}/{} done",
-                status.num_completed, status.num_requested
-            ));
-            inv.next_action_at = later(engine, engine.config.status_poll);
-            engine.store.update_invitation(&inv).await?;
-        }
-        return Ok(());
+        // Apple asks for the polling interval between two looks at a PENDING event.
+        let invs: Vec<Invitation> = invs
+            .into_iter()
+            .map(|mut inv| {
+                inv.reason = Some(format!(
+                    "registering: {}/{} done",
+                    status.num_completed, status.num_requested
+                ));
+                inv.next_action_at = later(engine, engine.config.status_poll);
+                inv
+            })
+            .collect();
+        engine.store.update_invitations(&invs).await?;
+        return Ok(false);
     }
     // The event ended: the mirror learns the new users by the next sync (now), or by the
     // USER_MANAGEMENT notification if it arrived.
@@ -491,6 +612,7 @@ async fn check_event(
         })
         .collect();
     let mut need_sync = false;
+    let mut waiting = Vec::new();
     for mut inv in invs {
         match failed.get(inv.client_user_id.as_str()) {
             Some(err) if err.error_number == 9716 => {
@@ -516,15 +638,14 @@ async fn check_event(
                 }
                 inv.reason =
                     Some("registered at Apps and Books; waiting for the invite code".into());
+                // Normally moved on in this round, after the sync; else looked at again soon.
                 inv.next_action_at = later(engine, Duration::from_millis(300));
-                engine.store.update_invitation(&inv).await?;
+                waiting.push(inv);
             }
         }
     }
-    if need_sync {
-        engine.mark_dirty(loc.id);
-    }
-    Ok(())
+    engine.store.update_invitations(&waiting).await?;
+    Ok(need_sync)
 }
 
 /// Moves a registered (or queued and unanswered) invitation on.

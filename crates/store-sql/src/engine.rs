@@ -831,6 +831,64 @@ impl EngineStore for SqlStore {
             .collect()
     }
 
+    #[tracing::instrument(skip(self, location_ids), fields(locations = location_ids.len()), level = "debug")]
+    async fn registered_invitations(
+        &self,
+        location_ids: &[LocationId],
+        limit: i64,
+    ) -> Result<Vec<(Invitation, MirrorUser)>> {
+        if location_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {INV_COLS}, m.status AS m_status, m.invite_code AS m_invite_code, m.id_hash AS m_id_hash,
+               m.email AS m_email
+             FROM engine_invitations i JOIN engine_mirror m
+               ON m.location_id = i.location_id AND m.client_user_id = i.client_user_id
+             WHERE i.state = $1 AND i.location_id IN ({}) AND m.status = $2
+               AND m.invite_code IS NOT NULL
+             ORDER BY i.created_at LIMIT $3",
+            id_list(location_ids),
+        ))
+        .bind(InvitationState::Registering.as_str())
+        .bind(UserStatus::Registered.as_str())
+        .bind(limit)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(err)?;
+        rows.iter()
+            .map(|r| {
+                let inv = invitation_from_row(r)?;
+                let m = MirrorUser {
+                    client_user_id: inv.client_user_id.clone(),
+                    status: row::parsed(r, "m_status", UserStatus::parse)?,
+                    invite_code: row::get(r, "m_invite_code")?,
+                    id_hash: row::get(r, "m_id_hash")?,
+                    email: row::get(r, "m_email")?,
+                };
+                Ok((inv, m))
+            })
+            .collect()
+    }
+
+    #[tracing::instrument(skip(self, location_ids), fields(locations = location_ids.len()), level = "debug")]
+    async fn next_invitation_due(&self, location_ids: &[LocationId]) -> Result<Option<i64>> {
+        if location_ids.is_empty() {
+            return Ok(None);
+        }
+        // The partial index `engine_invitations_due` (non-terminal, by next_action_at).
+        let row = sqlx::query(&format!(
+            "SELECT MIN(i.next_action_at) AS due FROM engine_invitations i
+             WHERE i.state NOT IN ({}) AND i.location_id IN ({})",
+            terminal_states(),
+            id_list(location_ids)
+        ))
+        .fetch_one(&self.reader)
+        .await
+        .map_err(err)?;
+        row::get(&row, "due")
+    }
+
     #[tracing::instrument(skip(self), level = "debug")]
     async fn claim_locations(&self, owner: &str, now: i64, lease_ms: i64) -> Result<Vec<Location>> {
         // One statement: on PostgreSQL a row another instance is claiming at the same

@@ -465,6 +465,17 @@ pub trait EngineStore: Send + Sync + 'static {
         location_ids: &[LocationId],
         limit: i64,
     ) -> Result<Vec<(Invitation, MirrorUser)>>;
+    /// `registering` invitations whose person the mirror already shows Registered with an
+    /// invite code (an event of theirs ended, a notification or a sync brought them), with
+    /// that record, whenever their next look is due: the engine moves them on at once.
+    async fn registered_invitations(
+        &self,
+        location_ids: &[LocationId],
+        limit: i64,
+    ) -> Result<Vec<(Invitation, MirrorUser)>>;
+    /// The earliest `next_action_at` of the non-terminal invitations of these locations
+    /// (when the engine has something to do next), if any.
+    async fn next_invitation_due(&self, location_ids: &[LocationId]) -> Result<Option<i64>>;
     /// Takes or renews the leases of locations for `owner` until `now + lease_ms`: the
     /// ones it holds, and those no one holds or whose lease ran out. Returns the locations
     /// it now holds; only their engine work is this owner's to do.
