@@ -95,6 +95,10 @@ fn listen(url: String, signals: Weak<QueueSignals>) {
     });
 }
 
+/// How long a remembered answer is trusted at most: a writer that died between its commit
+/// and its NOTIFY is made up for within this.
+const RESET: Duration = Duration::from_secs(60);
+
 /// One connection's worth of listening; `Ok` when the store is gone.
 async fn hear(url: &str, signals: &Weak<QueueSignals>) -> std::result::Result<(), sqlx::Error> {
     let mut listener = sqlx::postgres::PgListener::connect(url).await?;
@@ -103,12 +107,18 @@ async fn hear(url: &str, signals: &Weak<QueueSignals>) -> std::result::Result<()
         Some(s) => s.set_live(true),
         None => return Ok(()),
     }
+    let mut reset = tokio::time::Instant::now() + RESET;
+    // Ticks whatever the traffic: notices a dropped store, and resets on time.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let message = tokio::select! {
             m = listener.try_recv() => m?,
-            // Notice a dropped store even when nothing is sent.
-            () = tokio::time::sleep(Duration::from_secs(1)) => {
-                if signals.strong_count() == 0 { return Ok(()); }
+            _ = tick.tick() => {
+                let Some(s) = signals.upgrade() else { return Ok(()) };
+                if tokio::time::Instant::now() >= reset {
+                    s.remote_changed_all();
+                    reset += RESET;
+                }
                 continue;
             }
         };

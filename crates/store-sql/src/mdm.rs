@@ -97,7 +97,6 @@ impl MdmStore for SqlStore {
         // A binding that changes voids the certificate other instances remember for the device.
         let signals = self.signals.writing([device_id.as_str()]);
         let mut tx = self.begin_write().await?;
-        self.notify_signals(&mut tx, signals.slots()).await?;
         let existing =
             sqlx::query("SELECT device_id, replaced_at FROM mdm_cert_auth WHERE sha256 = $1")
                 .bind(sha256)
@@ -159,6 +158,7 @@ impl MdmStore for SqlStore {
             other => other,
         })?;
         tx.commit().await.map_err(err)?;
+        self.notify_signals(signals.slots()).await;
         Ok(previous)
     }
 
@@ -351,7 +351,6 @@ impl MdmStore for SqlStore {
         // these enrollments stop trusting "empty" until it is over.
         let signals = self.signals.writing(ids.iter().map(EnrollmentId::as_str));
         let mut tx = self.begin_write().await?;
-        self.notify_signals(&mut tx, signals.slots()).await?;
         sqlx::query("INSERT INTO mdm_commands (command_uuid, request_type, command, created_at) VALUES ($1, $2, $3, $4)")
             .bind(cmd.command_uuid.as_str())
             .bind(&cmd.request_type)
@@ -399,6 +398,7 @@ impl MdmStore for SqlStore {
             q.execute(&mut *tx).await.map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
+        self.notify_signals(signals.slots()).await;
         Ok(queued)
     }
 
@@ -551,16 +551,16 @@ impl MdmStore for SqlStore {
 pub const SIGNALS_CHANNEL: &str = "cloudvpp_mdm_signals";
 
 impl SqlStore {
-    /// Tells other instances which slots this transaction changes. A NOTIFY is delivered
-    /// at commit and only then, so a listener never hears of a write that rolled back, nor
-    /// too early. SQLite's processes share the slots' memory instead.
-    async fn notify_signals(
-        &self,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        slots: &[usize],
-    ) -> Result<()> {
+    /// Tells other instances which slots a committed write changed. Sent after the commit,
+    /// on its own: PostgreSQL serialises the commits of transactions that NOTIFY (a
+    /// database-wide lock held through the WAL flush), which made every enqueue and every
+    /// Authenticate wait for the previous one's flush. A NOTIFY alone writes no WAL. If
+    /// the process dies between the commit and this, the listeners' periodic reset
+    /// (`store-postgres`) bounds how long others trust what they remembered. SQLite's
+    /// processes share the slots' memory instead.
+    async fn notify_signals(&self, slots: &[usize]) {
         if self.dialect != crate::Dialect::Postgres || slots.is_empty() {
-            return Ok(());
+            return;
         }
         let mut payload = slots
             .iter()
@@ -571,12 +571,13 @@ impl SqlStore {
         if payload.len() > 7000 {
             payload = "*".into();
         }
-        sqlx::query("SELECT pg_notify($1, $2)")
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(SIGNALS_CHANNEL)
             .bind(payload)
-            .execute(&mut **tx)
+            .execute(&self.writer)
             .await
-            .map_err(err)?;
-        Ok(())
+        {
+            tracing::warn!(error = %e, "telling other instances of a queued command failed; they notice within a minute");
+        }
     }
 }
