@@ -52,10 +52,13 @@ for i in $(seq "$INSTANCES"); do
 done
 BASE=$(IFS=,; echo "${BASES[*]}")
 echo "servers $BASE (pids ${PIDS[*]}), database $URL"
-# The servers' pids, for their CPU time per page of the sync (NO_PIDS=1: an older load
-# generator without --pids).
-PIDARGS=(--pids "$(IFS=,; echo "${PIDS[*]}")"); [ "${NO_PIDS:-0}" = 1 ] && PIDARGS=()
+# The servers' pids, for their CPU time per page of the sync (OLD_BENCH=1: a load
+# generator from before --pids and appsbooks-local).
+PIDARGS=(--pids "$(IFS=,; echo "${PIDS[*]}")"); [ "${OLD_BENCH:-0}" = 1 ] && PIDARGS=()
 timeout 1800 "$BENCH" appsbooks --base "$BASE" --token "$TOKEN" --total "$TOTAL" --create "$CREATE" "${PIDARGS[@]}"
+# The same full sync in-process (store reads and serialisation, no HTTP, no
+# authentication): the floor the HTTP sync above is compared with.
+[ "${OLD_BENCH:-0}" = 1 ] || timeout 600 "$BENCH" appsbooks-local --database "$URL" --runs 2
 # The servers' CPU for the whole run (user + system, from /proc): steadier than wall time
 # on a small, shared machine.
 cpu=0; for p in "${PIDS[@]}"; do cpu=$(( cpu + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done
