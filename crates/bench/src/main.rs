@@ -105,6 +105,9 @@ struct Args {
     /// Samples of the sinceVersionId page.
     #[arg(long, default_value_t = 500)]
     samples: usize,
+    /// Stop after the full sync (A/B runs of the sync alone).
+    #[arg(long)]
+    sync_only: bool,
     /// The servers' process ids (comma-separated): their CPU time (user + system, from
     /// /proc) during the full sync is reported per page.
     #[arg(long, value_delimiter = ',')]
@@ -529,6 +532,9 @@ async fn appsbooks(a: Args) -> Result<()> {
         );
     }
 
+    if a.sync_only {
+        return Ok(());
+    }
     println!("== page latency by index (no OFFSET growth)");
     for idx in [0, pages / 2, pages - 1] {
         let mut lat = Vec::new();
