@@ -6,7 +6,10 @@
 #   - a sinceVersionId page holding 100 changes (median)
 # Usage: bench/appsbooks.sh [TOTAL_USERS] [CREATE_USERS]   (defaults 1000000 100000)
 # Loopback only; every phase is bounded; the server is stopped at the end.
-# BENCH_PG=postgres://postgres@127.0.0.1:5432 runs it on a fresh PostgreSQL database.
+# BENCH_PG=postgres://postgres@127.0.0.1:5432 runs it on a fresh PostgreSQL database
+# (BENCH_DB names it: cloudvpp_bench_ab by default).
+# REUSE=1 keeps the database (and its organisation's token) of the previous run with the same
+# backend, so that a run after the first skips the seeding (the sync phases still read all).
 # INSTANCES=2 runs two appsbooks instances on the one database; the client sends its
 # requests round-robin over them (so a full sync alternates instances page by page).
 set -euo pipefail
@@ -14,18 +17,29 @@ cd "$(dirname "$0")/.."
 TOTAL=${1:-1000000}
 CREATE=${2:-100000}
 INSTANCES=${INSTANCES:-1}
-# CLOUDVPP_BIN=path compares another build of the service (A/B runs) on the same load.
-cargo build --release -q -p cloudvpp -p cloudvpp-bench
+# CLOUDVPP_BIN=path compares another build of the service (A/B runs) on the same load;
+# BENCH_BIN=path another build of the load generator; NO_BUILD=1 builds nothing.
+[ "${NO_BUILD:-0}" = 1 ] || cargo build --release -q -p cloudvpp -p cloudvpp-bench
+BENCH=${BENCH_BIN:-target/release/cloudvpp-bench}
 OUT=bench/out; mkdir -p "$OUT"
-if [ -n "${BENCH_PG:-}" ]; then
-  psql "$BENCH_PG/postgres" -qc "DROP DATABASE IF EXISTS cloudvpp_bench_ab WITH (FORCE)" -c "CREATE DATABASE cloudvpp_bench_ab"
-  URL="$BENCH_PG/cloudvpp_bench_ab"
-else
-  DB="$OUT/appsbooks-bench.db"; rm -f "$DB" "$DB-wal" "$DB-shm"
-  URL="sqlite://$DB"
-fi
 BIN=${CLOUDVPP_BIN:-target/release/cloudvpp}
-TOKEN=$($BIN appsbooks org create --database "$URL" --name Bench)
+if [ -n "${BENCH_PG:-}" ]; then
+  PGDB=${BENCH_DB:-cloudvpp_bench_ab}
+  URL="$BENCH_PG/$PGDB"; TOKFILE="$OUT/appsbooks-bench-pg-$PGDB.token"
+else
+  DB="$OUT/appsbooks-bench.db"; URL="sqlite://$DB"; TOKFILE="$DB.token"
+fi
+if [ "${REUSE:-0}" = 1 ] && [ -s "$TOKFILE" ]; then
+  TOKEN=$(cat "$TOKFILE")
+else
+  if [ -n "${BENCH_PG:-}" ]; then
+    psql "$BENCH_PG/postgres" -qc "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)" -c "CREATE DATABASE $PGDB"
+  else
+    rm -f "$DB" "$DB-wal" "$DB-shm"
+  fi
+  TOKEN=$($BIN appsbooks org create --database "$URL" --name Bench)
+  echo "$TOKEN" > "$TOKFILE"
+fi
 # Apple's example rate limit (15/s) would make this a benchmark of the limiter.
 PIDS=(); BASES=()
 trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
@@ -38,7 +52,13 @@ for i in $(seq "$INSTANCES"); do
 done
 BASE=$(IFS=,; echo "${BASES[*]}")
 echo "servers $BASE (pids ${PIDS[*]}), database $URL"
-timeout 1800 target/release/cloudvpp-bench appsbooks --base "$BASE" --token "$TOKEN" --total "$TOTAL" --create "$CREATE"
+# The servers' pids, for their CPU time per page of the sync (OLD_BENCH=1: a load
+# generator from before --pids and appsbooks-local).
+PIDARGS=(--pids "$(IFS=,; echo "${PIDS[*]}")"); [ "${OLD_BENCH:-0}" = 1 ] && PIDARGS=()
+timeout 1800 "$BENCH" appsbooks --base "$BASE" --token "$TOKEN" --total "$TOTAL" --create "$CREATE" "${PIDARGS[@]}"
+# The same full sync in-process (store reads and serialisation, no HTTP, no
+# authentication): the floor the HTTP sync above is compared with.
+[ "${OLD_BENCH:-0}" = 1 ] || timeout 600 "$BENCH" appsbooks-local --database "$URL" --runs 2
 # The servers' CPU for the whole run (user + system, from /proc): steadier than wall time
 # on a small, shared machine.
 cpu=0; for p in "${PIDS[@]}"; do cpu=$(( cpu + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done

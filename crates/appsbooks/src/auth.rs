@@ -51,9 +51,11 @@ impl FromRequestParts<AppState> for OrgContext {
         {
             return Err(errors::INVALID_AUTHORIZATION_HEADER.into());
         }
-        let record = state
+        // The token and its organisation in one read, every request: a revoked or renewed
+        // token stops working at once, on every instance (no cache to outlive it).
+        let (record, org) = state
             .store
-            .find_token(token)
+            .find_token_with_org(token)
             .await?
             .ok_or(errors::LOGIN_REQUIRED)?;
         if record.revoked {
@@ -62,7 +64,6 @@ impl FromRequestParts<AppState> for OrgContext {
         if record.expires_at <= state.config.clock.now_ms() / 1000 {
             return Err(errors::TOKEN_EXPIRED.into());
         }
-        // Counted before the organisation is loaded: a refused request skips that read.
         let per_second = state
             .limits
             .get(crate::limits::Limit::MaxRequestPerSecond)
@@ -73,11 +74,6 @@ impl FromRequestParts<AppState> for OrgContext {
                 ..errors::TOO_MANY_REQUESTS.into()
             });
         }
-        let org = state
-            .store
-            .get_org(record.org_id)
-            .await?
-            .ok_or(errors::LOGIN_REQUIRED)?;
         Ok(OrgContext {
             org,
             token_expires_at: record.expires_at,

@@ -47,8 +47,13 @@ impl Limits {
         map
     }
 
-    /// One limit.
+    /// One limit (every request reads one: without copying the map while it is fresh).
     pub async fn get(&self, limit: Limit) -> i64 {
+        if let Some((at, map)) = self.cache.lock().expect("lock").as_ref() {
+            if at.elapsed() < REFRESH {
+                return value(map, limit);
+            }
+        }
         value(&self.all().await, limit)
     }
 }

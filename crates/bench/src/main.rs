@@ -11,11 +11,31 @@ use std::time::{Duration, Instant};
 enum Cmd {
     /// Apps and Books: creation, full sync, paging, sinceVersionId (bench/appsbooks.sh).
     Appsbooks(Args),
+    /// Apps and Books: the full sync's work in-process, without HTTP: every page of Get
+    /// Users read through the store and serialised as the service does
+    /// (`users::users_page_body`), on the database a `bench/appsbooks.sh` run left.
+    AppsbooksLocal(LocalArgs),
     /// The invitation engine end to end (bench/invitations.sh).
     Invitations(InvArgs),
     /// Licences: associate one app to many users, then a full Get Assignments sync
     /// (bench/assets.sh).
     Assets(AssetArgs),
+}
+
+#[derive(Parser)]
+struct LocalArgs {
+    /// The database, as `cloudvpp --database` takes it (sqlite://PATH or postgres://...).
+    #[arg(long)]
+    database: String,
+    /// The organisation, by uId or name.
+    #[arg(long, default_value = "Bench")]
+    org: String,
+    /// Users a page (the service's default).
+    #[arg(long, default_value_t = 1000)]
+    page_size: i64,
+    /// Full syncs to time.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
 }
 
 #[derive(Parser)]
@@ -89,6 +109,49 @@ struct Args {
     /// Samples of the sinceVersionId page.
     #[arg(long, default_value_t = 500)]
     samples: usize,
+    /// Stop after the full sync (A/B runs of the sync alone).
+    #[arg(long)]
+    sync_only: bool,
+    /// The servers' process ids (comma-separated): their CPU time (user + system, from
+    /// /proc) during the full sync is reported per page.
+    #[arg(long, value_delimiter = ',')]
+    pids: Vec<u32>,
+}
+
+/// What a syncing client reads of a Get Users page: typed, as a real client parses it
+/// (parsing into `serde_json::Value` would cost the client more than the server's work).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SyncPage {
+    users: Vec<SyncUser>,
+    next_page_index: Option<u64>,
+    version_id: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // read as a client would, then dropped
+struct SyncUser {
+    client_user_id: String,
+    email: Option<String>,
+    id_hash: Option<String>,
+    invite_code: Option<String>,
+    status: String,
+}
+
+/// CPU time (user + system) of the processes, in seconds, from /proc; None off Linux.
+fn cpu_seconds(pids: &[u32]) -> Option<f64> {
+    let tick = 100.0; // USER_HZ: 100 on every Linux this runs on
+    let mut sum = 0.0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces), from field 3 on.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        let (utime, stime): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+        sum += (utime + stime) / tick;
+    }
+    Some(sum)
 }
 
 struct Client {
@@ -118,6 +181,21 @@ impl Client {
             bail!("GET {path}: {status} {v}");
         }
         Ok(v)
+    }
+    /// A Get Users page, typed.
+    async fn page(&self, path: &str) -> Result<SyncPage> {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = r.status();
+        let body = r.bytes().await?;
+        if !status.is_success() {
+            bail!("GET {path}: {status} {}", String::from_utf8_lossy(&body));
+        }
+        Ok(serde_json::from_slice(&body)?)
     }
     async fn create(&self, from: usize, n: usize, prefix: &str) -> Result<String> {
         let users: Vec<Value> = (from..from + n)
@@ -200,9 +278,66 @@ fn p99(v: &mut [Duration]) -> Duration {
 async fn main() -> Result<()> {
     match Cmd::parse() {
         Cmd::Appsbooks(a) => appsbooks(a).await,
+        Cmd::AppsbooksLocal(a) => appsbooks_local(a).await,
         Cmd::Invitations(a) => invitations(a).await,
         Cmd::Assets(a) => assets(a).await,
     }
+}
+
+/// Every page of Get Users read and serialised in-process, `runs` times.
+async fn appsbooks_local(a: LocalArgs) -> Result<()> {
+    use cloudvpp_appsbooks::{auth::OrgContext, users::users_page_body};
+    use cloudvpp_store::{UserFilter, UserOrder};
+    let store = cloudvpp::server::open_existing_db(&a.database).await?;
+    let org = store
+        .find_org(&a.org)
+        .await?
+        .with_context(|| format!("no organisation {:?}", a.org))?;
+    let token_expires_at = store.current_token_expiry(org.id).await?.unwrap_or(0);
+    let ctx = OrgContext {
+        org,
+        token_expires_at,
+    };
+    let size = a.page_size.max(1);
+    for run in 1..=a.runs {
+        let (mut read, mut write) = (Duration::ZERO, Duration::ZERO);
+        let (mut page, mut users, mut bytes) = (0i64, 0usize, 0usize);
+        let t0 = Instant::now();
+        loop {
+            let t = Instant::now();
+            let found = store
+                .list_users_page(
+                    ctx.org.id,
+                    UserOrder::Created,
+                    &UserFilter::default(),
+                    page * size,
+                    size,
+                )
+                .await?;
+            read += t.elapsed();
+            let total_pages = (found.total + size - 1) / size;
+            users += found.users.len();
+            let t = Instant::now();
+            let body = users_page_body(&ctx, page, total_pages, found.users)
+                .map_err(|e| anyhow::anyhow!("serialising: {}", e.error.number))?;
+            write += t.elapsed();
+            bytes += body.0.len();
+            page += 1;
+            if page >= total_pages {
+                break;
+            }
+        }
+        let took = t0.elapsed();
+        println!(
+            "in-process sync {run}: {users} users, {page} pages, {:.1} MB in {:.2}s ({:.2} ms/page: read {:.2}, serialise {:.2})",
+            bytes as f64 / 1e6,
+            took.as_secs_f64(),
+            took.as_secs_f64() * 1000.0 / page as f64,
+            read.as_secs_f64() * 1000.0 / page as f64,
+            write.as_secs_f64() * 1000.0 / page as f64,
+        );
+    }
+    Ok(())
 }
 
 fn loopback(url: &str) -> Result<()> {
@@ -503,26 +638,37 @@ async fn appsbooks(a: Args) -> Result<()> {
     }
 
     println!("== full sync: every page of GET users, one client (round-robin over the instances)");
+    let cpu0 = cpu_seconds(&a.pids);
     let t0 = Instant::now();
     let (mut page, mut count, mut pages) = (0u64, 0usize, 0usize);
     let mut first_version = None;
     loop {
-        let v = c.get(&format!("/mdm/v2/users?pageIndex={page}")).await?;
-        first_version.get_or_insert_with(|| v["versionId"].as_str().unwrap().to_string());
-        count += v["users"].as_array().map(|u| u.len()).unwrap_or(0);
+        let v = c.page(&format!("/mdm/v2/users?pageIndex={page}")).await?;
+        first_version.get_or_insert(v.version_id);
+        count += v.users.len();
         pages += 1;
-        match v["nextPageIndex"].as_u64() {
+        match v.next_page_index {
             Some(n) => page = n,
             None => break,
         }
     }
     let took = t0.elapsed();
     println!(
-        "full sync: {count} users, {pages} pages in {:.2}s ({:.1} ms/page)",
+        "full sync: {count} users, {pages} pages in {:.2}s ({:.2} ms/page)",
         took.as_secs_f64(),
         took.as_secs_f64() * 1000.0 / pages as f64
     );
+    if let (Some(c0), Some(c1), false) = (cpu0, cpu_seconds(&a.pids), a.pids.is_empty()) {
+        println!(
+            "full sync: server CPU {:.2} s ({:.2} ms/page)",
+            c1 - c0,
+            (c1 - c0) * 1000.0 / pages as f64
+        );
+    }
 
+    if a.sync_only {
+        return Ok(());
+    }
     println!("== page latency by index (no OFFSET growth)");
     for idx in [0, pages / 2, pages - 1] {
         let mut lat = Vec::new();

@@ -64,6 +64,57 @@ async fn add_users(b: &Backend, org: &Org, users: &[(&str, UserStatus)]) -> Vec<
     added
 }
 
+/// A page carries every value as stored: quotes, backslashes, any Unicode, NULLs (the
+/// page's rows travel as one JSON text on some backends), in every kind of listing.
+pub async fn page_values_round_trip(b: &Backend) {
+    let o = org(b, "2101").await;
+    let odd = [
+        "q\"uote",
+        "back\\slash",
+        "ünï €",
+        "emoji 🎒",
+        "tab\u{2028}sep",
+        "[1,\"x\"]",
+    ];
+    let mut users: Vec<(&str, UserStatus)> =
+        odd.iter().map(|c| (*c, UserStatus::Registered)).collect();
+    users.push(("gone", UserStatus::Retired));
+    users.push(("bound", UserStatus::Associated));
+    let mut added = add_users(b, &o, &users).await;
+    // NULLs where the columns allow them.
+    b.exec("UPDATE users SET email = NULL, invite_code = NULL WHERE client_user_id = 'gone'")
+        .await;
+    let gone = added
+        .iter_mut()
+        .find(|u| u.client_user_id == "gone")
+        .unwrap();
+    (gone.email, gone.invite_code) = (None, None);
+    let all = UserFilter::default();
+    let p = page(b, &o, UserOrder::Created, &all, 0, 100).await;
+    assert_eq!((p.total, &p.users), (added.len() as i64, &added));
+    let p = page(b, &o, UserOrder::Created, &all, 2, 3).await;
+    assert_eq!(p.users, added[2..5]);
+    let p = page(b, &o, UserOrder::ChangedSince(0), &all, 0, 100).await;
+    assert_eq!(p.users, added);
+    let active = UserFilter {
+        active_only: true,
+        ..Default::default()
+    };
+    let p = page(b, &o, UserOrder::Created, &active, 0, 100).await;
+    let want: Vec<_> = added
+        .iter()
+        .filter(|u| u.client_user_id != "gone")
+        .cloned()
+        .collect();
+    assert_eq!((p.total, p.users), (want.len() as i64, want));
+    // Past the end: the listing's size, no records.
+    let p = page(b, &o, UserOrder::Created, &all, 8, 100).await;
+    assert_eq!((p.total, p.users.len()), (8, 0));
+    let empty = org(b, "2102").await;
+    let p = page(b, &empty, UserOrder::Created, &all, 0, 100).await;
+    assert_eq!((p.total, p.users.len()), (0, 0));
+}
+
 /// One page of a listing, unwrapped.
 async fn page(
     b: &Backend,
@@ -121,6 +172,37 @@ pub async fn orgs_tokens_and_limits(b: &Backend) {
             .revoked
     );
     assert!(!b.store.find_token("fresh").await.unwrap().unwrap().revoked);
+    // The token with its organisation, in one read, as authentication takes them.
+    let (t, o) = b.store.find_token_with_org("fresh").await.unwrap().unwrap();
+    assert_eq!(
+        (t.org_id, t.revoked, t.expires_at),
+        (a.id, false, 2_100_000_000)
+    );
+    assert_eq!(
+        (o.id, o.uid.as_str(), o.name.as_str()),
+        (a.id, "1001", "Org 1001")
+    );
+    assert_eq!(o.secret, a.secret);
+    let (t, o) = b
+        .store
+        .find_token_with_org("token-1001")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((t.org_id, t.revoked, o.id), (a.id, true, a.id));
+    let (t, o) = b
+        .store
+        .find_token_with_org("token-1002")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((t.org_id, o.id, o.uid.as_str()), (c.id, c.id, "1002"));
+    assert!(b
+        .store
+        .find_token_with_org("token-100")
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(
         b.store.current_token_expiry(a.id).await.unwrap(),
         Some(2_100_000_000)

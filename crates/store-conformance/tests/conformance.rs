@@ -3,6 +3,7 @@
 cloudvpp_store_conformance::conformance!(
     appsbooks::orgs_tokens_and_limits,
     appsbooks::user_windows_and_filters,
+    appsbooks::page_values_round_trip,
     appsbooks::filtered_pages_are_full_and_exact,
     appsbooks::org_transaction_reads,
     appsbooks::org_transactions_are_all_or_nothing,

@@ -170,17 +170,20 @@ pub struct UserRecord {
 
 impl UserRecord {
     /// The user as Apple shows it: a retired user shows no invite code.
-    pub fn to_response(&self) -> ResponseUser {
+    pub fn into_response(self) -> ResponseUser {
+        let hidden = matches!(self.status, UserStatus::Retired | UserStatus::Deleted);
         ResponseUser {
-            client_user_id: self.client_user_id.clone(),
-            email: self.email.clone(),
-            id_hash: self.id_hash.clone(),
-            invite_code: match self.status {
-                UserStatus::Retired | UserStatus::Deleted => None,
-                _ => self.invite_code.clone(),
-            },
+            client_user_id: self.client_user_id,
+            email: self.email,
+            id_hash: self.id_hash,
+            invite_code: if hidden { None } else { self.invite_code },
             status: self.status,
         }
+    }
+
+    /// [`UserRecord::into_response`] of a copy.
+    pub fn to_response(&self) -> ResponseUser {
+        self.clone().into_response()
     }
 }
 
@@ -710,6 +713,10 @@ pub trait AppsBooksStore: Send + Sync + 'static {
     async fn renew_token(&self, org_id: OrgId, stoken: &str, expires_at: i64) -> Result<()>;
     /// Looks a whole sToken string up (by its digest: tokens are only compared).
     async fn find_token(&self, stoken: &str) -> Result<Option<TokenRecord>>;
+    /// [`AppsBooksStore::find_token`] and the organisation it belongs to, in one read:
+    /// what authenticating a request needs (None when the token, or its organisation,
+    /// is unknown).
+    async fn find_token_with_org(&self, stoken: &str) -> Result<Option<(TokenRecord, Org)>>;
     /// Latest token expiry of an org (for display).
     async fn current_token_expiry(&self, org_id: OrgId) -> Result<Option<i64>>;
     /// Replaces the client config.
