@@ -31,6 +31,9 @@ pub enum SimulateCommand {
         /// ios, macos, shared-ipad or user-enrollment.
         #[arg(long, default_value = "ios")]
         platform: SimPlatform,
+        /// Devices enrolling at once (a fleet does not enroll in one instant).
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
     },
     /// Every device polls each channel once and answers its commands.
     Poll {
@@ -98,6 +101,7 @@ pub async fn run(cmd: SimulateCommand) -> Result<()> {
             server,
             devices,
             platform,
+            concurrency,
         } => {
             let mut fleet = Fleet::load(&state)?;
             let pki = fleet.pki.clone();
@@ -111,8 +115,11 @@ pub async fn run(cmd: SimulateCommand) -> Result<()> {
             fleet.devices.extend(specs);
             let live = fleet.devices(&server)?;
             let mut set = tokio::task::JoinSet::new();
+            let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
             for d in live.into_iter().skip(start) {
+                let slots = slots.clone();
                 set.spawn(async move {
+                    let _slot = slots.acquire_owned().await;
                     let r = d.enroll().await;
                     (d.spec.enrollment_ids(), r)
                 });
