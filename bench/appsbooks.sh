@@ -34,6 +34,10 @@ if [ "${REUSE:-0}" = 1 ] && [ -s "$TOKFILE" ]; then
 else
   if [ -n "${BENCH_PG:-}" ]; then
     psql "$BENCH_PG/postgres" -qc "DROP DATABASE IF EXISTS $PGDB WITH (FORCE)" -c "CREATE DATABASE $PGDB"
+    # A server without autovacuum keeps no statistics and never reclaims dead rows: the
+    # planner guesses and scans bloat, and the figures say more about that than about us.
+    [ "$(psql "$BENCH_PG/postgres" -qtAc "SHOW autovacuum")" = on ] ||
+      echo "WARNING: autovacuum is off on this PostgreSQL (ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf();)" >&2
   else
     rm -f "$DB" "$DB-wal" "$DB-shm"
   fi

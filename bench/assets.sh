@@ -16,6 +16,10 @@ cargo build --release -q -p cloudvpp -p cloudvpp-bench
 OUT=bench/out; mkdir -p "$OUT"
 if [ -n "${BENCH_PG:-}" ]; then
   psql "$BENCH_PG/postgres" -qc "DROP DATABASE IF EXISTS cloudvpp_bench_assets WITH (FORCE)" -c "CREATE DATABASE cloudvpp_bench_assets"
+  # A server without autovacuum keeps no statistics and never reclaims dead rows: the
+  # planner guesses and scans bloat, and the figures say more about that than about us.
+  [ "$(psql "$BENCH_PG/postgres" -qtAc "SHOW autovacuum")" = on ] ||
+    echo "WARNING: autovacuum is off on this PostgreSQL (ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf();)" >&2
   URL="$BENCH_PG/cloudvpp_bench_assets"
 else
   DB="$OUT/assets-bench.db"; rm -f "$DB" "$DB-wal" "$DB-shm"

@@ -28,6 +28,10 @@ BIN=${CLOUDVPP_BIN:-$PWD/target/release/cloudvpp}
 OUT=bench/out/mdm; rm -rf "$OUT"; mkdir -p "$OUT"
 if [ -n "${BENCH_PG:-}" ]; then
   psql "$BENCH_PG/postgres" -qc "DROP DATABASE IF EXISTS cloudvpp_bench_mdm WITH (FORCE)" -c "CREATE DATABASE cloudvpp_bench_mdm"
+  # A server without autovacuum keeps no statistics and never reclaims dead rows: the
+  # planner guesses and scans bloat, and the figures say more about that than about us.
+  [ "$(psql "$BENCH_PG/postgres" -qtAc "SHOW autovacuum")" = on ] ||
+    echo "WARNING: autovacuum is off on this PostgreSQL (ALTER SYSTEM SET autovacuum = on; SELECT pg_reload_conf();)" >&2
   DB="$BENCH_PG/cloudvpp_bench_mdm"
   sql() { if [ $# -gt 0 ]; then psql "$DB" -qtA -c "$1"; else psql "$DB" -qtA; fi; }
   EXPLAIN=EXPLAIN
