@@ -6,8 +6,9 @@
 //!
 //! Server-rendered HTML (askama templates, every value escaped), no JavaScript. Log in with
 //! the admin API key (the one `/api/v1` takes, [`cloudvpp_mdm::admin::AdminKey`]), then a
-//! session cookie ([`session`]); every form that changes something carries the session's
-//! CSRF token. What the buttons do is the engine's own code
+//! session cookie signed with a key derived from the API key ([`session`]: every instance
+//! given the same key knows it, nothing is stored); every form that changes something
+//! carries the session's CSRF token. What the buttons do is the engine's own code
 //! ([`cloudvpp_engine::api::admit_invitations`], `resend_invitation`, `retire_invitation`),
 //! called as functions, never through HTTP.
 
@@ -15,14 +16,15 @@ mod pages;
 pub mod session;
 mod views;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
 use cloudvpp_engine::Engine;
-use session::{LoginBrake, Sessions};
+use session::{Live, LoginBrake, SessionKeys, Sessions};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
@@ -32,6 +34,10 @@ pub struct UiConfig {
     /// Mark the session cookie `Secure`: browsers reach the page over HTTPS (the service's
     /// own TLS, or a proxy's in front of it).
     pub secure_cookies: bool,
+    /// The keys of session cookies and CSRF tokens: [`SessionKeys::from_api_key`] of the
+    /// admin API key, so that every instance with that key knows every session. None: keys
+    /// of this process alone (its sessions work nowhere else and end at a restart).
+    pub session_keys: Option<SessionKeys>,
 }
 
 /// The largest CSV file the upload takes.
@@ -54,7 +60,9 @@ struct Ui {
 pub fn router(engine: Engine, config: UiConfig) -> Router {
     let ui = Ui {
         engine,
-        sessions: Arc::default(),
+        sessions: Arc::new(Sessions::new(
+            config.session_keys.unwrap_or_else(SessionKeys::random),
+        )),
         brake: Arc::default(),
         config,
     };
@@ -76,6 +84,10 @@ pub fn router(engine: Engine, config: UiConfig) -> Router {
         .route("/admin/admin.css", get(stylesheet))
         .route("/admin/{*rest}", any(not_found))
         .layer(DefaultBodyLimit::max(FORM_BODY_LIMIT))
+        .layer(axum::middleware::from_fn_with_state(
+            ui.clone(),
+            renew_session,
+        ))
         .layer(axum::middleware::map_response(security_headers))
         .with_state(ui)
 }
@@ -97,6 +109,25 @@ async fn security_headers(mut res: Response) -> Response {
     set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(h, header::REFERRER_POLICY, "no-referrer");
     set(h, header::CACHE_CONTROL, "no-store");
+    res
+}
+
+/// A request with a live session whose cookie is older than
+/// [`session::REFRESH_AFTER`] gets a renewed cookie (the same session, idle from now), unless
+/// the answer sets the cookie itself (login, logout).
+async fn renew_session(State(ui): State<Ui>, req: Request, next: Next) -> Response {
+    let renewed = session_cookie(req.headers())
+        .and_then(|c| ui.sessions.check(&c, ui.engine.now_ms()))
+        .and_then(|live| live.renewed);
+    let mut res = next.run(req).await;
+    if let Some(cookie) = renewed {
+        if !res.headers().contains_key(header::SET_COOKIE) {
+            res.headers_mut().insert(
+                header::SET_COOKIE,
+                session_set_cookie(Some(&cookie), ui.config.secure_cookies),
+            );
+        }
+    }
     res
 }
 
@@ -181,7 +212,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
     }
 }
 
-/// The session cookie's value, when the request has a well-formed one.
+/// The session cookie's value, when the request has one that may be well-formed (checked
+/// by [`Sessions::check`]).
 fn session_cookie(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
@@ -191,12 +223,12 @@ fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == COOKIE)
         .map(|(_, value)| value.to_string())
-        .filter(|v| v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|v| v.len() <= 256 && v.bytes().all(|b| b == b'.' || b.is_ascii_hexdigit()))
 }
 
 /// A logged-in administrator: the request came with a live session.
 struct Admin {
-    session: String,
+    session: Live,
     csrf: String,
 }
 
@@ -204,8 +236,9 @@ impl FromRequestParts<Ui> for Admin {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, ui: &Ui) -> Result<Self, Response> {
-        if let Some(session) = session_cookie(&parts.headers) {
-            if let Some(csrf) = ui.sessions.csrf_of(&session) {
+        if let Some(cookie) = session_cookie(&parts.headers) {
+            if let Some(session) = ui.sessions.check(&cookie, ui.engine.now_ms()) {
+                let csrf = session.csrf.clone();
                 return Ok(Admin { session, csrf });
             }
         }
@@ -236,12 +269,12 @@ impl Admin {
     }
 }
 
-/// The `Set-Cookie` value of a session (`id`), or of its removal (`None`).
-fn session_set_cookie(id: Option<&str>, secure: bool) -> HeaderValue {
+/// The `Set-Cookie` value of a session (its cookie value), or of its removal (`None`).
+fn session_set_cookie(value: Option<&str>, secure: bool) -> HeaderValue {
     let secure = if secure { "; Secure" } else { "" };
-    let value = match id {
-        Some(id) => format!("{COOKIE}={id}; Path=/admin; HttpOnly; SameSite=Strict{secure}"),
+    let value = match value {
+        Some(v) => format!("{COOKIE}={v}; Path=/admin; HttpOnly; SameSite=Strict{secure}"),
         None => format!("{COOKIE}=; Path=/admin; Max-Age=0; HttpOnly; SameSite=Strict{secure}"),
     };
-    HeaderValue::from_str(&value).expect("a cookie of hex digits is a valid header")
+    HeaderValue::from_str(&value).expect("a cookie of digits, hex and dots is a valid header")
 }

@@ -83,7 +83,9 @@ fn query_map(
 
 pub async fn login_form(State(ui): State<Ui>, headers: axum::http::HeaderMap) -> Response {
     // Already logged in: straight to the overview.
-    if crate::session_cookie(&headers).is_some_and(|s| ui.sessions.csrf_of(&s).is_some()) {
+    if crate::session_cookie(&headers)
+        .is_some_and(|c| ui.sessions.check(&c, ui.engine.now_ms()).is_some())
+    {
         return Redirect::to("/admin").into_response();
     }
     views::render(&views::LoginPage {
@@ -142,15 +144,17 @@ pub async fn login(
     if key.len() <= MAX_KEY && ui.engine.admin.matches(key) {
         ui.brake.succeeded(peer);
         // A new session ID at every login; the one the browser held, if any, ends.
-        if let Some(old) = crate::session_cookie(&headers) {
-            ui.sessions.end(&old);
+        let now = ui.engine.now_ms();
+        if let Some(old) = crate::session_cookie(&headers).and_then(|c| ui.sessions.check(&c, now))
+        {
+            ui.sessions.end(&old, now);
         }
-        let session = ui.sessions.create();
+        let session = ui.sessions.create(now);
         tracing::info!(%peer, "administrator logged in to the web page");
         let mut res = Redirect::to("/admin").into_response();
         res.headers_mut().insert(
             header::SET_COOKIE,
-            session_set_cookie(Some(&session.id), ui.config.secure_cookies),
+            session_set_cookie(Some(&session.cookie), ui.config.secure_cookies),
         );
         return res;
     }
@@ -176,7 +180,7 @@ pub async fn logout(
     if let Err(refused) = admin.check_csrf(&given) {
         return refused.into_response();
     }
-    ui.sessions.end(&admin.session);
+    ui.sessions.end(&admin.session, ui.engine.now_ms());
     let mut res = Redirect::to("/admin/login").into_response();
     res.headers_mut().insert(
         header::SET_COOKIE,

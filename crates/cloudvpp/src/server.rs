@@ -546,6 +546,12 @@ async fn build_mdm(
                 .public_url
                 .as_deref()
                 .is_some_and(|u| u.starts_with("https:")),
+        // Sessions signed with a key derived from the API key: every instance with the
+        // same key knows them; a new key ends them all.
+        session_keys: opts
+            .api_key
+            .as_deref()
+            .map(cloudvpp_admin_ui::session::SessionKeys::from_api_key),
     };
     let engine = cloudvpp_engine::Engine::new(
         store,
