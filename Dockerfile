@@ -2,13 +2,18 @@
 # debian:bookworm-slim (the binary needs only libc; TLS is rustls with ring, SQLite is built in).
 #
 #   docker build --build-arg CLOUDVPP_COMMIT=$(git rev-parse --short=12 HEAD) -t cloudvpp .
+#   deploy/check-image.sh    # builds it and checks the running container (docs/OPERATIONS.md)
 #   docker run -d --name cloudvpp -p 8080:8080 -p 9000:9000 -v cloudvpp:/var/lib/cloudvpp \
 #     -e CLOUDVPP_API_KEY=... cloudvpp
 #
 # The default command serves both services on SQLite in the volume; give another command
 # (the same flags as on a host) for PostgreSQL, a device CA or public URLs (docs/OPERATIONS.md).
 
-FROM rust:1-bookworm AS build
+# The build stage's Rust: the newest 1.x by default; pin one for a reproducible build with
+# --build-arg RUST_VERSION=1.89 (or newer: Cargo.lock's uuid 1.29 needs 1.89, whatever
+# Cargo.toml's rust-version says).
+ARG RUST_VERSION=1
+FROM rust:${RUST_VERSION}-bookworm AS build
 WORKDIR /src
 COPY . .
 # .git is not copied (.dockerignore): `cloudvpp --version` names the commit given here.
