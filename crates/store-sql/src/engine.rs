@@ -71,6 +71,23 @@ fn invitation_from_row(r: &AnyRow) -> Result<Invitation> {
     })
 }
 
+/// The mirror's columns read beside an invitation (`m`), named apart from its own.
+const JOINED_MIRROR_COLS: &str =
+    "m.status AS m_status, m.invite_code AS m_invite_code, m.id_hash AS m_id_hash, m.email AS m_email";
+
+/// An invitation and its person's mirror record, from a row that joined them ([`JOINED_MIRROR_COLS`]).
+fn invitation_with_mirror(r: &AnyRow) -> Result<(Invitation, MirrorUser)> {
+    let inv = invitation_from_row(r)?;
+    let m = MirrorUser {
+        client_user_id: inv.client_user_id.clone(),
+        status: row::parsed(r, "m_status", UserStatus::parse)?,
+        invite_code: row::get(r, "m_invite_code")?,
+        id_hash: row::get(r, "m_id_hash")?,
+        email: row::get(r, "m_email")?,
+    };
+    Ok((inv, m))
+}
+
 const MIRROR_COLS: &str = "m.client_user_id, m.status, m.invite_code, m.id_hash, m.email";
 
 fn mirror_from_row(r: &AnyRow) -> Result<MirrorUser> {
@@ -802,8 +819,7 @@ impl EngineStore for SqlStore {
         }
         // The mirror's columns under other names: the invitation has an email too.
         let rows = sqlx::query(&format!(
-            "SELECT {INV_COLS}, m.status AS m_status, m.invite_code AS m_invite_code, m.id_hash AS m_id_hash,
-               m.email AS m_email
+            "SELECT {INV_COLS}, {JOINED_MIRROR_COLS}
              FROM engine_invitations i JOIN engine_mirror m
                ON m.location_id = i.location_id AND m.client_user_id = i.client_user_id
              WHERE i.location_id IN ({}) AND i.state NOT IN ({}) AND m.status = $1
@@ -816,19 +832,7 @@ impl EngineStore for SqlStore {
         .fetch_all(&self.reader)
         .await
         .map_err(err)?;
-        rows.iter()
-            .map(|r| {
-                let inv = invitation_from_row(r)?;
-                let m = MirrorUser {
-                    client_user_id: inv.client_user_id.clone(),
-                    status: row::parsed(r, "m_status", UserStatus::parse)?,
-                    invite_code: row::get(r, "m_invite_code")?,
-                    id_hash: row::get(r, "m_id_hash")?,
-                    email: row::get(r, "m_email")?,
-                };
-                Ok((inv, m))
-            })
-            .collect()
+        rows.iter().map(invitation_with_mirror).collect()
     }
 
     #[tracing::instrument(skip(self, location_ids), fields(locations = location_ids.len()), level = "debug")]
@@ -841,8 +845,7 @@ impl EngineStore for SqlStore {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(&format!(
-            "SELECT {INV_COLS}, m.status AS m_status, m.invite_code AS m_invite_code, m.id_hash AS m_id_hash,
-               m.email AS m_email
+            "SELECT {INV_COLS}, {JOINED_MIRROR_COLS}
              FROM engine_invitations i JOIN engine_mirror m
                ON m.location_id = i.location_id AND m.client_user_id = i.client_user_id
              WHERE i.state = $1 AND i.location_id IN ({}) AND m.status = $2
@@ -856,19 +859,7 @@ impl EngineStore for SqlStore {
         .fetch_all(&self.reader)
         .await
         .map_err(err)?;
-        rows.iter()
-            .map(|r| {
-                let inv = invitation_from_row(r)?;
-                let m = MirrorUser {
-                    client_user_id: inv.client_user_id.clone(),
-                    status: row::parsed(r, "m_status", UserStatus::parse)?,
-                    invite_code: row::get(r, "m_invite_code")?,
-                    id_hash: row::get(r, "m_id_hash")?,
-                    email: row::get(r, "m_email")?,
-                };
-                Ok((inv, m))
-            })
-            .collect()
+        rows.iter().map(invitation_with_mirror).collect()
     }
 
     #[tracing::instrument(skip(self, location_ids), fields(locations = location_ids.len()), level = "debug")]

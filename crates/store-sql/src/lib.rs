@@ -255,6 +255,26 @@ impl SqlStore {
         )
     }
 
+    /// The organisation as `conn` reads it, its row locked until the end of the
+    /// transaction when `lock` (PostgreSQL; SQLite's writer excludes the others already).
+    pub(crate) async fn org_in(
+        &self,
+        conn: &mut AnyConnection,
+        org_id: OrgId,
+        lock: bool,
+    ) -> Result<Org> {
+        let suffix = if lock { self.dialect.for_update() } else { "" };
+        let row = sqlx::query(&format!(
+            "SELECT {ORG_COLS} FROM orgs WHERE id = $1{suffix}"
+        ))
+        .bind(org_id.0)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(err)?
+        .ok_or_else(|| StoreError::other(format!("no organisation {org_id}")))?;
+        org_from_row(&row)
+    }
+
     pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
         self.writer
             .begin_with(self.dialect.begin())
@@ -1152,16 +1172,7 @@ impl AppsBooksStore for SqlStore {
     async fn begin_org_write(&self, org_id: OrgId) -> Result<Box<dyn OrgTx>> {
         let mut tx = self.begin_write().await?;
         // The organisation's row lock orders every writer's change numbers.
-        let row = sqlx::query(&format!(
-            "SELECT {ORG_COLS} FROM orgs WHERE id = $1{}",
-            self.dialect.for_update()
-        ))
-        .bind(org_id.0)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(err)?
-        .ok_or_else(|| StoreError::other(format!("no organisation {org_id}")))?;
-        let org = org_from_row(&row)?;
+        let org = self.org_in(&mut tx, org_id, true).await?;
         Ok(Box::new(SqlOrgTx {
             tx,
             org,

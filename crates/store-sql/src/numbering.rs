@@ -7,9 +7,7 @@
 //! sees version *v* still sees every change numbered up to *v*. SQLite's one writer numbers
 //! at once, as an [`OrgTx`] does.
 
-use crate::{
-    err, org_from_row, row, BlockDeltas, Dialect, SqlOrgTx, SqlStore, AXIS_CHG, AXIS_ORD, ORG_COLS,
-};
+use crate::{err, row, BlockDeltas, Dialect, SqlOrgTx, SqlStore, AXIS_CHG, AXIS_ORD};
 use async_trait::async_trait;
 use cloudvpp_abwire::UserStatus;
 use cloudvpp_store::{Org, OrgId, OrgTx, Result, StoreError, UserRecord, UserTx, UserUpdate};
@@ -67,14 +65,8 @@ impl SqlStore {
     pub(crate) async fn begin_user_tx(&self, org_id: OrgId, id_hash: &str) -> Result<SqlUserTx> {
         let deferred = self.dialect == Dialect::Postgres;
         let mut tx = self.begin_write().await?;
-        // No lock on the organisation's row: what is read of it here is not used to number.
-        let row = sqlx::query(&format!("SELECT {ORG_COLS} FROM orgs WHERE id = $1"))
-            .bind(org_id.0)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(err)?
-            .ok_or_else(|| StoreError::other(format!("no organisation {org_id}")))?;
-        let org = org_from_row(&row)?;
+        // Locked only where numbers are taken now (SQLite's one writer holds it anyway).
+        let org = self.org_in(&mut tx, org_id, !deferred).await?;
         Ok(SqlUserTx {
             inner: SqlOrgTx {
                 tx,
@@ -105,15 +97,7 @@ impl SqlStore {
                 return Ok(total);
             }
             let mut tx = self.begin_write().await?;
-            let org = sqlx::query(&format!(
-                "SELECT {ORG_COLS} FROM orgs WHERE id = $1{}",
-                self.dialect.for_update()
-            ))
-            .bind(org_id.0)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(err)?;
-            let org = org_from_row(&org)?;
+            let org = self.org_in(&mut tx, org_id, true).await?;
             let rows = sqlx::query(&format!(
                 "SELECT ord, chg, status FROM users WHERE org_id = $1 AND renumber = 1 ORDER BY ord LIMIT {BATCH}{}",
                 self.dialect.for_update()
